@@ -1,0 +1,58 @@
+# tulu-kit: `make demo` and `make test` each set up .venv on first use, so both are one command on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.setup-done
+NOTEBOOKS := $(wildcard notebooks/*.ipynb eval/*.ipynb)
+
+# Keep caches inside the project, not in the home directory (HF, DeepSpeed JIT ops, Jupyter, W&B).
+export HF_HOME := $(CURDIR)/.cache/huggingface
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
+export IPYTHONDIR := $(CURDIR)/.cache/ipython
+export JUPYTER_RUNTIME_DIR := $(CURDIR)/.cache/jupyter_runtime
+export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
+export WANDB_DIR := $(CURDIR)/.cache/wandb
+export WANDB_MODE ?= offline
+export TOKENIZERS_PARALLELISM := false
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup demo test lint format lab clean
+
+setup: $(STAMP)
+
+# torch first (here the CPU build already on disk), then everything under constraints.txt plus the exact torch
+# that got installed, so no later install can swap it for another build.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -U pip
+	$(PIP) install -q $(TORCH)
+	{ cat constraints.txt; $(PIP) freeze | grep -E '^torch=='; } | grep -vE '^torch==[0-9.]+$$' > $(VENV)/constraints.txt
+	PIP_CONSTRAINT=$(VENV)/constraints.txt $(PIP) install -q -e ".[quant,eval,merge,dev]"
+	DS_BUILD_OPS=0 PIP_CONSTRAINT=$(VENV)/constraints.txt $(PIP) install -q --no-build-isolation "deepspeed>=0.19"
+	$(PIP) check
+	touch $@
+
+demo: setup
+	$(VENV)/bin/tulu-kit run recipes/quickstart.yaml --out runs/demo
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/nbstripout --verify $(NOTEBOOKS)
+
+test: lint
+	$(PY) -m pytest -q
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/nbstripout $(NOTEBOOKS)
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean:
+	rm -rf $(VENV) .cache runs .pytest_cache .ruff_cache

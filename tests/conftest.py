@@ -1,0 +1,56 @@
+"""Shared fixtures: the tiny model, the real data in ../shared/data, and a papermill notebook runner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Offline and quiet, whatever the environment says: tests never reach a hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ["WANDB_MODE"] = "disabled"
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("TULU_KIT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """Path of a tiny model built once per session (seed 0); treat it as read-only."""
+    from tulu_kit.models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real public data files beside the repo; the test is skipped when they are absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def run_notebook(tmp_path):
+    """Execute a notebook of the repo with papermill and given parameters; returns the executed notebook."""
+    import nbformat
+    import papermill as pm
+
+    def _run(path: str | Path, params: dict):
+        src = REPO / path
+        out = tmp_path / f"executed_{src.name}"
+        pm.execute_notebook(
+            str(src),
+            str(out),
+            parameters=params,
+            cwd=str(src.parent),
+            kernel_name="python3",
+            progress_bar=False,
+        )
+        return nbformat.read(out, as_version=4)
+
+    return _run

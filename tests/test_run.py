@@ -1,0 +1,119 @@
+"""The runner: stages in order, failures stop the run loudly, completed stages are skipped on a re-run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+
+from tulu_kit.config import load_recipe
+from tulu_kit.run import run_recipe
+
+PARAMS = "\n".join(
+    [
+        'out_dir = "x"',
+        "seed = 0",
+        "hidden_size = 64",
+        "num_layers = 2",
+        "num_heads = 4",
+        "vocab_size = 1024",
+        'prompt = "ok"',
+        "max_new_tokens = 1",
+    ]
+)
+BODY = """\
+from pathlib import Path
+Path(out_dir).mkdir(parents=True, exist_ok=True)
+with open(Path(out_dir) / "executions.txt", "a") as f:
+    f.write("x")
+if prompt == "fail":
+    raise ValueError("boom " + prompt)
+"""
+
+
+def _notebook(path: Path) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(PARAMS, metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(BODY),
+    ]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def _recipe(tmp_path: Path) -> Path:
+    nb = _notebook(tmp_path / "stage.ipynb")
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        f"name: t\nstages:\n  first: {{kind: quickstart, notebook: {nb}}}\n"
+        f"  second: {{kind: quickstart, notebook: {nb}, prompt: fail}}\n"
+    )
+    return path
+
+
+def _executions(run_dir: Path, stage: str) -> int:
+    return len((run_dir / stage / "executions.txt").read_text())
+
+
+def test_failure_stops_then_rerun_skips_completed_then_force(tmp_path, capsys):
+    recipe_path, run_dir = _recipe(tmp_path), tmp_path / "run"
+
+    assert run_recipe(load_recipe(recipe_path, run_dir=run_dir)) == 1
+    err = capsys.readouterr().err
+    assert "stage 'second' failed" in err and 'raise ValueError("boom " + prompt)' in err
+    assert "ValueError: boom fail" in err
+    status = json.loads((run_dir / "run.json").read_text())
+    assert status["status"] == "failed" and status["failed_stage"] == "second"
+    assert (
+        status["stages"]["first"]["status"] == "completed"
+        and status["stages"]["second"]["status"] == "failed"
+    )
+    partial = nbformat.read(run_dir / "notebooks" / "01_second.ipynb", as_version=4)
+    assert any(o.get("ename") == "ValueError" for c in partial.cells for o in c.get("outputs", []))
+    assert (run_dir / "config.yaml").is_file()
+
+    fixed = load_recipe(recipe_path, ["second.prompt=ok"], run_dir=run_dir)
+    assert run_recipe(fixed) == 0
+    assert "[1/2] first: completed earlier" in capsys.readouterr().out
+    assert (_executions(run_dir, "first"), _executions(run_dir, "second")) == (1, 2)
+
+    assert run_recipe(fixed) == 0  # nothing changed: both skipped
+    assert (_executions(run_dir, "first"), _executions(run_dir, "second")) == (1, 2)
+
+    changed_first = load_recipe(recipe_path, ["second.prompt=ok", "first.prompt=new"], run_dir=run_dir)
+    assert run_recipe(changed_first) == 0  # first changed, so second (downstream) runs again too
+    assert (_executions(run_dir, "first"), _executions(run_dir, "second")) == (2, 3)
+
+    assert run_recipe(changed_first, force=True) == 0
+    assert (_executions(run_dir, "first"), _executions(run_dir, "second")) == (3, 4)
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tulu_kit.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
+
+
+def test_cli_help_explains_itself():
+    top = _cli("--help")
+    assert (
+        top.returncode == 0 and "run" in top.stdout and "tulu-kit run recipes/quickstart.yaml" in top.stdout
+    )
+    run = _cli("run", "--help")
+    assert run.returncode == 0
+    for flag in ("--set", "--out", "--force", "--dry-run"):
+        assert flag in run.stdout
+
+
+def test_cli_misspelt_key_fails_fast_naming_it(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: t\nstages:\n  quickstart:\n    hiden_size: 32\n")
+    result = _cli("run", str(path), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert f"{path}: unknown key 'stages.quickstart.hiden_size' (did you mean" in result.stderr
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,319 @@
+"""Strict, typed configuration: one dataclass per stage, loaded from a YAML recipe plus ``key=value`` overrides.
+
+Every notebook turns its ``parameters`` cell into its stage's dataclass with :func:`collect`; ``tulu-kit run``
+loads a whole recipe with :func:`load_recipe`. Unknown keys, wrong types and missing required values are
+errors that name the key and the file, raised before any work starts.
+
+A recipe is::
+
+    name: quickstart          # the run folder defaults to runs/<name>
+    seed: 42                  # given to every stage whose config has a `seed` and does not set one
+    stages:                   # run in this order; each is a notebook executed by papermill
+      quickstart: {}          # `kind` defaults to the stage name and selects the STAGES entry
+      sft:
+        model: ${run_dir}/quickstart/model
+
+String values may use ``${run_dir}``, ``${name}`` and ``${seed}``. Each stage's ``out_dir`` defaults to
+``<run_dir>/<stage name>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import re
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# kind -> (notebook path relative to the repo root, "module:ConfigClass")
+STAGES: dict[str, tuple[str, str]] = {
+    "quickstart": ("notebooks/00_quickstart.ipynb", "tulu_kit.quickstart:QuickstartConfig"),
+}
+
+RESERVED_STAGE_KEYS = ("kind", "notebook")
+_RECIPE_KEYS = ("name", "seed", "stages")
+
+
+class ConfigError(ValueError):
+    """A recipe or parameter problem, with the file and the key in the message."""
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads ``5e-6`` as a float (YAML 1.2), not the string PyYAML's 1.1 rules give."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Read a YAML file, turning syntax errors into a ConfigError that names the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        return yaml.load(path.read_text(), Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+
+
+def parse_value(text: str) -> Any:
+    """Parse an override's value the way YAML would (``1e-4`` -> float, ``true`` -> bool, ``[a, b]`` -> list)."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError:
+        return text
+
+
+# --------------------------------------------------------------------------- dataclasses
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, where, source)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"{source}: {where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"{source}: {where}: must be one of {choices}, got {value!r}")
+        return value
+    if origin in (list, tuple) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: {where}: expected a list, got {value!r}")
+        item = args[0] if args else Any
+        return [_coerce(v, item, f"{where}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{source}: {where}: expected a mapping, got {value!r}")
+        vt = args[1] if len(args) == 2 else Any
+        return {k: _coerce(v, vt, f"{where}.{k}", source) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if dataclasses.is_dataclass(value) and isinstance(value, tp):
+            return value
+        return from_dict(tp, value, source, prefix=f"{where}.")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, Path):
+            return str(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {where}: expected a string, got {value!r}")
+        return value
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{source}: {where}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: Any, source: str = "<config>", prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``, strictly: every key known, every type right, every required set."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f"; known keys: {', '.join(fields)}"
+            raise ConfigError(f"{source}: unknown key '{prefix}{key}'{hint}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _coerce(data[name], hints[name], prefix + name, source)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{source}: missing required key '{prefix}{name}'")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:  # __post_init__ validation
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or cls.__name__}: {e}") from None
+
+
+def to_dict(obj: Any) -> dict:
+    """A config as plain data (nested dataclasses become dicts), ready for YAML or papermill."""
+    return dataclasses.asdict(obj)
+
+
+def collect(cls: type, namespace: Mapping[str, Any], source: str = "notebook parameters") -> Any:
+    """Build a stage config from a notebook's ``globals()``: the parameters cell names exactly its fields."""
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    return from_dict(cls, {k: namespace[k] for k in names if k in namespace}, source)
+
+
+def config_class(kind: str, source: str = "<recipe>") -> type:
+    """The config dataclass registered for a stage kind."""
+    if kind not in STAGES:
+        close = difflib.get_close_matches(kind, list(STAGES), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f"; known kinds: {', '.join(sorted(STAGES))}"
+        raise ConfigError(f"{source}: unknown stage kind '{kind}'{hint}")
+    module, _, name = STAGES[kind][1].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+@dataclass
+class Stage:
+    """One resolved stage of a recipe: which notebook runs, with which validated config."""
+
+    name: str
+    kind: str
+    notebook: Path
+    config: Any
+
+    @property
+    def params(self) -> dict:
+        return to_dict(self.config)
+
+
+@dataclass
+class Recipe:
+    name: str
+    seed: int
+    run_dir: Path
+    stages: list[Stage]
+    source: str
+
+    def resolved(self) -> dict:
+        """The recipe as it will run: every default filled in, every ``${...}`` substituted."""
+        stages = {
+            s.name: {"kind": s.kind, "notebook": _relative(s.notebook), **s.params} for s in self.stages
+        }
+        return {"name": self.name, "seed": self.seed, "run_dir": str(self.run_dir), "stages": stages}
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def apply_overrides(raw: dict, overrides: Iterable[str], source: str) -> dict:
+    """Apply ``key=value`` overrides: ``seed=1`` sets a recipe key, ``sft.learning_rate=1e-4`` a stage key."""
+    raw = {**raw, "stages": {k: dict(v or {}) for k, v in (raw.get("stages") or {}).items()}}
+    for item in overrides:
+        key, eq, text = item.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"override '{item}': expected key=value")
+        value = parse_value(text)
+        stage, dot, sub = key.partition(".")
+        if not dot:
+            if key not in _RECIPE_KEYS or key == "stages":
+                raise ConfigError(f"override '{item}': unknown recipe key '{key}' (stage keys are stage.key)")
+            raw[key] = value
+        elif stage not in raw["stages"]:
+            raise ConfigError(f"override '{item}': {source} has no stage '{stage}'")
+        else:
+            target = raw["stages"][stage]
+            *parents, leaf = sub.split(".")
+            for p in parents:
+                target = target.setdefault(p, {})
+            target[leaf] = value
+    return raw
+
+
+_VAR = re.compile(r"\$\{([^}]*)\}")
+
+
+def _substitute(value: Any, variables: dict[str, str], where: str, source: str) -> Any:
+    if isinstance(value, str):
+
+        def repl(m: re.Match) -> str:
+            if m.group(1) not in variables:
+                raise ConfigError(
+                    f"{source}: {where}: unknown variable ${{{m.group(1)}}} (known: {', '.join(variables)})"
+                )
+            return variables[m.group(1)]
+
+        return _VAR.sub(repl, value)
+    if isinstance(value, list):
+        return [_substitute(v, variables, f"{where}[{i}]", source) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _substitute(v, variables, f"{where}.{k}", source) for k, v in value.items()}
+    return value
+
+
+def load_recipe(path: str | Path, overrides: Iterable[str] = (), run_dir: str | Path | None = None) -> Recipe:
+    """Load and validate a whole recipe; every stage's config is built (and so checked) before anything runs."""
+    source = str(path)
+    raw = load_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a recipe is a mapping with keys {', '.join(_RECIPE_KEYS)}")
+    for key in raw:
+        if key not in _RECIPE_KEYS:
+            close = difflib.get_close_matches(str(key), _RECIPE_KEYS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{source}: unknown recipe key '{key}'{hint}")
+    if not isinstance(raw.get("stages"), dict) or not raw["stages"]:
+        raise ConfigError(f"{source}: 'stages' must be a non-empty mapping of stage name -> parameters")
+    raw = apply_overrides(raw, overrides, source)
+    name = _coerce(raw.get("name"), str, "name", source) if "name" in raw else Path(path).stem
+    seed = _coerce(raw.get("seed", 42), int, "seed", source)
+    run_dir = Path(run_dir or Path("runs") / name).resolve()
+    variables = {"run_dir": str(run_dir), "name": name, "seed": str(seed)}
+    stages = []
+    for stage_name, params in raw["stages"].items():
+        where = f"stages.{stage_name}"
+        if not isinstance(params, dict):
+            raise ConfigError(f"{source}: {where}: expected a mapping of parameters, got {params!r}")
+        params = _substitute(dict(params), variables, where, source)
+        kind = params.pop("kind", stage_name)
+        cls = config_class(kind, f"{source}: {where}")
+        notebook = REPO_ROOT / params.pop("notebook", STAGES[kind][0])
+        if not notebook.is_file():
+            raise ConfigError(f"{source}: {where}: notebook {notebook} does not exist")
+        field_names = {f.name for f in dataclasses.fields(cls)}
+        params.setdefault("out_dir", str(run_dir / stage_name))
+        if "seed" in field_names:
+            params.setdefault("seed", seed)
+        config = from_dict(cls, params, source, prefix=f"{where}.")
+        stages.append(Stage(stage_name, kind, notebook, config))
+    return Recipe(name, seed, run_dir, stages, source)

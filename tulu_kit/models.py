@@ -1,0 +1,247 @@
+"""Models and tokenizers: load by path like any Hub model, and build the tiny offline default.
+
+The tiny default is a Llama-architecture causal LM (2 layers, hidden 64) with a byte-level BPE tokenizer trained
+on ``assets/corpus.txt``, a few KB of text this project wrote. It is saved with ``save_pretrained``, so every
+stage loads it by path exactly as it would load ``meta-llama/Llama-3.1-8B``. Used by notebook 00 and every stage.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from tulu_kit.data.templates import set_chat_template
+
+logger = logging.getLogger(__name__)
+
+CORPUS = Path(__file__).parent / "assets" / "corpus.txt"
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]  # ids 0, 1, 2
+CHAT_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]  # plain added tokens: they survive decoding
+
+
+def build_tiny_tokenizer(vocab_size: int = 1024, chat_template: str = "tulu"):
+    """A byte-level BPE tokenizer trained on the shipped corpus; adds BOS on encode, like Llama-2's."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    text = CORPUS.read_text(encoding="utf-8")
+    tok.train_from_iterator(text.splitlines(keepends=True), trainer)
+    tok.add_tokens([AddedToken(t, normalized=False) for t in CHAT_TOKENS])
+    bos_id = tok.token_to_id("<s>")
+    tok.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
+            ),
+        ]
+    )
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        model_max_length=4096,
+    )
+    return set_chat_template(hf, chat_template)
+
+
+def build_tiny_model(
+    out_dir: str | Path,
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    vocab_size: int = 1024,
+) -> Path:
+    """Build, deterministically under ``seed``, the tiny Llama and its tokenizer, saved to ``out_dir``."""
+    out_dir = Path(out_dir)
+    tokenizer = build_tiny_tokenizer(vocab_size)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 4,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=max(1, num_heads // 2),
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = LlamaForCausalLM(config)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info("built tiny model: %d parameters, vocab %d -> %s", n_params, len(tokenizer), out_dir)
+    return out_dir
+
+
+def load_tokenizer(path: str | Path, padding_side: str | None = None):
+    """Load a tokenizer by local path or Hub id; make sure it can pad."""
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if padding_side:
+        tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_attention(attn_implementation: str | None) -> str:
+    """``flash_attention_2`` when asked for and installed, else ``sdpa``; a clear message when it is missing."""
+    if attn_implementation in (None, "auto"):
+        try:
+            import flash_attn  # noqa: F401
+
+            return "flash_attention_2" if torch.cuda.is_available() else "sdpa"
+        except ImportError:
+            return "sdpa"
+    if attn_implementation == "flash_attention_2":
+        try:
+            import flash_attn  # noqa: F401
+        except ImportError:
+            raise RuntimeError(
+                "attn_implementation='flash_attention_2' needs the flash-attn package (GPU only): "
+                "pip install 'tulu-kit[gpu]', or use 'sdpa' / 'auto'"
+            ) from None
+    return attn_implementation
+
+
+def load_model(path: str | Path, dtype: str = "float32", attn_implementation: str | None = "auto"):
+    """Load a causal LM by local path or Hub id with the given dtype and attention implementation."""
+    if dtype not in _DTYPES and dtype != "auto":
+        raise ValueError(f"dtype must be one of {', '.join(_DTYPES)} or 'auto', got {dtype!r}")
+    return AutoModelForCausalLM.from_pretrained(
+        str(path),
+        dtype=_DTYPES.get(dtype, "auto"),
+        attn_implementation=resolve_attention(attn_implementation),
+    )
+
+
+# --------------------------------------------------------------------------- LoRA / QLoRA (sft stage, notebook 03)
+# LoRA: Hu et al. 2021, arXiv 2106.09685. QLoRA: Dettmers et al. 2023, arXiv 2305.14314 (NF4 base, double
+# quantization, paged optimizers). Settings as open-instruct's finetune.py (`--use_lora`, `--use_qlora`).
+
+
+def load_model_for_training(
+    path: str | Path,
+    dtype: str = "float32",
+    attn_implementation: str | None = "auto",
+    load_in_4bit: bool = False,
+    gradient_checkpointing: bool = False,
+):
+    """Load a causal LM to train: plain (:func:`load_model`) or, for QLoRA, with a frozen 4-bit NF4 base."""
+    if not load_in_4bit:
+        return load_model(path, dtype=dtype, attn_implementation=attn_implementation)
+    import os
+
+    from peft import prepare_model_for_kbit_training
+
+    device_map = {"": int(os.environ.get("LOCAL_RANK", 0))} if torch.cuda.is_available() else None
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path),
+        quantization_config=quantization_config_4bit(dtype),
+        dtype=_DTYPES[dtype],
+        attn_implementation=resolve_attention(attn_implementation),
+        device_map=device_map,
+    )
+    # casts the unquantized layers (norms, embeddings) to fp32 and makes the inputs require grad
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+
+
+def quantization_config_4bit(compute_dtype: str = "bfloat16"):
+    """QLoRA's base: NF4 weights with double quantization, matmuls in ``compute_dtype`` (open-instruct's)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=_DTYPES[compute_dtype],
+    )
+
+
+def add_lora(model, r: int = 64, alpha: int = 16, dropout: float = 0.1, target_modules="all-linear"):
+    """Wrap ``model`` with trainable LoRA adapters (``W + alpha/r * B A``); only the adapters train."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+    )
+    return get_peft_model(model, config)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameters; a 4-bit weight stores two values per byte, counted as its real size."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if p.__class__.__name__ == "Params4bit":
+            n = (
+                int(getattr(p, "quant_state", None).shape.numel())
+                if getattr(p, "quant_state", None)
+                else n * 2
+            )
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total
+
+
+def merge_lora(
+    base: str | Path, adapter_dir: str | Path, out_dir: str | Path, qlora: bool = False, dtype: str = "float32"
+) -> Path:
+    """Merge a LoRA adapter into its base and save a plain model (+ the adapter's tokenizer) to ``out_dir``.
+
+    With ``qlora`` the base is loaded in 4-bit as during training and dequantized before merging, so the adapter is
+    added to exactly the weights it was trained against (open-instruct ``merge_lora.py --qlora``).
+    """
+    import shutil
+
+    from peft import PeftModel
+
+    if qlora:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(base), quantization_config=quantization_config_4bit(dtype), dtype=_DTYPES[dtype]
+        )
+        model = model.dequantize(dtype=_DTYPES[dtype])
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(base), dtype=_DTYPES[dtype])
+    model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    out_dir = Path(out_dir)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    load_tokenizer(adapter_dir).save_pretrained(tmp)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    logger.info("merged %s into %s -> %s", adapter_dir, base, out_dir)
+    return out_dir

@@ -1,0 +1,143 @@
+"""Run a recipe: each stage is a notebook executed by papermill into one run folder.
+
+``<run_dir>/`` receives ``config.yaml`` (the resolved recipe), ``run.json`` (status of every stage),
+``notebooks/NN_<stage>.ipynb`` (executed copies, partial ones kept on failure) and one folder per stage.
+A stage that completed with the same parameters is skipped on a re-run; once a stage runs again, every later
+stage runs again too, since its inputs may have changed. ``force`` re-runs everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from tulu_kit.config import Recipe, Stage
+from tulu_kit.io import atomic_write_json, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+KERNEL = "python3"  # jupyter_client starts it with this interpreter (sys.executable), so the venv is used
+
+
+def params_hash(stage: Stage) -> str:
+    payload = json.dumps(
+        {"kind": stage.kind, "notebook": str(stage.notebook), **stage.params}, sort_keys=True
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _marker(recipe: Recipe, stage: Stage) -> Path:
+    return recipe.run_dir / stage.name / ".stage.json"
+
+
+def stage_completed(recipe: Recipe, stage: Stage) -> bool:
+    """Whether ``stage`` finished before with exactly these parameters."""
+    marker = _marker(recipe, stage)
+    if not marker.is_file():
+        return False
+    info = json.loads(marker.read_text())
+    return info.get("status") == "completed" and info.get("params_hash") == params_hash(stage)
+
+
+class RunStatus:
+    """``run.json``: the run's and each stage's status, rewritten atomically on every change."""
+
+    def __init__(self, recipe: Recipe):
+        self.path = recipe.run_dir / "run.json"
+        self.data = {
+            "name": recipe.name,
+            "recipe": recipe.source,
+            "status": "running",
+            "stages": {s.name: {"kind": s.kind, "status": "pending"} for s in recipe.stages},
+        }
+        self.save()
+
+    def set(self, stage: str | None = None, **fields) -> None:
+        (self.data["stages"][stage] if stage else self.data).update(fields)
+        self.save()
+
+    def save(self) -> None:
+        atomic_write_json(self.path, self.data)
+
+
+def _print_failure(stage: Stage, error, output: Path) -> None:
+    lines = [
+        f"\nstage '{stage.name}' failed in {stage.notebook.name}, cell [{error.exec_count}]:",
+        "-" * 80,
+        error.source.rstrip(),
+        "-" * 80,
+        f"{error.ename}: {error.evalue}",
+        f"partial executed notebook: {output}",
+    ]
+    print("\n".join(lines), file=sys.stderr)
+
+
+def execute_stage(stage: Stage, output: Path, log_output: bool = False, progress_bar: bool = True) -> None:
+    """Execute one stage's notebook with its parameters; papermill saves ``output`` after every cell."""
+    import papermill as pm
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    Path(stage.config.out_dir).mkdir(parents=True, exist_ok=True)
+    pm.execute_notebook(
+        str(stage.notebook),
+        str(output),
+        parameters=stage.params,
+        kernel_name=KERNEL,
+        cwd=str(stage.notebook.parent),
+        progress_bar=progress_bar,
+        log_output=log_output,
+    )
+
+
+def run_recipe(recipe: Recipe, force: bool = False, log_output: bool = False) -> int:
+    """Run every stage in order; returns the process exit code (0 ok, 1 a stage failed, 130 interrupted)."""
+    from papermill.exceptions import PapermillExecutionError
+
+    recipe.run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(recipe.run_dir / "config.yaml", yaml.safe_dump(recipe.resolved(), sort_keys=False))
+    status = RunStatus(recipe)
+    rerun_rest = force
+    total = len(recipe.stages)
+    for i, stage in enumerate(recipe.stages):
+        tag = f"[{i + 1}/{total}] {stage.name}"
+        if not rerun_rest and stage_completed(recipe, stage):
+            print(f"{tag}: completed earlier with the same parameters, skipped", flush=True)
+            status.set(stage.name, status="skipped")
+            continue
+        rerun_rest = True
+        output = recipe.run_dir / "notebooks" / f"{i:02d}_{stage.name}.ipynb"
+        print(
+            f"{tag}: running {stage.notebook.relative_to(stage.notebook.parents[1])} -> {output}", flush=True
+        )
+        marker = _marker(recipe, stage)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.unlink(missing_ok=True)
+        start = time.time()
+        status.set(stage.name, status="running", notebook=str(output))
+        try:
+            execute_stage(stage, output, log_output=log_output)
+        except PapermillExecutionError as e:
+            _print_failure(stage, e, output)
+            status.set(stage.name, status="failed", error=f"{e.ename}: {e.evalue}")
+            status.set(status="failed", failed_stage=stage.name)
+            return 1
+        except KeyboardInterrupt:
+            print(f"\n{tag}: interrupted; partial notebook: {output}", file=sys.stderr)
+            status.set(stage.name, status="interrupted")
+            status.set(status="interrupted")
+            return 130
+        seconds = round(time.time() - start, 1)
+        atomic_write_json(
+            marker, {"status": "completed", "params_hash": params_hash(stage), "seconds": seconds}
+        )
+        status.set(stage.name, status="completed", seconds=seconds)
+        print(f"{tag}: done in {seconds:.1f} s", flush=True)
+    status.set(status="completed")
+    print(f"run '{recipe.name}' completed: {recipe.run_dir}", flush=True)
+    return 0
