@@ -64,7 +64,13 @@ ZEPHYR = (
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
 
-CHAT_TEMPLATES: dict[str, str] = {"tulu": TULU, "chatml": CHATML, "olmo": CHATML, "llama3": LLAMA3, "zephyr": ZEPHYR}
+CHAT_TEMPLATES: dict[str, str] = {
+    "tulu": TULU,
+    "chatml": CHATML,
+    "olmo": CHATML,
+    "llama3": LLAMA3,
+    "zephyr": ZEPHYR,
+}
 OWN = "tokenizer"  # the name that keeps the tokenizer's own template
 _BOS_PREFIX = "{{ bos_token }}"
 
