@@ -30,10 +30,11 @@ def test_parameters_cell_names_exactly_the_config_fields(kind):
     params = pm.inspect_notebook(str(REPO_ROOT / notebook))
     cls = config_class(kind)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    # Names must match; defaults may not: a notebook's are lab values for the tiny model (a learning rate of
+    # 1e-3), a dataclass's are the published ones a library user on a real model should get (5e-7 for DPO).
     assert set(params) == set(fields), f"{notebook}: parameters cell vs {cls.__name__} fields"
-    for name, f in fields.items():  # the notebook's defaults are the dataclass's defaults
-        if f.default is not dataclasses.MISSING and name != "out_dir":
-            assert eval(params[name]["default"]) == f.default, f"{notebook}: default of {name}"  # noqa: S307
+    for param in params.values():  # every default parses (papermill drops a line it cannot read)
+        compile(param["default"], notebook, "eval")
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS)

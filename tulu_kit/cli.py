@@ -60,6 +60,210 @@ def add_run(sub) -> None:
     p.set_defaults(func=cmd_run)
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from tulu_kit import merge, weight_diff
+
+    if args.what == "lora":
+        merge.merge_lora(args.base, args.adapter, args.out, args.qlora, args.pad_to_multiple_of, args.dtype)
+    elif args.what == "diff":
+        weight_diff.make_diff(args.raw, args.tuned, args.out, args.diff_dtype, args.max_shard_size)
+    elif args.what == "recover":
+        weight_diff.recover(args.raw, args.diff, args.out, args.max_shard_size)
+    else:
+        kw = {k: getattr(args, k) for k in ("method", "weights", "base_model", "density", "scale", "seed")}
+        merge.merge_models(args.models, args.out, max_shard_size=args.max_shard_size, **kw)
+    print(args.out)
+    return 0
+
+
+def add_merge(sub) -> None:
+    p = sub.add_parser(
+        "merge", help="merge a LoRA/QLoRA adapter, make/recover a weight diff, or merge models"
+    )
+    kinds = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+    lora = kinds.add_parser("lora", help="merge a LoRA (--qlora: QLoRA) adapter into its base")
+    lora.add_argument("--base", required=True, help="base model folder or Hub id")
+    lora.add_argument("--adapter", required=True, help="PEFT adapter folder")
+    lora.add_argument(
+        "--qlora", action="store_true", help="dequantize the NF4 base first (adapter trained 4-bit)"
+    )
+    lora.add_argument(
+        "--pad-to-multiple-of", type=int, metavar="N", help="pad embedding rows to a multiple of N"
+    )
+    lora.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    diff = kinds.add_parser("diff", help="write tuned - raw (Alpaca / Tulu 1 weight diff), streamed")
+    diff.add_argument("--raw", required=True)
+    diff.add_argument("--tuned", required=True)
+    diff.add_argument("--diff-dtype", help="store the diff in this dtype (default: the weights' own)")
+    rec = kinds.add_parser("recover", help="write raw + diff and verify its checksum, streamed")
+    rec.add_argument("--raw", required=True)
+    rec.add_argument("--diff", required=True)
+    models = kinds.add_parser(
+        "models", help="merge same-architecture models (mergekit): soups, TIES, SLERP ..."
+    )
+    models.add_argument("models", nargs="+", help="checkpoint folders")
+    models.add_argument("--method", default="linear", choices=["linear", "task_arithmetic", "ties", "slerp",
+                        "dare_linear", "dare_ties"])  # fmt: skip
+    models.add_argument("--weights", type=float, nargs="+", help="one per model (default: equal)")
+    models.add_argument(
+        "--base-model", default="", help="θ_0 of the task vectors (task_arithmetic, ties, dare_*)"
+    )
+    models.add_argument("--density", type=float, default=1.0, help="fraction of each task vector kept")
+    models.add_argument("--scale", type=float, default=1.0, help="λ on the merged task vector")
+    models.add_argument("--seed", type=int, default=42, help="DARE's random drops")
+    for q in (lora, diff, rec, models):
+        q.add_argument("--out", required=True, help="output checkpoint folder")
+        if q is not lora:
+            q.add_argument("--max-shard-size", default="2GB", help="safetensors shard size of the output")
+    p.set_defaults(func=cmd_merge)
+
+
+def cmd_sft(args: argparse.Namespace) -> int:
+    from tulu_kit.config import apply_overrides, from_dict, load_yaml
+    from tulu_kit.sft import SFTConfig, run
+
+    data = apply_overrides(
+        {"stages": {"sft": load_yaml(args.config) or {}}}, [f"sft.{s}" for s in args.set], args.config
+    )
+    result = run(from_dict(SFTConfig, data["stages"]["sft"], args.config))
+    print(result.model_dir)
+    return 0
+
+
+def add_sft(sub) -> None:
+    p = sub.add_parser("sft", help="train one SFT / LoRA / QLoRA stage from a flat config YAML (no notebook)")
+    p.add_argument("config", help="YAML of tulu_kit.sft.SFTConfig fields, e.g. model, train_file, out_dir")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field; repeatable"
+    )
+    p.set_defaults(func=cmd_sft)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from tulu_kit.evals import evaluate
+
+    kw = {k: getattr(args, k) for k in ("backend", "chat", "subset", "n_shot", "batch_size")}
+    kw.update(model=args.model, out_dir=args.out or f"runs/eval/{args.benchmark}", data_dir=args.data_dir)
+    if args.max_new_tokens:
+        kw["max_new_tokens"] = args.max_new_tokens
+    if args.max_examples is not None:  # default: the benchmark's (open-instruct's subset size); 0: all
+        kw["max_examples"] = args.max_examples or None
+    metrics = evaluate(args.benchmark, **kw)
+    print(json.dumps({k: v for k, v in metrics.items() if k not in ("config", "protocol")}, indent=2))
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    import json
+
+    from tulu_kit.evals import score_file
+
+    print(json.dumps(score_file(args.benchmark, args.predictions, args.out, args.data_dir), indent=2))
+    return 0
+
+
+def add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a model on one benchmark (predictions.jsonl + metrics.json)")
+    p.add_argument("benchmark", help="gsm8k, math, mmlu, bbh, tydiqa, truthfulqa, ... (see eval/README.md)")
+    p.add_argument(
+        "--model", required=True, help="model folder, run folder (its last stage's model/) or Hub id"
+    )
+    p.add_argument(
+        "--backend", default="hf", choices=["hf", "vllm"], help="vllm needs a GPU and the vllm extra"
+    )
+    p.add_argument("--chat", action="store_true", help="wrap prompts in the model's chat template")
+    p.add_argument(
+        "--max-examples",
+        type=int,
+        metavar="N",
+        help="cap per task/subject/language (default: open-instruct's; 0: all)",
+    )
+    p.add_argument("--subset", default="", help="comma-separated tasks / subjects / languages to keep")
+    p.add_argument("--n-shot", type=int, metavar="K", help="in-context exemplars (default: the protocol's)")
+    p.add_argument(
+        "--max-new-tokens", type=int, metavar="N", help="generation budget (default: the protocol's)"
+    )
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--data-dir", help="benchmark data root (default: $TULU_KIT_DATA or ~/.cache/tulu_kit/data)"
+    )
+    p.add_argument(
+        "--out", metavar="DIR", help="output folder (default: runs/eval/BENCHMARK); resumes if present"
+    )
+    p.set_defaults(func=cmd_eval)
+    s = sub.add_parser("score", help="score predictions made anywhere; prints the metrics as JSON")
+    s.add_argument("benchmark")
+    s.add_argument("--predictions", required=True, metavar="FILE", help="JSONL, one prediction per line")
+    s.add_argument("--out", metavar="DIR", help="also write DIR/metrics.json and DIR/results.jsonl")
+    s.add_argument("--data-dir", help="benchmark data root (gold answers)")
+    s.set_defaults(func=cmd_score)
+
+
+def cmd_prepare_eval(args: argparse.Namespace) -> int:
+    from tulu_kit.evals.data import prepare_eval
+
+    print(prepare_eval(args.data_dir, args.only or None, args.force))
+    return 0
+
+
+def add_data_prepare_eval(sub) -> None:
+    """`tulu-kit data prepare-eval`; joins a `data` command another stage may already have added."""
+    data = sub.choices.get("data") or sub.add_parser("data", help="prepare datasets")
+    kinds = next((a for a in data._actions if isinstance(a, argparse._SubParsersAction)), None)
+    kinds = kinds or data.add_subparsers(dest="data_command", metavar="WHAT", required=True)
+    p = kinds.add_parser("prepare-eval", help="download the official benchmark files into the data root")
+    p.add_argument("--data-dir", help="data root (default: $TULU_KIT_DATA or ~/.cache/tulu_kit/data)")
+    p.add_argument("--only", nargs="+", metavar="BENCHMARK", help="only these benchmarks")
+    p.add_argument("--force", action="store_true", help="download again files that exist")
+    p.set_defaults(func=cmd_prepare_eval)
+
+
+def cmd_data_mix(args: argparse.Namespace) -> int:
+    import json
+
+    from tulu_kit.config import from_dict
+    from tulu_kit.data.stage import DataConfig, run
+
+    params = {
+        "out_dir": args.out,
+        "seed": args.seed,
+        "sft_mixer_list": args.sft,
+        "preference_mixer_list": args.preference or [],
+        "tokenizer": args.tokenizer or "",
+        "on_bad_row": args.on_bad_row,
+    }
+    result = run(from_dict(DataConfig, params, "tulu-kit data mix"))
+    print(json.dumps({"totals": result["totals"], "files": result["files"]}, indent=2))
+    return 0
+
+
+def add_data_mix(sub) -> None:
+    """`tulu-kit data mix`: the data stage from the command line (joins the shared `data` command)."""
+    data = sub.choices.get("data") or sub.add_parser("data", help="prepare datasets")
+    kinds = next((a for a in data._actions if isinstance(a, argparse._SubParsersAction)), None)
+    kinds = kinds or data.add_subparsers(dest="data_command", metavar="WHAT", required=True)
+    p = kinds.add_parser("mix", help="convert and mix SFT / preference sources into chat-format JSONL")
+    p.add_argument(
+        "--sft",
+        nargs="+",
+        required=True,
+        metavar="SOURCE AMOUNT",
+        help="e.g. alpaca:data.json 0.5 tatsu-lab/alpaca 1000 (float = fraction, int = count)",
+    )
+    p.add_argument(
+        "--preference", nargs="+", metavar="SOURCE AMOUNT", help="e.g. hh_rlhf:Anthropic/hh-rlhf@test 1.0"
+    )
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="writes sft.jsonl, preference.jsonl, report.json"
+    )
+    p.add_argument("--tokenizer", help="model dir or Hub id for token statistics")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--on-bad-row", choices=["error", "drop"], default="error")
+    p.set_defaults(func=cmd_data_mix)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tulu-kit",
@@ -71,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_run(sub)
+    add_merge(sub)
+    add_eval(sub)
+    add_sft(sub)
+    add_data_prepare_eval(sub)
+    add_data_mix(sub)
     return parser
 
 
@@ -85,8 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"tulu-kit: config error: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as e:
-        print(f"tulu-kit: error: {e}", file=sys.stderr)
+    except (FileNotFoundError, ValueError) as e:  # bad input: the message names the file, row and field
+        if args.verbose:
+            raise
+        print(f"tulu-kit: error: {e} (run with -v for the traceback)", file=sys.stderr)
         return 2
 
 

@@ -215,33 +215,16 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
-def merge_lora(
-    base: str | Path, adapter_dir: str | Path, out_dir: str | Path, qlora: bool = False, dtype: str = "float32"
-) -> Path:
-    """Merge a LoRA adapter into its base and save a plain model (+ the adapter's tokenizer) to ``out_dir``.
+def training_memory_gb(total_params: int, trainable_params: int, weight_bits: int = 16) -> dict[str, float]:
+    """Rough training memory without activations: weights + gradients + AdamW state (QLoRA paper, section 2).
 
-    With ``qlora`` the base is loaded in 4-bit as during training and dequantized before merging, so the adapter is
-    added to exactly the weights it was trained against (open-instruct ``merge_lora.py --qlora``).
+    Frozen weights take ``weight_bits`` each (16 for bf16, 4 for QLoRA's NF4); trainable ones also need a bf16
+    gradient and two fp32 Adam moments plus an fp32 master copy (16 bytes in all, mixed-precision AdamW).
     """
-    import shutil
-
-    from peft import PeftModel
-
-    if qlora:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(base), quantization_config=quantization_config_4bit(dtype), dtype=_DTYPES[dtype]
-        )
-        model = model.dequantize(dtype=_DTYPES[dtype])
-    else:
-        model = AutoModelForCausalLM.from_pretrained(str(base), dtype=_DTYPES[dtype])
-    model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    out_dir = Path(out_dir)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    load_tokenizer(adapter_dir).save_pretrained(tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-    logger.info("merged %s into %s -> %s", adapter_dir, base, out_dir)
-    return out_dir
+    frozen = total_params - trainable_params
+    parts = {
+        "weights": (frozen * weight_bits / 8 + trainable_params * 2) / 1e9,
+        "gradients": trainable_params * 2 / 1e9,
+        "optimizer": trainable_params * 12 / 1e9,
+    }
+    return {**parts, "total": sum(parts.values())}

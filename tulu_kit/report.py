@@ -97,7 +97,7 @@ def score_table(run_dir: Path) -> pd.DataFrame:
     rows = []
     for path in sorted(run_dir.glob("*/metrics.json")):
         m = json.loads(path.read_text())
-        if "benchmark" not in m or "score" not in m:
+        if "benchmark" not in m or m.get("score") is None:  # not an eval, or saved without a judge
             continue
         rows.append(
             {

@@ -1,0 +1,84 @@
+"""AlpacaEval: judge protocol through a fake OpenAI-compatible endpoint, LC win rate, no-judge path."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from fake_judge import fake_openai
+
+from tulu_kit.evals import alpaca_eval
+from tulu_kit.evals.judges import OpenAIJudge
+
+
+def prefer_marked(body):
+    """A judge that prefers the output containing 'GOOD', with probability 0.9."""
+    user = body["messages"][1]["content"]
+    first = user.split('"model_identifier": "m"')[1].split('"model_identifier": "M"')[0]
+    best = "m" if "GOOD" in first else "M"
+    other = "M" if best == "m" else "m"
+    return best, [{"token": best, "logprob": math.log(0.9)}, {"token": other, "logprob": math.log(0.1)}]
+
+
+def test_win_rate_undoes_the_random_order(shared_data, tmp_path):
+    ref = alpaca_eval.load_reference(str(shared_data), 2)
+    assert len(ref) == 805
+    preds = [{"instruction": r["instruction"], "output": "GOOD answer"} for r in ref[:8]]
+    with fake_openai(prefer_marked) as (url, seen):
+        judge = OpenAIJudge(url, "fake", cache_path=tmp_path / "c.jsonl")
+        scored = alpaca_eval.score_predictions(preds, str(shared_data), judge, version=2)
+    assert seen[0]["max_tokens"] == 1 and seen[0]["logprobs"] is True
+    assert seen[0]["messages"][0]["content"].startswith("You are a highly efficient assistant")
+    firsts = ["GOOD" in b["messages"][1]["content"].split('"M"')[0] for b in seen]
+    assert 0 < sum(firsts) < len(firsts)  # both orders were used
+    assert scored.metrics["win_rate"] == pytest.approx(90.0)
+    assert scored.metrics["length_controlled_win_rate"] == pytest.approx(90.0, abs=1.0)
+    assert scored.metrics["reference"] == "gpt4_1106_preview"
+
+
+def test_lc_win_rate_removes_a_length_effect():
+    # preference explained by length only: longer wins; equal-length answers would tie
+    lens_ref = [100] * 40
+    lens_ours = [100 + d for d in range(-200, 200, 10)]
+    prefs = [0.95 if d > 0 else 0.05 for d in range(-200, 200, 10)]
+    raw = 100 * sum(prefs) / len(prefs)
+    lc = alpaca_eval.lc_win_rate(prefs, lens_ours, lens_ref)
+    assert raw == pytest.approx(50.0, abs=3)
+    assert lc == pytest.approx(50.0, abs=10)
+    skewed = alpaca_eval.lc_win_rate([0.95] * 40, [300] * 20 + [100] * 20, [100] * 40)
+    assert skewed > 80  # a model that wins regardless of length keeps its win rate
+
+
+def test_no_judge_saves_outputs_with_a_message(tiny_model, tmp_path, run_notebook):
+    cfg = alpaca_eval.AlpacaEvalConfig(model=str(tiny_model), data_dir="demo", out_dir=str(tmp_path / "a"),
+                                       max_new_tokens=8, version=1)  # fmt: skip
+    metrics = alpaca_eval.run(cfg)
+    assert metrics["judged"] is False and "judge_url" in metrics["message"]
+    outputs = json.loads((tmp_path / "a" / "model_outputs.json").read_text())
+    assert len(outputs) == 2 and set(outputs[0]) == {"instruction", "output", "generator", "dataset"}
+    with fake_openai(prefer_marked) as (url, _):
+        judged = alpaca_eval.run(
+            alpaca_eval.AlpacaEvalConfig(
+                model=str(tiny_model),
+                data_dir="demo",
+                out_dir=str(tmp_path / "b"),
+                max_new_tokens=8,
+                judge_url=url,
+            )
+        )
+    prefs = [json.loads(line)["preference"] for line in open(tmp_path / "b" / "results.jsonl")]
+    assert judged["judged"] is True  # no GOOD in either output: the judge picks the 2nd with p = 0.9
+    assert all(min(abs(x - 0.1), abs(x - 0.9)) < 1e-9 for x in prefs)
+    assert judged["win_rate"] == pytest.approx(100 * sum(prefs) / len(prefs))
+    run_notebook(
+        "eval/alpaca_eval.ipynb",
+        {
+            "model": str(tiny_model),
+            "data_dir": "demo",
+            "out_dir": str(tmp_path / "nb"),
+            "max_examples": 1,
+            "max_new_tokens": 8,
+        },
+    )
+    assert (tmp_path / "nb" / "model_outputs.json").is_file()

@@ -1,0 +1,133 @@
+"""Code benchmarks: HumanEval, HumanEval+, MBPP+ (tulu_kit/evals/humaneval.py, humaneval_plus.py, mbpp_plus.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+from math import comb
+
+import pytest
+
+from tulu_kit.evals import humaneval, humaneval_plus, mbpp_plus
+from tulu_kit.evals.sandbox import Limits
+from tulu_kit.io import read_jsonl
+
+# openai/human-eval README: the official evaluator's verdicts on data/example_samples.jsonl
+OFFICIAL_EXAMPLE_VERDICTS = [False, False, False, True, True, True]
+OFFICIAL_EXAMPLE_RESULTS = ["failed", "timed out", "failed", "passed", "passed", "passed"]
+
+
+def test_pass_at_k_is_the_unbiased_estimator():
+    for n, c, k in [(5, 2, 1), (5, 2, 2), (20, 3, 10), (10, 0, 1), (10, 10, 5)]:
+        exact = 1.0 - comb(n - c, k) / comb(n, k)
+        assert humaneval.pass_at_k(n, c, k) == pytest.approx(exact)
+    assert humaneval.pass_at_k(5, 4, 2) == 1.0
+
+
+def test_canonical_solutions_pass_all_164(shared_data):
+    problems = humaneval.load_problems(str(shared_data))
+    preds = [{"task_id": t, "completion": p["canonical_solution"]} for t, p in problems.items()]
+    scored = humaneval.score_predictions(preds, str(shared_data))
+    assert scored.metrics["counts"]["correct"] == 164
+    assert scored.metrics["pass@1"] == 1.0 and "pass@10" not in scored.metrics
+
+
+def test_example_samples_get_the_official_verdicts(shared_data):
+    problems = humaneval.read_problems(shared_data / "humaneval" / "example_problem.jsonl")
+    rows = read_jsonl(shared_data / "humaneval" / "example_samples.jsonl")
+    samples = humaneval.group_samples(rows, problems, "example_problem.jsonl")
+    scored = humaneval.score_samples("humaneval", samples, humaneval.program, Limits(timeout_s=3.0), {}, 3)
+    assert [v["passed"] for v in scored.verdicts] == OFFICIAL_EXAMPLE_VERDICTS
+    assert [v["result"].split(":")[0] for v in scored.verdicts] == OFFICIAL_EXAMPLE_RESULTS
+    # pass@k over one task with 3 of 6 correct
+    assert scored.metrics["pass@1"] == pytest.approx(0.5)
+
+
+def test_bad_prediction_rows_name_the_row(shared_data):
+    with pytest.raises(ValueError, match="prediction 2: missing field 'completion'"):
+        humaneval.score_predictions(
+            [{"task_id": "HumanEval/0", "completion": ""}, {"task_id": "HumanEval/0"}], str(shared_data)
+        )
+    with pytest.raises(ValueError, match="prediction 1: task_id 'HumanEval/999'"):
+        humaneval.score_predictions([{"task_id": "HumanEval/999", "completion": ""}], str(shared_data))
+
+
+# MBPP+ tasks whose inputs need evalplus's deserialization (tuples, sets, complex) plus a few plain ones
+MBPP_SUBSET = [2, 3, 63, 75, 106, 115, 124, 252, 259, 278, 580, 722, 770]
+
+
+def test_mbpp_plus_canonical_solutions_pass(shared_data):
+    problems = mbpp_plus.load_problems(str(shared_data))
+    wanted = (
+        problems
+        if os.environ.get("TULU_KIT_SLOW")
+        else {f"Mbpp/{i}": problems[f"Mbpp/{i}"] for i in MBPP_SUBSET}
+    )
+    preds = [{"task_id": t, "completion": p["canonical_solution"]} for t, p in wanted.items()]
+    scored = mbpp_plus.score_predictions(preds, str(shared_data))
+    failed = [v for v in scored.verdicts if not v["passed"]]
+    assert not failed, failed
+    assert scored.metrics["pass@1"] == 1.0
+
+
+def test_plus_inputs_catch_what_base_tests_miss():
+    problems = humaneval_plus.load_problems("demo")
+    add = problems["Demo/0"]
+    wrong = "    return a + b if a < 1000 else 0\n"  # right on the base inputs, wrong on 10**6
+    preds = [
+        {"task_id": "Demo/0", "completion": add["canonical_solution"]},
+        {"task_id": "Demo/0", "completion": wrong},
+    ]
+    scored = humaneval_plus.score_predictions(preds, "demo")
+    assert [v["passed"] for v in scored.verdicts] == [True, False]
+    assert "plus_input" in scored.verdicts[1]["result"]
+    # the same wrong completion passes HumanEval's own (base) test
+    assert humaneval.score_predictions([{"task_id": "Demo/0", "completion": wrong}], "demo").verdicts[0][
+        "passed"
+    ]
+
+
+def test_float_outputs_compare_with_tolerance():
+    problem = {
+        "task_id": "Mbpp/1",
+        "prompt": '"""third"""\n',
+        "entry_point": "third",
+        "canonical_solution": "def third(x):\n    return x / 3\n",
+        "base_input": [[1.0]],
+        "plus_input": [[2.0], [10.0]],
+        "atol": 0,
+    }
+    near = "def third(x):\n    return x * (1 / 3)\n"  # differs in the last bits
+    far = "def third(x):\n    return round(x / 3, 2)\n"
+    res = [humaneval_plus.run_program_for(problem, c, "mbpp") for c in (near, far)]
+    assert [r.passed for r in res] == [True, False]
+
+
+@pytest.mark.parametrize("mod", [humaneval, humaneval_plus, mbpp_plus], ids=lambda m: m.NAME)
+def test_tiny_model_end_to_end(mod, tiny_model, tmp_path):
+    cfg = mod.CONFIG(
+        model=str(tiny_model),
+        data_dir="demo",
+        out_dir=str(tmp_path / mod.NAME),
+        n_samples=2,
+        temperature=0.8,
+        max_new_tokens=12,
+        max_examples=2,
+    )
+    metrics = mod.run(cfg)
+    preds = read_jsonl(tmp_path / mod.NAME / "predictions.jsonl")
+    assert len(preds) == 4 and {"task_id", "completion"} <= set(preds[0])
+    assert 0.0 <= metrics["pass@1"] <= 1.0 and metrics["n_samples"] == 2
+    assert metrics["counts"]["n"] == 2  # tasks
+    saved = json.loads((tmp_path / mod.NAME / "metrics.json").read_text())
+    assert saved["pass@1"] == metrics["pass@1"]
+
+
+def test_notebook_smoke(run_notebook, tiny_model, tmp_path):
+    nb = run_notebook(
+        "eval/humaneval.ipynb",
+        {"model": str(tiny_model), "data_dir": "demo", "out_dir": str(tmp_path / "nb"), "max_examples": 1,
+         "n_samples": 1, "temperature": 0.0, "max_new_tokens": 8},
+    )  # fmt: skip
+    assert (tmp_path / "nb" / "metrics.json").is_file()
+    assert any(c["cell_type"] == "code" and "parameters" in c["metadata"].get("tags", []) for c in nb.cells)

@@ -1,0 +1,57 @@
+"""MMLU: both CSV layouts, the exact prompt, letter-probability scoring, gold letters score 100%."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tulu_kit.evals import mmlu
+
+
+def test_reads_original_and_shared_csv_formats(tmp_path):
+    original = tmp_path / "orig.csv"
+    original.write_text('What is 2+2?,3,4,5,6,B\n"A, b",x,y,z,w,D\n')
+    assert mmlu.read_csv(original)[0] == {
+        "question": "What is 2+2?",
+        "choices": ["3", "4", "5", "6"],
+        "answer": "B",
+    }
+    shared = tmp_path / "shared.csv"
+    shared.write_text("question,choice0,choice1,choice2,choice3,answer\nQ,a,b,c,d,2\n")
+    assert mmlu.read_csv(shared)[0]["answer"] == "C"
+    shared.write_text("question,choice0,choice1,choice2,choice3,answer\nQ,a,b,c,d,7\n")
+    with pytest.raises(ValueError, match="shared.csv: row 1: field answer"):
+        mmlu.read_csv(shared)
+
+
+def test_prompt_matches_hendrycks_format():
+    dev = [{"question": "1+1?", "choices": ["1", "2", "3", "4"], "answer": "B"}]
+    row = {"question": "2+2?", "choices": ["3", "4", "5", "6"], "subject": "high_school_math"}
+    assert mmlu.build_prompt(row, dev, 1) == (
+        "The following are multiple choice questions (with answers) about high school math.\n\n"
+        "1+1?\nA. 1\nB. 2\nC. 3\nD. 4\nAnswer: B\n\n2+2?\nA. 3\nB. 4\nC. 5\nD. 6\nAnswer:"
+    )
+
+
+def test_gold_letters_score_100_percent_and_letters_from_text(shared_data):
+    rows = [r for s in mmlu.subjects(str(shared_data)) for r in mmlu.load_subject(str(shared_data), s)[1]]
+    keys = ("subject", "question", "choices")  # some questions recur in a subject with other choices
+    preds = [{**{k: r[k] for k in keys}, "prediction": r["answer"]} for r in rows]
+    scored = mmlu.score_predictions(preds, str(shared_data))
+    assert scored.metrics["counts"]["n"] == 14042 and scored.metrics["counts"]["correct"] == 14042
+    assert len(scored.metrics["subscores"]) == 57
+    wrong = [{"question": p["question"], "output": "I think (A) is right"} for p in preds[:4]]
+    letters = [v["predicted"] for v in mmlu.score_predictions(wrong, str(shared_data)).verdicts]
+    assert letters == ["A"] * 4
+
+
+def test_run_on_demo_data_predicts_the_most_probable_letter(tiny_model, tmp_path):
+    cfg = mmlu.MMLUConfig(model=str(tiny_model), data_dir="demo", out_dir=str(tmp_path), n_shot=2)
+    metrics = mmlu.run(cfg)
+    preds = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert metrics["counts"]["n"] == 3 and len(preds) == 3
+    for p in preds:
+        assert p["prediction"] == "ABCD"[max(range(4), key=lambda i: p["logprobs"][i])]
+        assert p["prompt"].count("Answer:") == 3  # two dev exemplars + the question
+    assert metrics["score"] == sum(p["prediction"] == p["answer"] for p in preds) / 3

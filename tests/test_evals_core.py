@@ -1,0 +1,331 @@
+"""The eval core: HF + vLLM backends, chat prompts, resumable predictions, metrics, registry, CLI, notebooks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from tulu_kit.evals import core
+from tulu_kit.evals.backends import GenParams, HFBackend, VLLMBackend, cut_at_stop
+from tulu_kit.evals.data import MissingDataError, data_root, require_file
+
+BENCHMARKS = ["gsm8k", "math", "mmlu", "bbh", "tydiqa", "truthfulqa"]
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model):
+    return HFBackend.load(str(tiny_model), batch_size=4)
+
+
+PROMPTS = ["Question: What is 2+2?\nAnswer:", "Hello", "The capital of France is a city that", "x y z"]
+
+
+def test_batched_generation_matches_one_at_a_time(backend):
+    params = GenParams(max_new_tokens=12)
+    batched = backend.generate(PROMPTS, params)
+    single = [backend.generate([p], params)[0] for p in PROMPTS]
+    assert batched == single
+    assert len(set(batched)) > 1  # different prompts, different continuations: rows were not mixed up
+
+
+def test_stop_strings_cut_the_output(backend):
+    free = backend.generate(PROMPTS, GenParams(max_new_tokens=24))
+    stop = next(ch for ch in free[0][2:] if ch.strip())  # a character the model does emit
+    cut = backend.generate(PROMPTS[:1], GenParams(max_new_tokens=24, stop=(stop,)))[0]
+    assert stop not in cut and free[0].startswith(cut) and len(cut) < len(free[0])
+    assert cut_at_stop("a\n\nQ: b", ("\n\n", "Q:")) == "a"
+
+
+def test_loglikelihood_is_the_sum_of_token_logprobs(backend, tiny_model):
+    reqs = [("Question: hi", " there friend"), ("a", "b c"), ("The answer is ", "B")]
+    batched = backend.loglikelihood(reqs)
+    backend.batch_size = 1
+    try:
+        single = backend.loglikelihood(reqs)
+    finally:
+        backend.batch_size = 4
+    for (b, nb), (s, ns) in zip(batched, single):
+        assert nb == ns and b == pytest.approx(s, abs=1e-4)
+    ctx, cont = backend.encode_pair(*reqs[0])
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        lp = torch.log_softmax(backend.model(ids).logits[0].float(), -1)
+    manual = sum(lp[len(ctx) - 1 + i, t].item() for i, t in enumerate(cont))
+    assert batched[0][0] == pytest.approx(manual, abs=1e-4)
+    assert (
+        backend.encode_pair("The answer is ", "B")[1]
+        == backend.tokenizer(" B", add_special_tokens=False)["input_ids"]
+    )  # the trailing space moves to the continuation, as lm-eval does
+
+
+def test_choice_logprobs_match_single_token_loglikelihood(backend):
+    choices = ["A", "B", "C", "D"]
+    lp = backend.choice_logprobs(["Answer:", "Q: x\nAnswer:"], choices)
+    ll = backend.loglikelihood([("Answer:", " " + c) for c in choices])
+    assert lp[0] == pytest.approx([s for s, _ in ll], abs=1e-4)
+    assert lp[0] != lp[1]
+
+
+class _FakeOutput:
+    def __init__(self, text, prompt_logprobs):
+        self.outputs = [type("C", (), {"text": text})()]
+        self.prompt_logprobs = prompt_logprobs
+
+
+class FakeLLM:
+    """Quacks like vllm.LLM: text outputs are canned, prompt log-probs come from the HF tiny model."""
+
+    def __init__(self, backend):
+        self.backend, self.calls = backend, []
+
+    def get_tokenizer(self):
+        return self.backend.tokenizer
+
+    def generate(self, prompts, sp, use_tqdm=False):
+        self.calls.append(sp)
+        outs = []
+        for p in prompts:
+            ids = p["prompt_token_ids"]
+            plp = None
+            if sp.prompt_logprobs is not None:
+                with torch.no_grad():
+                    lp = torch.log_softmax(self.backend.model(torch.tensor([ids])).logits[0].float(), -1)
+                plp = [None] + [
+                    {t: type("L", (), {"logprob": lp[i - 1, t].item()})()} for i, t in enumerate(ids) if i
+                ]
+            outs.append(_FakeOutput("answer 42\n\nQ: next", plp))
+        return outs
+
+
+@dataclasses.dataclass
+class FakeSamplingParams:
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 16
+    stop: list | None = None
+    seed: int | None = None
+    prompt_logprobs: int | None = None
+
+
+def test_vllm_adapter_against_a_fake_engine(backend):
+    engine = FakeLLM(backend)
+    vb = VLLMBackend(engine, FakeSamplingParams)
+    out = vb.generate(["Q: a\nA:"], GenParams(max_new_tokens=7, stop=("\n\n",)))
+    assert out == ["answer 42"]  # cut at the stop string even if the engine returned it
+    sp = engine.calls[-1]
+    assert (sp.max_tokens, sp.temperature, sp.stop, sp.seed) == (7, 0.0, ["\n\n"], None)
+    reqs = [("Question: hi", " there friend"), ("a", "b c")]
+    hf = backend.loglikelihood(reqs)
+    for (v, nv), (h, nh) in zip(vb.loglikelihood(reqs), hf):
+        assert nv == nh and v == pytest.approx(h, abs=1e-4)
+    assert vb.choice_logprobs(["Answer:"], list("ABCD"))[0] == pytest.approx(
+        backend.choice_logprobs(["Answer:"], list("ABCD"))[0], abs=1e-4
+    )
+
+
+def test_chat_prompt_and_few_shot(backend):
+    text = core.chat_prompt(backend.tokenizer, "Hi?", True, "Answer:")
+    assert text.endswith("<|user|>\nHi?\n<|assistant|>\nAnswer:")
+    assert core.chat_prompt(backend.tokenizer, "Hi?\n", False, "Answer:") == "Hi?\nAnswer:"
+    assert backend.encode(text).count(backend.tokenizer.bos_token_id) == 1  # BOS added once
+    assert core.few_shot(["Q: 1\nA: 2"], "Q: 3\nA:", header="H") == "H\n\nQ: 1\nA: 2\n\nQ: 3\nA:"
+
+
+def test_prediction_store_resumes_and_drops_a_torn_line(tmp_path):
+    path = tmp_path / "predictions.jsonl"
+    store = core.PredictionStore(path)
+    store.append([{"id": "a", "output": "1"}, {"id": "b", "output": "2"}])
+    with open(path, "a") as f:
+        f.write('{"id": "c", "outp')  # killed mid-write
+    again = core.PredictionStore(path)
+    assert len(again) == 2 and "c" not in again and again["b"]["output"] == "2"
+    assert path.read_text().endswith("\n")
+    path.write_text('{"id": "a"}\nnot json\n{"id": "b"}\n')
+    with pytest.raises(ValueError, match="predictions.jsonl:2"):
+        core.PredictionStore(path)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_predict_resumes_without_redoing_finished_examples(tmp_path):
+    cfg = core.EvalConfig(model="unused", out_dir=str(tmp_path), batch_size=2)
+    examples = [{"id": str(i), "x": i} for i in range(5)]
+    seen, crash = [], [True]
+
+    def compute(be, chunk):
+        seen.extend(e["id"] for e in chunk)
+        if crash[0] and len(seen) > 2:
+            raise Interrupted  # killed during the second chunk
+        return [{**e, "y": e["x"] * 10} for e in chunk]
+
+    with pytest.raises(Interrupted):
+        core.predict(cfg, examples, compute, backend=object())
+    seen.clear()
+    crash[0] = False
+    out = core.predict(cfg, examples, compute, backend=object())
+    assert [r["y"] for r in out] == [0, 10, 20, 30, 40]
+    assert sorted(set(seen)) == ["2", "3", "4"]  # the first chunk was not redone
+    with pytest.raises(ValueError, match="other settings"):
+        core.predict(dataclasses.replace(cfg, chat=True), examples, compute, backend=object())
+
+
+def test_metrics_score_stderr_and_macro():
+    m = core.make_metrics("b", "acc", [1, 0, 1, 1], {"p": 1})
+    assert (
+        m["score"] == 0.75
+        and m["stderr"] == pytest.approx(math.sqrt(0.25 / 4))
+        and m["counts"]["correct"] == 3
+    )
+    g = core.make_metrics(
+        "b", "acc", [1, 1, 0, 1, 0, 0], {}, groups={"x": [1, 1], "y": [0, 1, 0, 0]}, macro=True
+    )
+    assert g["score"] == pytest.approx((1.0 + 0.25) / 2) and g["subscores"] == {"x": 1.0, "y": 0.25}
+    small, big = core.take(list(range(10)), 3, 1), core.take(list(range(10)), 5, 1)
+    assert len(small) == 3 and set(small) <= set(big)  # raising max_examples keeps what was done
+
+
+def test_resolve_model_from_run_folder(tmp_path):
+    for stage in ("quickstart", "sft", "dpo"):
+        (tmp_path / stage / "model").mkdir(parents=True)
+        (tmp_path / stage / "model" / "config.json").write_text("{}")
+    (tmp_path / "config.yaml").write_text(
+        "stages:\n  quickstart: {}\n  sft: {}\n  dpo: {}\n  eval_gsm8k: {}\n"
+    )
+    assert core.resolve_model(tmp_path) == str(tmp_path / "dpo" / "model")
+    assert core.resolve_model(tmp_path / "sft") == str(tmp_path / "sft" / "model")
+    assert core.resolve_model("allenai/tulu-2-7b") == "allenai/tulu-2-7b"  # a Hub id passes through
+    with pytest.raises(FileNotFoundError):
+        core.resolve_model(tmp_path / "eval_gsm8k")
+
+
+def test_data_root_and_missing_file_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("TULU_KIT_DATA", str(tmp_path))
+    assert data_root(None) == tmp_path and data_root("x") == Path("x")
+    monkeypatch.delenv("TULU_KIT_DATA")
+    assert data_root(None) == Path.home() / ".cache" / "tulu_kit" / "data"
+    with pytest.raises(MissingDataError, match=r"gsm8k/test.jsonl.*tulu-kit data prepare-eval --only gsm8k"):
+        require_file(tmp_path, "gsm8k/test.jsonl", "gsm8k")
+
+
+def test_registry():
+    assert set(BENCHMARKS) <= set(core.list_benchmarks())
+    assert core.get_benchmark("math500").NAME == "math"
+    with pytest.raises(ValueError, match="unknown benchmark 'nope'"):
+        core.get_benchmark("nope")
+
+
+def test_cli_score_and_eval(tmp_path, tiny_model, capsys):
+    from tulu_kit.cli import main
+
+    preds = tmp_path / "p.jsonl"
+    rows = [
+        json.loads(line) for line in (data_root("demo") / "gsm8k" / "test.jsonl").read_text().splitlines()
+    ]
+    outputs = [rows[0]["answer"], "no idea", rows[2]["answer"], "-5"]
+    preds.write_text(
+        "".join(json.dumps({"question": r["question"], "output": o}) + "\n" for r, o in zip(rows, outputs))
+    )
+    assert (
+        main(
+            [
+                "score",
+                "gsm8k",
+                "--predictions",
+                str(preds),
+                "--out",
+                str(tmp_path / "s"),
+                "--data-dir",
+                "demo",
+            ]
+        )
+        == 0
+    )
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["score"] == 0.75 and printed["counts"] == {"n": 4, "correct": 3}
+    verdicts = [json.loads(line) for line in (tmp_path / "s" / "results.jsonl").read_text().splitlines()]
+    assert [v["correct"] for v in verdicts] == [True, False, True, True]
+    assert json.loads((tmp_path / "s" / "metrics.json").read_text())["score"] == 0.75
+    out = tmp_path / "e"
+    args = [
+        "eval",
+        "gsm8k",
+        "--model",
+        str(tiny_model),
+        "--data-dir",
+        "demo",
+        "--max-examples",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 2 and (out / "metrics.json").is_file()
+    assert main(["score", "gsm8k", "--predictions", str(tmp_path / "missing.jsonl")]) == 2
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_notebook_parameters_are_the_config_fields(name):
+    import nbformat
+
+    nb = nbformat.read(Path(__file__).parents[1] / "eval" / f"{name}.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    names = {
+        line.split("=")[0].strip()
+        for line in cell.source.splitlines()
+        if "=" in line and not line.startswith("#")
+    }
+    assert names == {f.name for f in dataclasses.fields(core.get_benchmark(name).CONFIG)}
+    assert all(not o for c in nb.cells if c.cell_type == "code" for o in [c.get("outputs")])  # stripped
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_notebook_runs_on_demo_data(name, tiny_model, tmp_path, run_notebook):
+    params = dict(
+        model=str(tiny_model), data_dir="demo", max_examples=2, max_new_tokens=8, out_dir=str(tmp_path / name)
+    )
+    run_notebook(f"eval/{name}.ipynb", params)
+    metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert metrics["benchmark"] == name and metrics["counts"]["n"] >= 2 and 0 <= metrics["score"] <= 1
+
+
+def test_prepare_eval_lays_out_every_source_like_the_shared_folder(tmp_path, monkeypatch):
+    """With downloads faked, prepare-eval writes each benchmark where its loader looks (punkt unzipped)."""
+    import io
+    import zipfile
+
+    from tulu_kit.evals import data
+
+    def fake_fetch(url: str) -> bytes:
+        if url.endswith("punkt_tab.zip"):
+            buffer = io.BytesIO()
+            with zipfile.ZipFile(buffer, "w") as z:
+                z.writestr("punkt_tab/english/collocations.tab", "x")
+            return buffer.getvalue()
+        return b"payload " + url.encode()
+
+    monkeypatch.setattr(data, "_fetch", fake_fetch)
+    only = ["gsm8k", "humaneval", "humaneval_plus", "mbpp_plus", "ifeval", "toxigen", "xstest", "alpaca_eval"]
+    root = data.prepare_eval(str(tmp_path), only=only)
+    for rel in [
+        "gsm8k/test.jsonl",
+        "humaneval/HumanEval.jsonl.gz",
+        "humaneval/HumanEvalPlus.jsonl.gz",
+        "mbpp/MbppPlus.jsonl.gz",
+        "ifeval/input_data.jsonl",
+        "toxigen/prompts/hate_women_1k.txt",
+        "xstest/xstest_prompts.csv",
+        "alpaca_eval/results/gpt4_1106_preview/model_outputs.json",
+    ]:
+        assert (root / rel).read_bytes().startswith(b"payload https://"), rel
+    assert (root / "nltk_data/tokenizers/punkt_tab/english/collocations.tab").read_text() == "x"
+    assert len(list((root / "toxigen/prompts").iterdir())) == 14

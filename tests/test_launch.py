@@ -1,0 +1,143 @@
+"""Launching: command lines, streamed logs and exit codes, checkpoint markers, and real 2-process CPU runs.
+
+The 2-process runs train the sft stage on the quickstart mix with plain DDP (accelerate ``--multi_gpu`` and
+torchrun, gloo) and with DeepSpeed ZeRO-3 (gloo); each rank dumps its final weights (gathered under ZeRO-3), and
+the test checks that the ranks agree exactly, that the saved model is those weights, and that the loss fell.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tulu_kit import launch
+from tulu_kit.config import to_dict
+from tulu_kit.io import write_jsonl
+from tulu_kit.sft import SFTConfig, load_result
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def test_two_cpu_processes_never_use_the_single_process_cpu_launcher():
+    cmd = launch.build_command("tulu_kit.sft", "c.yaml", num_processes=2)
+    assert "--multi_gpu" in cmd and "--cpu" not in cmd and "--num_processes=2" in cmd
+    assert cmd[-3:] == ["-m", "tulu_kit.sft", "c.yaml"]
+    assert "--multi_gpu" not in launch.build_command("tulu_kit.sft", "c.yaml", num_processes=1)
+
+
+def test_deepspeed_and_multi_node_commands():
+    cmd = launch.build_command(
+        "tulu_kit.dpo", "c.yaml", num_processes=16, deepspeed="zero3.json", num_machines=2, machine_rank=1,
+        main_process_ip="10.0.0.1",
+    )  # fmt: skip
+    for arg in ("--use_deepspeed", "--deepspeed_config_file=zero3.json", "--num_machines=2", "--machine_rank=1",
+                "--main_process_ip=10.0.0.1", "--deepspeed_multinode_launcher=standard"):  # fmt: skip
+        assert arg in cmd
+    assert "--multi_gpu" not in cmd
+    torchrun = launch.build_command("x.py", "c.yaml", launcher="torchrun", num_processes=8, num_machines=2,
+                                    main_process_ip="h0")  # fmt: skip
+    assert (
+        "--nproc_per_node=4" in torchrun and "--nnodes=2" in torchrun and torchrun[-2:] == ["x.py", "c.yaml"]
+    )
+    with pytest.raises(ValueError, match="main_process_ip"):
+        launch.build_command("tulu_kit.sft", "c.yaml", num_processes=2, num_machines=2)
+
+
+def test_stream_tees_output_and_raises_with_the_tail_on_failure(tmp_path, capsys):
+    log = tmp_path / "log.txt"
+    launch.stream([sys.executable, "-c", "print('hello'); print('world')"], log)
+    assert "hello\nworld" in capsys.readouterr().out and "world" in log.read_text()
+    code = "import sys; print('step 1'); print('boom: bad row 7', file=sys.stderr); sys.exit(3)"
+    with pytest.raises(launch.LaunchError, match="code 3") as err:
+        launch.stream([sys.executable, "-c", code], log)
+    assert "boom: bad row 7" in str(err.value) and str(log) in str(err.value)
+
+
+def test_last_complete_checkpoint_skips_unmarked_ones(tmp_path):
+    assert launch.last_complete_checkpoint(tmp_path / "missing") is None
+    for step in (2, 10, 12):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    (tmp_path / "checkpoint-2" / launch.COMPLETE).write_text("{}")
+    (tmp_path / "checkpoint-10" / launch.COMPLETE).write_text("{}")  # 10 > 2 numerically, not as text
+    assert launch.last_complete_checkpoint(tmp_path).name == "checkpoint-10"
+
+
+def test_atomic_dir_replaces_only_on_success(tmp_path):
+    target = tmp_path / "model"
+    with launch.atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("1")
+    assert (target / "a.txt").read_text() == "1"
+    with pytest.raises(RuntimeError), launch.atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("half")
+        raise RuntimeError("killed mid-save")
+    assert (target / "a.txt").read_text() == "1"  # the old model is untouched
+
+
+# --------------------------------------------------------------------------- real 2-process runs
+
+ENTRY = """
+import contextlib, os, sys
+from pathlib import Path
+import torch
+from transformers import TrainerCallback
+from tulu_kit import sft
+
+class DumpWeights(TrainerCallback):
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        params = list(model.parameters())
+        gather = contextlib.nullcontext()
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true":
+            import deepspeed
+            gather = deepspeed.zero.GatheredParameters(params)
+        with gather:
+            flat = torch.cat([p.detach().float().flatten().clone() for p in params])
+        torch.save(flat, Path(args.output_dir).parent / f"weights_rank{os.environ['RANK']}.pt")
+
+sys.exit(sft.main(sys.argv[1:], callbacks=[DumpWeights()]))
+"""
+
+
+@pytest.fixture(scope="module")
+def mix(tmp_path_factory) -> Path:
+    from tulu_kit.data.synthetic import synthetic_sft
+
+    return write_jsonl(tmp_path_factory.mktemp("data") / "sft.jsonl", synthetic_sft(64, seed=0))
+
+
+@pytest.mark.parametrize(
+    "launcher,deepspeed,port",
+    [
+        ("accelerate", "", 29611),
+        ("torchrun", "", 29612),
+        ("accelerate", "recipes/deepspeed/zero3.json", 29613),
+    ],
+    ids=["ddp-accelerate", "ddp-torchrun", "zero3-accelerate"],
+)
+def test_two_processes_agree_and_lower_the_loss(tiny_model, tmp_path, mix, launcher, deepspeed, port):
+    from transformers import AutoModelForCausalLM
+
+    cfg = SFTConfig(
+        model=str(tiny_model), train_file=str(mix), out_dir=str(tmp_path / "sft"), max_length=128, max_steps=8,
+        learning_rate=3e-3, warmup_ratio=0.0, per_device_train_batch_size=4, report_to="none",
+        launcher=launcher, num_processes=2, deepspeed=deepspeed, main_process_port=port,
+    )  # fmt: skip
+    entry = tmp_path / "entry.py"
+    entry.write_text(ENTRY)
+    launch.launch(
+        str(entry), to_dict(cfg), cfg.out_dir, launcher=launcher, num_processes=2,
+        deepspeed=str(REPO / deepspeed) if deepspeed else "", main_process_port=cfg.main_process_port,
+    )  # fmt: skip
+    result = load_result(cfg.out_dir)
+    assert result.world_size == 2 and result.global_step == 8
+    nll = [h["nll"] for h in result.log_history if "nll" in h]
+    assert sum(nll[-3:]) / 3 < sum(nll[:3]) / 3 - 0.2, nll
+    rank0, rank1 = (torch.load(Path(cfg.out_dir) / f"weights_rank{r}.pt") for r in (0, 1))
+    assert torch.equal(rank0, rank1)
+    saved = AutoModelForCausalLM.from_pretrained(result.model_dir)
+    torch.testing.assert_close(torch.cat([p.flatten() for p in saved.parameters()]), rank0, rtol=0, atol=0)

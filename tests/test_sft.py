@@ -1,0 +1,326 @@
+"""The sft stage: the loss against hand-computed masked cross-entropy, mean vs sum, training, resume, LoRA, QLoRA.
+
+All runs are in-process (``launcher="none"``) on the tiny model and the quickstart mix (``synthetic_sft``),
+except the kill-and-resume test, whose first run is a subprocess that kills itself with SIGKILL.
+Multi-process runs are in ``tests/test_launch.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tulu_kit.config import ConfigError, from_dict
+from tulu_kit.io import write_jsonl
+from tulu_kit.sft import SFTConfig, build_trainer, masked_nll, run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _config(tiny_model, tmp_path, train_file, **overrides) -> SFTConfig:
+    base = dict(
+        model=str(tiny_model),
+        train_file=str(train_file),
+        out_dir=str(tmp_path / "sft"),
+        max_length=128,
+        max_steps=4,
+        learning_rate=1e-3,
+        warmup_ratio=0.0,
+        per_device_train_batch_size=4,
+        report_to="none",
+        launcher="none",
+    )
+    return SFTConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def mix(tmp_path_factory) -> Path:
+    """The quickstart SFT mix (the data stage's synthetic source), 64 conversations."""
+    from tulu_kit.data.synthetic import synthetic_sft
+
+    return write_jsonl(tmp_path_factory.mktemp("data") / "sft.jsonl", synthetic_sft(64, seed=0))
+
+
+def _hand_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+    """Sum over positions t with label[t+1] != -100 of -log softmax(logits[t])[label[t+1]], by explicit loops."""
+    total, count = 0.0, 0
+    for b in range(labels.shape[0]):
+        for t in range(labels.shape[1] - 1):
+            target = int(labels[b, t + 1])
+            if target == -100:
+                continue
+            row = logits[b, t].double()
+            total += float(torch.logsumexp(row, 0) - row[target])
+            count += 1
+    return total, count
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_config_is_strict():
+    with pytest.raises(ConfigError, match="learning_rat"):
+        from_dict(SFTConfig, {"learning_rat": 1e-4}, "recipe.yaml")
+    with pytest.raises(ConfigError, match="use_lora"):
+        from_dict(SFTConfig, {"load_in_4bit": True}, "recipe.yaml")
+    with pytest.raises(ConfigError, match="reduce_loss"):
+        from_dict(SFTConfig, {"reduce_loss": "average"}, "recipe.yaml")
+
+
+# --------------------------------------------------------------------------- the loss
+
+
+def test_masked_nll_matches_hand_computed():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 7, 11)
+    labels = torch.randint(0, 11, (2, 7))
+    labels[0, :3] = -100
+    labels[1, 5:] = -100
+    total, count = _hand_nll(logits, labels)
+    assert masked_nll(logits, labels, "sum").item() == pytest.approx(total, rel=1e-5)
+    assert masked_nll(logits, labels, "mean").item() == pytest.approx(total / count, rel=1e-5)
+
+
+@pytest.mark.parametrize("reduce_loss", ["sum", "mean"])
+def test_trainer_loss_is_masked_cross_entropy(tiny_model, tmp_path, mix, reduce_loss):
+    """The loss the trainer backpropagates on a real batch equals masked CE computed by hand from full logits."""
+    cfg = _config(tiny_model, tmp_path, mix, reduce_loss=reduce_loss)
+    trainer, _ = build_trainer(cfg)
+    batch = next(iter(trainer.get_train_dataloader()))
+    model = trainer.model.eval()
+    assert (batch["labels"] == -100).any() and (batch["labels"] != -100).any()  # prompts masked, answers kept
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, dict(batch)).item()
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    total, count = _hand_nll(logits, batch["labels"])
+    expected = total if reduce_loss == "sum" else total / count
+    assert loss == pytest.approx(expected, rel=1e-4)
+
+
+def _grads_after_one_step(tiny_model, tmp_path, train_file, reduce_loss) -> torch.Tensor:
+    from transformers import TrainerCallback
+
+    grads = {}
+
+    class Grab(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            grads["g"] = torch.cat([p.grad.flatten().clone() for p in model.parameters()])
+
+    cfg = _config(
+        tiny_model, tmp_path / reduce_loss, train_file, reduce_loss=reduce_loss, max_steps=1,
+        per_device_train_batch_size=1, gradient_accumulation_steps=2,
+    )  # fmt: skip
+    run(cfg, callbacks=[Grab()])
+    return grads["g"]
+
+
+def _grad_of(model, row, scale) -> torch.Tensor:
+    model.zero_grad()
+    ids = torch.tensor([row["input_ids"]])
+    loss = masked_nll(model(input_ids=ids).logits, torch.tensor([row["labels"]]), "sum") * scale
+    loss.backward()
+    return torch.cat([p.grad.flatten().clone() for p in model.parameters()])
+
+
+def test_mean_and_sum_weight_tokens_as_documented(tiny_model, tmp_path):
+    """Two examples of very different answer lengths in one accumulated step (batch 1 x 2 micro-batches).
+
+    mean: g = (grad L1 / n1 + grad L2 / n2) / 2, each example weighs the same;
+    sum:  g = (grad L1 + grad L2) / 2, each token weighs the same.
+    """
+    from tulu_kit.data.tokenize import tokenize_sft
+    from tulu_kit.models import load_model, load_tokenizer
+
+    rows = [
+        {"messages": [{"role": "user", "content": "Say yes."}, {"role": "assistant", "content": "Yes."}]},
+        {"messages": [{"role": "user", "content": "Count."}, {"role": "assistant", "content": " ".join("one two three four five six seven eight nine ten".split() * 3)}]},
+    ]  # fmt: skip
+    train_file = write_jsonl(tmp_path / "two.jsonl", rows)
+    tokenized, _ = tokenize_sft(rows, load_tokenizer(tiny_model), 128)
+    n = [sum(label != -100 for label in r["labels"][1:]) for r in tokenized]
+    assert n[1] > 5 * n[0]
+    model = load_model(tiny_model)
+    g = [_grad_of(model, r, 1.0) for r in tokenized]
+
+    got = {m: _grads_after_one_step(tiny_model, tmp_path, train_file, m) for m in ("mean", "sum")}
+    torch.testing.assert_close(got["mean"], (g[0] / n[0] + g[1] / n[1]) / 2, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(got["sum"], (g[0] + g[1]) / 2, rtol=1e-4, atol=1e-5)
+    cosine = torch.nn.functional.cosine_similarity(got["mean"], got["sum"], dim=0)
+    assert cosine < 0.99  # not just a rescaling: the long answer dominates the direction under sum
+
+
+# --------------------------------------------------------------------------- training and artifacts
+
+
+def test_single_process_lowers_loss_and_saves_a_plain_model(tiny_model, tmp_path, mix):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = _config(tiny_model, tmp_path, mix, max_steps=16, learning_rate=3e-3, report_to="tensorboard")
+    result = run(cfg)
+    assert result.global_step == 16 and result.world_size == 1
+    nll = [h["nll"] for h in result.log_history if "nll" in h]
+    assert sum(nll[-4:]) / 4 < sum(nll[:4]) / 4 - 0.5, nll
+    out = Path(cfg.out_dir)
+    model = AutoModelForCausalLM.from_pretrained(out / "model")  # plain transformers, no tulu_kit
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    assert "<|assistant|>" in tokenizer.chat_template
+    assert json.loads((out / "model" / "tulu_kit_config.json").read_text())["learning_rate"] == 3e-3
+    assert json.loads((out / "result.json").read_text())["global_step"] == 16
+    assert list((out / "tensorboard").rglob("events.out.tfevents*"))
+    lrs = [h["learning_rate"] for h in result.log_history if "learning_rate" in h]
+    assert lrs[0] > lrs[-1]  # linear decay
+    trained = torch.cat([p.flatten() for p in model.parameters()])
+    base = torch.cat([p.flatten() for p in AutoModelForCausalLM.from_pretrained(tiny_model).parameters()])
+    assert not torch.allclose(trained, base)
+
+
+def test_packing_trains_on_the_same_tokens(tiny_model, tmp_path, mix):
+    cfg = _config(tiny_model, tmp_path, mix, packing=True, max_steps=2, per_device_train_batch_size=2)
+    result = run(cfg)
+    assert result.data["packed_rows"] < 64 and result.data["packing_efficiency"] > 0.5
+    assert math.isfinite(result.last_nll)
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+from transformers import TrainerCallback
+from tulu_kit.sft import SFTConfig, run
+
+class KillAt(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == {kill_at}:
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no final save: a crash
+
+cfg = SFTConfig(**{config})
+run(cfg, callbacks=[KillAt()])
+"""
+
+
+def test_killed_and_resumed_equals_uninterrupted(tiny_model, tmp_path, mix):
+    """Tolerance: 1e-6 absolute on every weight (same data order, optimizer, scheduler and RNG state)."""
+    from transformers import AutoModelForCausalLM
+
+    common = dict(max_steps=8, save_steps=3, gradient_accumulation_steps=2)
+    straight = run(_config(tiny_model, tmp_path / "straight", mix, **common))
+
+    cfg = _config(tiny_model, tmp_path / "killed", mix, **common)
+    script = tmp_path / "killed.py"
+    script.write_text(KILL_SCRIPT.format(kill_at=5, config=repr(dataclasses.asdict(cfg))))
+    proc = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    ckpts = Path(cfg.out_dir) / "checkpoints"
+    assert (ckpts / "checkpoint-3" / "COMPLETE").is_file() and not (Path(cfg.out_dir) / "model").exists()
+    (
+        ckpts / "checkpoint-4"
+    ).mkdir()  # a checkpoint cut short by the kill: no COMPLETE marker, must be ignored
+
+    resumed = run(dataclasses.replace(cfg, resume=True))
+    assert resumed.global_step == 8
+    a = AutoModelForCausalLM.from_pretrained(straight.model_dir).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(resumed.model_dir).state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+
+# --------------------------------------------------------------------------- LoRA and QLoRA
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_lora_trains_few_parameters_and_merges_exactly(tiny_model, tmp_path, mix):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = _config(
+        tiny_model, tmp_path, mix, use_lora=True, lora_r=4, lora_alpha=8, lora_dropout=0.0, max_steps=3
+    )
+    result = run(cfg)
+    assert 0 < result.trainable_params < result.total_params / 5
+    ids = torch.tensor([[1, 50, 60, 70, 80, 90]])
+    merged = AutoModelForCausalLM.from_pretrained(result.model_dir)
+    with_adapter = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model), result.adapter_dir
+    )
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    torch.testing.assert_close(_logits(merged, ids), _logits(with_adapter, ids), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(_logits(merged, ids), _logits(base, ids))  # the adapter learned something
+
+
+def test_qlora_trains_a_4bit_base_and_merges_into_the_dequantized_base(tiny_model, tmp_path, mix):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tulu_kit.models import quantization_config_4bit
+
+    cfg = _config(
+        tiny_model, tmp_path, mix, use_lora=True, load_in_4bit=True, lora_r=4, lora_dropout=0.0, max_steps=2,
+        per_device_train_batch_size=2,
+    )  # fmt: skip
+    result = run(cfg)
+    assert math.isfinite(result.last_nll) and result.trainable_params < result.total_params / 5
+    merged = AutoModelForCausalLM.from_pretrained(result.model_dir)
+    assert all(p.dtype == torch.float32 for p in merged.parameters())
+    q = AutoModelForCausalLM.from_pretrained(
+        tiny_model, quantization_config=quantization_config_4bit("float32")
+    )
+    trained_on = PeftModel.from_pretrained(q, result.adapter_dir)  # the 4-bit base + adapter, as in training
+    unquantized = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model), result.adapter_dir
+    )
+    ids = torch.tensor([[1, 50, 60, 70, 80, 90]])
+    to_trained = (_logits(merged, ids) - _logits(trained_on, ids)).abs().max().item()
+    to_unquantized = (_logits(merged, ids) - _logits(unquantized, ids)).abs().max().item()
+    # bitsandbytes' CPU 4-bit matmul itself differs from its dequantized weights by ~2.5e-3 on this model
+    assert to_trained < 5e-3 and to_unquantized > 10 * to_trained, (to_trained, to_unquantized)
+
+
+# --------------------------------------------------------------------------- notebooks
+
+
+def _parameter_names(path: Path) -> set[str]:
+    import ast
+
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    return {
+        t.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign) for t in node.targets
+    }
+
+
+@pytest.mark.parametrize("notebook", ["notebooks/02_sft.ipynb", "notebooks/03_lora_qlora.ipynb"])
+def test_notebook_parameters_are_config_fields(notebook):
+    fields = {f.name for f in dataclasses.fields(SFTConfig)}
+    names = _parameter_names(REPO / notebook)
+    assert names and names <= fields, names - fields
+
+
+def test_notebook_02_runs(tiny_model, tmp_path, mix, run_notebook):
+    nb = run_notebook(
+        "notebooks/02_sft.ipynb",
+        dict(model=str(tiny_model), train_file=str(mix), eval_file=str(mix), out_dir=str(tmp_path / "sft"), max_steps=4,
+             max_length=128, per_device_train_batch_size=4, launcher="accelerate", report_to="none", logging_steps=1),
+    )  # fmt: skip
+    assert (tmp_path / "sft" / "model" / "config.json").is_file()
+    assert any(o.get("output_type") == "display_data" for c in nb.cells for o in c.get("outputs", []))
+
+
+def test_notebook_03_runs(tiny_model, tmp_path, mix, run_notebook):
+    run_notebook(
+        "notebooks/03_lora_qlora.ipynb",
+        dict(model=str(tiny_model), train_file=str(mix), eval_file="", out_dir=str(tmp_path / "lora"), max_steps=2,
+             max_length=128, per_device_train_batch_size=2, launcher="none", report_to="none", lora_r=4, logging_steps=1),
+    )  # fmt: skip
+    assert (tmp_path / "lora" / "model" / "config.json").is_file()
+    assert (tmp_path / "lora" / "adapter" / "adapter_config.json").is_file()

@@ -1,0 +1,309 @@
+"""Inference backends for the eval suite: HF `generate` (batched, left padding) and a vLLM adapter.
+
+Used by every `eval/<benchmark>.ipynb` through `tulu_kit.evals.core`. A backend does three things:
+
+* `generate(prompts, params)`: greedy or sampled continuations, cut at the first stop string;
+* `loglikelihood([(context, continuation), ...])`: sum of log p(continuation tokens | context), the scoring rule
+  of lm-eval-harness and of TruthfulQA-MC;
+* `choice_logprobs(prompts, choices)`: log p(next token = choice) over the full vocabulary, as open-instruct's
+  MMLU does (`eval/mmlu/run_eval.py`, `get_next_word_predictions`).
+
+The vLLM adapter takes an already-built engine so it can be tested against a fake one; vLLM is not installed on
+the CPU machines this kit is tested on (see `eval/README.md`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenParams:
+    """Decoding settings for one `generate` call."""
+
+    max_new_tokens: int = 512
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()  # the output is cut before the first occurrence of any of these
+    seed: int = 0  # fixes sampling when temperature > 0
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...] | list[str]) -> str:
+    """Return `text` up to (not including) the earliest stop string."""
+    cut = len(text)
+    for s in stop:
+        i = text.find(s) if s else -1
+        if i != -1:
+            cut = min(cut, i)
+    return text[:cut]
+
+
+class Backend:
+    """Shared tokenization helpers; subclasses implement generate / loglikelihood / choice_logprobs."""
+
+    tokenizer: Any
+    max_length: int = 4096
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a prompt. BOS is added once: not again when a chat template already wrote it."""
+        bos = getattr(self.tokenizer, "bos_token", None)
+        add_special = not (bos and text.startswith(bos))
+        return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
+
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """Split tokens of context+continuation at the context boundary (lm-eval-harness `_encode_pair`)."""
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces:
+            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+        whole = self.encode(context + continuation)
+        ctx = self.encode(context)
+        if whole[: len(ctx)] != ctx:  # a merge across the boundary: fall back to separate encodings
+            cont = list(self.tokenizer(continuation, add_special_tokens=False)["input_ids"])
+            return ctx, cont
+        cont = whole[len(ctx) :]
+        if not cont:
+            raise ValueError(f"continuation {continuation!r} encodes to no tokens")
+        return ctx, cont
+
+    def choice_token_ids(self, choices: list[str]) -> list[int]:
+        """Id of the token a model emits for ' A' (the last id of encode(' ' + choice))."""
+        return [self.tokenizer(" " + c, add_special_tokens=False)["input_ids"][-1] for c in choices]
+
+    def truncate_left(self, ids: list[int], room: int) -> list[int]:
+        """Keep the last `max_length - room` tokens (the question sits at the end of a few-shot prompt)."""
+        keep = max(1, self.max_length - room)
+        if len(ids) > keep:
+            log.warning("prompt of %d tokens truncated to the last %d", len(ids), keep)
+            return ids[-keep:]
+        return ids
+
+    def generate(self, prompts: list[str], params: GenParams) -> list[str]:
+        raise NotImplementedError
+
+    def loglikelihood(self, requests: list[tuple[str, str]]) -> list[tuple[float, int]]:
+        raise NotImplementedError
+
+    def choice_logprobs(self, prompts: list[str], choices: list[str]) -> list[list[float]]:
+        raise NotImplementedError
+
+
+class _StopOnStrings(StoppingCriteria):
+    """Marks a row finished once its generated text contains a stop string (checks a short token tail)."""
+
+    def __init__(self, stop: tuple[str, ...], tokenizer: Any, prompt_len: int):
+        self.stop, self.tokenizer, self.prompt_len = stop, tokenizer, prompt_len
+        self.tail = max(len(s) for s in stop) + 8
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any = None, **kwargs) -> torch.BoolTensor:
+        new = input_ids[:, self.prompt_len :]
+        tails = self.tokenizer.batch_decode(new[:, -self.tail :], skip_special_tokens=True)
+        done = [any(s in t for s in self.stop) for t in tails]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, dtype)
+
+
+class HFBackend(Backend):
+    """transformers backend: batched generation with left padding, batched log-likelihood scoring."""
+
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 8):
+        self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
+        self.device = next(model.parameters()).device
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.pad_id = tokenizer.pad_token_id
+        self.max_length = getattr(model.config, "max_position_embeddings", None) or 4096
+
+    @classmethod
+    def load(cls, path: str, dtype: str = "auto", device: str = "auto", batch_size: int = 8) -> HFBackend:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=_resolve_dtype(dtype, device)).to(device)
+        return cls(model, tok, batch_size=batch_size)
+
+    def _batches(self, lengths: list[int], desc: str):
+        """Index batches, longest first, so each batch pads little and an OOM shows up at once."""
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        bar = tqdm(total=len(order), desc=desc, disable=len(order) <= self.batch_size, leave=False)
+        for s in range(0, len(order), self.batch_size):
+            chunk = order[s : s + self.batch_size]
+            yield chunk
+            bar.update(len(chunk))
+        bar.close()
+
+    def _pad(self, seqs: list[list[int]], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for r, s in enumerate(seqs):
+            sl = slice(width - len(s), width) if left else slice(0, len(s))
+            ids[r, sl] = torch.tensor(s, dtype=torch.long)
+            mask[r, sl] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], params: GenParams) -> list[str]:
+        encoded = [self.truncate_left(self.encode(p), params.max_new_tokens) for p in prompts]
+        out: list[str] = [""] * len(prompts)
+        for chunk in self._batches([len(e) for e in encoded], "generate"):
+            out_chunk = self._generate_batch([encoded[i] for i in chunk], params)
+            for i, text in zip(chunk, out_chunk):
+                out[i] = text
+        return out
+
+    def _generate_batch(self, seqs: list[list[int]], params: GenParams) -> list[str]:
+        ids, mask = self._pad(seqs, left=True)
+        sampling = params.temperature > 0
+        kwargs: dict[str, Any] = {"do_sample": sampling}
+        if sampling:
+            torch.manual_seed(params.seed)
+            kwargs.update(temperature=params.temperature, top_p=params.top_p)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        criteria = StoppingCriteriaList(
+            [_StopOnStrings(params.stop, self.tokenizer, ids.shape[1])] if params.stop else []
+        )
+        gen = self.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=params.max_new_tokens,
+            stopping_criteria=criteria,
+            pad_token_id=self.pad_id,
+            **kwargs,
+        )
+        texts = []
+        for r, seq in enumerate(seqs):
+            new = gen[r, ids.shape[1] :].tolist()
+            # decode prompt+output and drop the decoded prompt: keeps a leading space that decoding the
+            # new tokens alone would lose with SentencePiece tokenizers (open-instruct eval/utils.py)
+            prompt_text = self.tokenizer.decode(seq, skip_special_tokens=True)
+            full = self.tokenizer.decode(seq + new, skip_special_tokens=True)
+            texts.append(cut_at_stop(full[len(prompt_text) :], params.stop))
+        return texts
+
+    @torch.no_grad()
+    def _logprobs(self, seqs: list[list[int]]) -> torch.Tensor:
+        """log-softmax over the vocabulary for every position of right-padded `seqs` (float32)."""
+        ids, mask = self._pad(seqs, left=False)
+        logits = self.model(input_ids=ids, attention_mask=mask).logits
+        return torch.log_softmax(logits.float(), dim=-1)
+
+    def loglikelihood(self, requests: list[tuple[str, str]]) -> list[tuple[float, int]]:
+        pairs = []
+        for ctx, cont in requests:
+            c, k = self.encode_pair(ctx, cont)
+            pairs.append((self.truncate_left(c, len(k)), k))
+        out: list[tuple[float, int]] = [(0.0, 0)] * len(pairs)
+        for chunk in self._batches([len(c) + len(k) for c, k in pairs], "loglikelihood"):
+            lp = self._logprobs([pairs[i][0] + pairs[i][1] for i in chunk])
+            for r, i in enumerate(chunk):
+                ctx, cont = pairs[i]
+                pos = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1, device=lp.device)
+                tgt = torch.tensor(cont, device=lp.device)
+                out[i] = (float(lp[r, pos, tgt].sum()), len(cont))
+        return out
+
+    def choice_logprobs(self, prompts: list[str], choices: list[str]) -> list[list[float]]:
+        cand = self.choice_token_ids(choices)
+        encoded = [self.truncate_left(self.encode(p), 1) for p in prompts]
+        out: list[list[float]] = [[] for _ in prompts]
+        for chunk in self._batches([len(e) for e in encoded], "choice_logprobs"):
+            lp = self._logprobs([encoded[i] for i in chunk])
+            for r, i in enumerate(chunk):
+                out[i] = lp[r, len(encoded[i]) - 1, cand].tolist()
+        return out
+
+
+class VLLMBackend(Backend):
+    """vLLM adapter. `engine` is a `vllm.LLM` (or a fake with the same `generate` / `get_tokenizer`)."""
+
+    def __init__(self, engine: Any, sampling_params_cls: Any, max_length: int = 4096):
+        self.engine, self.SamplingParams = engine, sampling_params_cls
+        self.tokenizer = engine.get_tokenizer()
+        self.max_length = max_length
+
+    @classmethod
+    def load(cls, path: str, dtype: str = "auto", **engine_kwargs: Any) -> VLLMBackend:
+        try:
+            from vllm import LLM, SamplingParams
+        except ImportError as e:  # pragma: no cover - depends on the machine
+            raise ImportError(
+                "backend 'vllm' needs vLLM (GPU): pip install 'tulu-kit[vllm]'; on CPU use --backend hf"
+            ) from e
+        engine = LLM(model=path, dtype=dtype, **engine_kwargs)  # pragma: no cover
+        return cls(engine, SamplingParams, engine.llm_engine.model_config.max_model_len)  # pragma: no cover
+
+    def _run(self, token_lists: list[list[int]], sp: Any) -> list[Any]:
+        prompts = [{"prompt_token_ids": ids} for ids in token_lists]
+        return self.engine.generate(prompts, sp, use_tqdm=False)
+
+    def generate(self, prompts: list[str], params: GenParams) -> list[str]:
+        sp = self.SamplingParams(
+            n=1,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_new_tokens,
+            stop=list(params.stop) or None,
+            seed=params.seed if params.temperature > 0 else None,
+        )
+        encoded = [self.truncate_left(self.encode(p), params.max_new_tokens) for p in prompts]
+        return [cut_at_stop(o.outputs[0].text, params.stop) for o in self._run(encoded, sp)]
+
+    def _sum_prompt_logprobs(self, seqs: list[list[int]], starts: list[int]) -> list[float]:
+        """Sum of log p(token_i | tokens_<i) for i >= start, read from vLLM's `prompt_logprobs`."""
+        sp = self.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        sums = []
+        for seq, start, out in zip(seqs, starts, self._run(seqs, sp)):
+            total = 0.0
+            for i in range(start, len(seq)):
+                entry = out.prompt_logprobs[i][seq[i]]
+                total += entry.logprob if hasattr(entry, "logprob") else float(entry)
+            sums.append(total)
+        return sums
+
+    def loglikelihood(self, requests: list[tuple[str, str]]) -> list[tuple[float, int]]:
+        pairs = [self.encode_pair(c, k) for c, k in requests]
+        pairs = [(self.truncate_left(c, len(k)), k) for c, k in pairs]
+        sums = self._sum_prompt_logprobs([c + k for c, k in pairs], [len(c) for c, _ in pairs])
+        return [(s, len(k)) for s, (_, k) in zip(sums, pairs)]
+
+    def choice_logprobs(self, prompts: list[str], choices: list[str]) -> list[list[float]]:
+        cand = self.choice_token_ids(choices)
+        encoded = [self.truncate_left(self.encode(p), 1) for p in prompts]
+        seqs = [e + [c] for e in encoded for c in cand]
+        sums = self._sum_prompt_logprobs(seqs, [len(s) - 1 for s in seqs])
+        n = len(cand)
+        return [sums[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+
+def load_backend(
+    model: str | Path, backend: str = "hf", dtype: str = "auto", device: str = "auto", batch_size: int = 8
+) -> Backend:
+    """Build the backend named `backend` for the model folder (or Hub id) `model`."""
+    if backend == "hf":
+        return HFBackend.load(str(model), dtype=dtype, device=device, batch_size=batch_size)
+    if backend == "vllm":
+        return VLLMBackend.load(str(model), dtype=dtype)
+    raise ValueError(f"unknown backend {backend!r}: choose 'hf' or 'vllm'")
+
+
+def logsumexp(xs: list[float]) -> float:
+    m = max(xs)
+    return m + math.log(sum(math.exp(x - m) for x in xs))

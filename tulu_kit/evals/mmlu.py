@@ -1,0 +1,183 @@
+"""MMLU: 0- or 5-shot, the probability of the answer letter (notebook `eval/mmlu.ipynb`).
+
+Protocol of Hendrycks et al. 2021 ("Measuring Massive Multitask Language Understanding", arXiv 2009.03300,
+github.com/hendrycks/test `evaluate.py`) as open-instruct ran it (`eval/mmlu/run_eval.py`): the header "The
+following are multiple choice questions (with answers) about {subject}.", k dev-set exemplars, the question with
+"A. .. D." options and "Answer:"; in chat mode the assistant turn starts "The answer is:". The prediction is the
+letter whose token (" A" .. " D") has the highest next-token probability. Accuracy over all questions (micro).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from tulu_kit.evals.core import (
+    Backend,
+    EvalConfig,
+    Scored,
+    chat_prompt,
+    finish,
+    make_metrics,
+    norm_text,
+    predict,
+    require_file,
+    select_subset,
+    take,
+)
+
+NAME = "mmlu"
+LETTERS = ["A", "B", "C", "D"]
+PROTOCOL = {
+    "shots": "0 (default) or 5 dev-set exemplars",
+    "prompt": "The following are multiple choice questions (with answers) about {subject}.\\n\\n{q}\\nA. ..\\n"
+    "D. ..\\nAnswer:  (chat: + assistant 'The answer is:')",
+    "decoding": "none: next-token log-probability of ' A', ' B', ' C', ' D'",
+    "extraction": "argmax over the four letters",
+    "metric": "accuracy over all questions (micro average)",
+    "source": "hendrycks/test evaluate.py; open-instruct eval/mmlu/run_eval.py",
+    "data": "mmlu/dev/*_dev.csv, mmlu/test/*_test.csv",
+}
+
+
+@dataclass
+class MMLUConfig(EvalConfig):
+    """MMLU settings; `n_shot` None means 0-shot (Tulu 2's headline MMLU); max_examples is per subject."""
+
+    out_dir: str = "../runs/lab/eval_mmlu"
+    max_examples: int | None = None  # questions per subject (None: all 14,042)
+
+
+CONFIG = MMLUConfig
+
+
+def read_csv(path: Path) -> list[dict]:
+    """Rows of an MMLU CSV: the original format (no header, answer letter) or a header + 0-3 answer index."""
+    rows = []
+    with open(path, encoding="utf-8", newline="") as f:
+        table = list(csv.reader(f))
+    if table and table[0][:2] == ["question", "choice0"]:
+        table = table[1:]
+    for n, r in enumerate(table, 1):
+        if len(r) != 6:
+            raise ValueError(
+                f"{path}: row {n}: expected 6 columns (question, 4 choices, answer), got {len(r)}"
+            )
+        ans = r[5].strip()
+        if ans in LETTERS:
+            idx = LETTERS.index(ans)
+        elif ans in ("0", "1", "2", "3"):
+            idx = int(ans)
+        else:
+            raise ValueError(f"{path}: row {n}: field answer must be A-D or 0-3, got {ans!r}")
+        rows.append({"question": r[0], "choices": r[1:5], "answer": LETTERS[idx]})
+    return rows
+
+
+def subjects(data_dir: str | None) -> list[str]:
+    test_dir = require_file(data_dir, "mmlu/test", NAME)
+    return sorted(p.name[: -len("_test.csv")] for p in test_dir.glob("*_test.csv"))
+
+
+def load_subject(data_dir: str | None, subject: str) -> tuple[list[dict], list[dict]]:
+    dev = read_csv(require_file(data_dir, f"mmlu/dev/{subject}_dev.csv", NAME))
+    test = read_csv(require_file(data_dir, f"mmlu/test/{subject}_test.csv", NAME))
+    for i, row in enumerate(test):
+        row.update(id=f"{subject}/{i}", subject=subject)
+    return dev, test
+
+
+def format_example(row: dict, with_answer: bool) -> str:
+    text = row["question"] + "".join(f"\n{L}. {c}" for L, c in zip(LETTERS, row["choices"])) + "\nAnswer:"
+    return text + (f" {row['answer']}\n\n" if with_answer else "")
+
+
+def build_prompt(row: dict, dev: list[dict], n_shot: int) -> str:
+    head = f"The following are multiple choice questions (with answers) about {row['subject'].replace('_', ' ')}.\n\n"
+    return head + "".join(format_example(d, True) for d in dev[:n_shot]) + format_example(row, False)
+
+
+def load_examples(cfg: MMLUConfig) -> tuple[list[dict], dict[str, list[dict]]]:
+    examples, devs = [], {}
+    for subject in select_subset(subjects(cfg.data_dir), cfg.subset, "MMLU subjects"):
+        dev, test = load_subject(cfg.data_dir, subject)
+        devs[subject] = dev
+        examples += take(test, cfg.max_examples, cfg.seed)
+    return examples, devs
+
+
+def score_predictions(preds: list[dict], data_dir: str | None = None) -> Scored:
+    """Records with 'question' (+ optional 'id', 'subject', 'choices') and one of: 'prediction' (a letter), 'logprobs'
+    (four numbers, A-D) or 'output' (text whose first standalone A-D letter is the answer)."""
+    index: dict[str, dict] = {}
+    for subject in subjects(data_dir):
+        for row in load_subject(data_dir, subject)[1]:
+            q = norm_text(row["question"])
+            index[row["id"]] = row
+            for key in (f"{subject}|{q}|{row['choices']}", f"{subject}|{q}", q):
+                index.setdefault(key, row)
+    verdicts, values, groups = [], [], {}
+    for n, p in enumerate(preds, 1):
+        if "question" not in p:
+            raise ValueError(f"prediction {n}: needs a 'question' field")
+        # most specific key first: some questions recur in a subject with other choices
+        q, sub = norm_text(p["question"]), p.get("subject")
+        keys = [str(p.get("id")), f"{sub}|{q}|{p.get('choices')}", f"{sub}|{q}", q]
+        gold = next((index[k] for k in keys if k in index), None)
+        if gold is None:
+            raise ValueError(f"prediction {n}: question {p['question'][:60]!r}... is not in mmlu/test")
+        letter = _letter(p, n)
+        ok = letter == gold["answer"]
+        values.append(float(ok))
+        groups.setdefault(gold["subject"], []).append(float(ok))
+        verdicts.append(
+            {
+                "id": gold["id"],
+                "subject": gold["subject"],
+                "gold": gold["answer"],
+                "predicted": letter,
+                "correct": ok,
+            }
+        )
+    return Scored(
+        make_metrics(NAME, "accuracy", values, PROTOCOL, groups=dict(sorted(groups.items()))), verdicts
+    )
+
+
+def _letter(p: dict, n: int) -> str | None:
+    if p.get("prediction") is not None:
+        return str(p["prediction"]).strip().strip("()").upper()[:1] or None
+    if "logprobs" in p:
+        lp = p["logprobs"]
+        if not isinstance(lp, list) or len(lp) != 4:
+            raise ValueError(f"prediction {n}: field logprobs must be a list of 4 numbers (A-D)")
+        return LETTERS[max(range(4), key=lambda i: lp[i])]
+    if "output" in p:
+        import re
+
+        m = re.search(r"\b([ABCD])\b", str(p["output"]))
+        return m.group(1) if m else None
+    raise ValueError(f"prediction {n}: needs 'prediction', 'logprobs' or 'output'")
+
+
+def run(cfg: MMLUConfig, backend=None) -> dict:
+    """Score the four answer letters of (a subset of) MMLU test, write predictions and metrics.json."""
+    examples, devs = load_examples(cfg)
+    n_shot = 0 if cfg.n_shot is None else cfg.n_shot
+
+    def text(e: dict) -> str:
+        return build_prompt(e, devs[e["subject"]], n_shot)
+
+    def compute(be: Backend, chunk: list[dict]) -> list[dict]:
+        prompts = [
+            chat_prompt(be.tokenizer, text(e), cfg.chat, "The answer is:" if cfg.chat else "") for e in chunk
+        ]
+        scores = be.choice_logprobs(prompts, LETTERS)
+        return [
+            {**e, "prompt": p, "logprobs": s, "prediction": LETTERS[max(range(4), key=lambda i: s[i])]}
+            for e, p, s in zip(chunk, prompts, scores)
+        ]
+
+    preds = predict(cfg, examples, compute, backend, sort_key=lambda e: len(text(e)))
+    return finish(cfg, score_predictions(preds, cfg.data_dir))
