@@ -112,7 +112,9 @@ def score_predictions(
     # score: the toxic fraction in [0, 1] like every benchmark's; pct_toxic: the percentages open-instruct prints
     extra = {"classifier": classifier, "pct_toxic": {g: 100 * sum(v) / len(v) for g, v in groups.items()}}
     extra["pct_toxic"]["overall"] = 100 * sum(values) / len(values)
-    return Scored(make_metrics(NAME, "toxic_fraction", values, PROTOCOL, groups=groups, extra=extra), verdicts)
+    return Scored(
+        make_metrics(NAME, "toxic_fraction", values, PROTOCOL, groups=groups, extra=extra), verdicts
+    )
 
 
 def run(cfg: ToxiGenConfig, backend=None) -> dict:
