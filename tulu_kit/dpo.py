@@ -30,7 +30,7 @@ from typing import Literal
 
 import torch
 
-from tulu_kit import losses
+from tulu_kit import launch, losses
 from tulu_kit.data.validate import BadRowError, validate_preference
 from tulu_kit.io import atomic_path, atomic_write_json, read_jsonl, write_jsonl
 
@@ -318,8 +318,6 @@ def trl_args(cfg: DPOConfig, has_eval: bool):
     """Our config -> TRL's DPOConfig (TrainingArguments)."""
     from trl import DPOConfig as TRLDPOConfig
 
-    from tulu_kit.sft import _resolve_path
-
     report_to = [r.strip() for r in cfg.report_to.split(",") if r.strip() and r.strip() != "none"]
     return TRLDPOConfig(
         output_dir=str(Path(cfg.out_dir) / "checkpoints"),
@@ -349,7 +347,7 @@ def trl_args(cfg: DPOConfig, has_eval: bool):
         eval_strategy="steps" if has_eval and cfg.eval_steps > 0 else "no",
         eval_steps=cfg.eval_steps if cfg.eval_steps > 0 else None,
         report_to=report_to or "none",
-        deepspeed=_resolve_path(cfg.deepspeed) or None,
+        deepspeed=launch.resolve_path(cfg.deepspeed) or None,
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
         disable_tqdm=False,
@@ -360,7 +358,7 @@ def build_trainer(cfg: DPOConfig, callbacks=None):
     """Tokenizer, checked and tokenized pairs, policy and trainer for `cfg`; returns (trainer, data info)."""
     from datasets import Dataset
 
-    from tulu_kit import launch, models
+    from tulu_kit import models
     from tulu_kit.config import to_dict
     from tulu_kit.data.templates import set_chat_template
     from tulu_kit.data.tokenize import tokenize_preference
@@ -405,7 +403,6 @@ def build_trainer(cfg: DPOConfig, callbacks=None):
 
 def _save_model(trainer, cfg: DPOConfig) -> Path:
     """The final model in `save_pretrained` layout at `<out_dir>/model`, a LoRA adapter merged into its base."""
-    from tulu_kit import launch
     from tulu_kit.merge import merge_lora
 
     out, is_main = Path(cfg.out_dir), trainer.accelerator.is_main_process
@@ -458,7 +455,6 @@ def plot_metrics(log_history: list[dict], path: str | Path | None = None):
 
 def train(cfg: DPOConfig, callbacks=None) -> dict:
     """Train in this process (one rank of a launched job, or alone); rank 0 writes the model and metrics."""
-    from tulu_kit import launch
 
     out = Path(cfg.out_dir)
     trainer, info = build_trainer(cfg, callbacks)
@@ -487,9 +483,7 @@ def train(cfg: DPOConfig, callbacks=None) -> dict:
 
 def run(cfg: DPOConfig, callbacks=None) -> dict:
     """The stage: train here (`launcher="none"`) or launch `train` on `num_processes` processes."""
-    from tulu_kit import launch
     from tulu_kit.config import to_dict
-    from tulu_kit.sft import _resolve_path
 
     if cfg.launcher == "none":
         return train(cfg, callbacks)
@@ -497,7 +491,7 @@ def run(cfg: DPOConfig, callbacks=None) -> dict:
         raise ValueError("callbacks only work in-process: set launcher='none'")
     launch.launch(
         "tulu_kit.dpo", to_dict(cfg), Path(cfg.out_dir), launcher=cfg.launcher, num_processes=cfg.num_processes,
-        deepspeed=_resolve_path(cfg.deepspeed), num_machines=cfg.num_machines, machine_rank=cfg.machine_rank,
+        deepspeed=launch.resolve_path(cfg.deepspeed), num_machines=cfg.num_machines, machine_rank=cfg.machine_rank,
         main_process_ip=cfg.main_process_ip, main_process_port=cfg.main_process_port,
         mixed_precision="bf16" if cfg.bf16 else "no",
     )  # fmt: skip
@@ -510,7 +504,6 @@ def _pref_metrics(logs: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of a launched rank: `python -m tulu_kit.dpo CONFIG.yaml`."""
-    from tulu_kit import launch
 
     train(launch.worker_config(DPOConfig, sys.argv[1:] if argv is None else argv))
     return 0

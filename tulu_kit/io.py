@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -28,6 +29,33 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def atomic_dir(final: str | Path, is_main: bool = True) -> Iterator[Path]:
+    """Yield ``<parent>/.<name>.tmp`` to fill; on success it replaces ``final`` by renames, on failure it is removed.
+
+    Every rank gets the same temporary path, and only the main rank creates and renames it, so all DeepSpeed
+    ZeRO-3 ranks can take part in one save (they gather the weights together).
+    """
+    final = Path(final)
+    tmp = final.parent / f".{final.name}.tmp"
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if is_main:
+        old = final.parent / f".{final.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -15,7 +15,7 @@ Launcher facts this module encodes (``../shared/reference/environment-notes.md``
 Checkpoints: the Trainer writes ``checkpoint-N``; :func:`complete_checkpoint_callback` then adds the resolved
 config and, last, a ``COMPLETE`` marker (atomically, after every rank has written its part).
 :func:`last_complete_checkpoint` ignores a checkpoint without it, so a run killed mid-save resumes from the
-previous one. :func:`atomic_dir` writes a final model beside its target and renames it into place.
+previous one. :func:`tulu_kit.io.atomic_dir` writes a final model beside its target and renames it into place.
 """
 
 from __future__ import annotations
@@ -26,18 +26,15 @@ import json
 import logging
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
 from tulu_kit.config import REPO_ROOT, from_dict, load_yaml
-from tulu_kit.io import atomic_write_json, atomic_write_text
+from tulu_kit.io import atomic_dir, atomic_write_json, atomic_write_text  # noqa: F401 (atomic_dir: for the stages)
 
 logger = logging.getLogger(__name__)
 
@@ -239,22 +236,8 @@ def last_complete_checkpoint(folder: str | Path) -> Path | None:
     return None
 
 
-@contextmanager
-def atomic_dir(final: str | Path, is_main: bool = True) -> Iterator[Path]:
-    """Yield ``<parent>/.<name>.tmp`` to write a directory into; on success it replaces ``final`` (main rank).
-
-    Every rank gets the same temporary path (DeepSpeed ZeRO-3 gathers the weights on all ranks to save them).
-    """
-    final = Path(final)
-    tmp = final.parent / f".{final.name}.tmp"
-    if is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    yield tmp
-    if is_main:
-        old = final.parent / f".{final.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+def resolve_path(path: str) -> str:
+    """A relative path that does not exist from the cwd is read from the repo root (recipes/deepspeed/...)."""
+    if not path or os.path.isabs(path) or os.path.exists(path):
+        return path
+    return str(REPO_ROOT / path) if (REPO_ROOT / path).exists() else path

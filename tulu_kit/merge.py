@@ -31,8 +31,8 @@ from typing import Literal
 
 import torch
 
-from tulu_kit.io import atomic_write_json, read_jsonl, write_jsonl
-from tulu_kit.weight_diff import atomic_dir, copy_side_files, parse_size, tensor_specs
+from tulu_kit.io import atomic_dir, atomic_write_json, read_jsonl, write_jsonl
+from tulu_kit.weight_diff import copy_side_files, parse_size, tensor_specs
 
 log = logging.getLogger(__name__)
 

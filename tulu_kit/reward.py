@@ -19,6 +19,7 @@ from typing import Literal
 
 import torch
 
+from tulu_kit import launch
 from tulu_kit.dpo import split_pairs
 from tulu_kit.io import atomic_write_json, write_jsonl
 from tulu_kit.losses import bradley_terry_loss
@@ -135,8 +136,6 @@ def trl_args(cfg: RewardConfig, has_eval: bool):
     """Our config -> TRL's RewardConfig (TrainingArguments)."""
     from trl import RewardConfig as TRLRewardConfig
 
-    from tulu_kit.sft import _resolve_path
-
     report_to = [r.strip() for r in cfg.report_to.split(",") if r.strip() and r.strip() != "none"]
     return TRLRewardConfig(
         output_dir=str(Path(cfg.out_dir) / "checkpoints"),
@@ -162,7 +161,7 @@ def trl_args(cfg: RewardConfig, has_eval: bool):
         eval_strategy="steps" if has_eval and cfg.eval_steps > 0 else "no",
         eval_steps=cfg.eval_steps if cfg.eval_steps > 0 else None,
         report_to=report_to or "none",
-        deepspeed=_resolve_path(cfg.deepspeed) or None,
+        deepspeed=launch.resolve_path(cfg.deepspeed) or None,
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
@@ -174,7 +173,7 @@ def train(cfg: RewardConfig) -> dict:
     from transformers import AutoModelForSequenceClassification, set_seed
     from trl import RewardTrainer
 
-    from tulu_kit import launch, models
+    from tulu_kit import models
     from tulu_kit.config import to_dict
     from tulu_kit.data.templates import set_chat_template
 
@@ -228,21 +227,18 @@ def train(cfg: RewardConfig) -> dict:
 
 def run(cfg: RewardConfig) -> dict:
     """The stage: train here (`launcher="none"`) or launch `train` on `num_processes` processes."""
-    from tulu_kit import launch
     from tulu_kit.config import to_dict
-    from tulu_kit.sft import _resolve_path
 
     if cfg.launcher == "none":
         return train(cfg)
     launch.launch("tulu_kit.reward", to_dict(cfg), Path(cfg.out_dir), launcher=cfg.launcher,
-                  num_processes=cfg.num_processes, deepspeed=_resolve_path(cfg.deepspeed),
+                  num_processes=cfg.num_processes, deepspeed=launch.resolve_path(cfg.deepspeed),
                   mixed_precision="bf16" if cfg.bf16 else "no")  # fmt: skip
     return json.loads((Path(cfg.out_dir) / "metrics.json").read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of a launched rank: `python -m tulu_kit.reward CONFIG.yaml`."""
-    from tulu_kit import launch
 
     train(launch.worker_config(RewardConfig, sys.argv[1:] if argv is None else argv))
     return 0

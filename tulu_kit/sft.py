@@ -201,15 +201,6 @@ def _trainer_class():
 # --------------------------------------------------------------------------- building blocks
 
 
-def _resolve_path(path: str) -> str:
-    """A relative path that does not exist from the cwd is read from the repo root (recipes/deepspeed/...)."""
-    from tulu_kit.config import REPO_ROOT
-
-    if not path or os.path.isabs(path) or os.path.exists(path):
-        return path
-    return str(REPO_ROOT / path) if (REPO_ROOT / path).exists() else path
-
-
 def read_rows(path: str, split: str = "train") -> list[dict]:
     """Rows of a local JSONL file, or of a Hub dataset (e.g. ``allenai/tulu-3-sft-mixture``) when no such file."""
     if Path(path).is_file() or path.endswith((".jsonl", ".json")):
@@ -279,7 +270,7 @@ def trl_args(cfg: SFTConfig, has_eval: bool):
         eval_strategy=eval_strategy,
         eval_steps=cfg.eval_steps if cfg.eval_steps > 0 else None,
         report_to=report_to or "none",
-        deepspeed=_resolve_path(cfg.deepspeed) or None,
+        deepspeed=launch.resolve_path(cfg.deepspeed) or None,
         max_length=None,  # tokenize_sft already cut at cfg.max_length
         dataset_kwargs={"skip_prepare_dataset": True},
         remove_unused_columns=False,
@@ -427,7 +418,7 @@ def run(cfg: SFTConfig, callbacks=None) -> SFTResult:
         Path(cfg.out_dir),
         launcher=cfg.launcher,
         num_processes=cfg.num_processes,
-        deepspeed=_resolve_path(cfg.deepspeed),
+        deepspeed=launch.resolve_path(cfg.deepspeed),
         num_machines=cfg.num_machines,
         machine_rank=cfg.machine_rank,
         main_process_ip=cfg.main_process_ip,

@@ -16,7 +16,7 @@ are recovered too, without a checksum (a warning says so).
 Embeddings: Alpaca/Tulu grew the raw vocabulary (a ``<pad>`` token) with new rows set to the mean of the old
 ones (``smart_tokenizer_and_embedding_resize``); both directions here pad the raw rows the same way.
 
-Also holds the shard-streaming helpers (:func:`weight_map`, :class:`ShardWriter`, :func:`atomic_dir`) that
+Also holds the shard-streaming helpers (:func:`weight_map`, :class:`ShardWriter`) that
 ``tulu_kit.merge`` uses. Used by ``notebooks/06_merging.ipynb`` and ``tulu-kit merge diff|recover``.
 """
 
@@ -27,9 +27,8 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from tulu_kit.io import atomic_write_json
+from tulu_kit.io import atomic_dir, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -160,26 +159,6 @@ class ShardWriter:
             weight_map_.update(dict.fromkeys(names, file))
         index = {"metadata": {"total_size": self.total_size}, "weight_map": weight_map_}
         atomic_write_json(self.out_dir / INDEX_NAME, index)
-
-
-@contextmanager
-def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``out_dir``; on success it replaces ``out_dir`` (and any old one)."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        yield tmp
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def copy_side_files(src: str | Path, dst: str | Path, overwrite: bool = True) -> None:
