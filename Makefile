@@ -19,7 +19,7 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test lint format lab clean
+.PHONY: setup dirs demo test lint format lab clean
 
 setup: $(STAMP)
 
@@ -35,7 +35,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) check
 	touch $@
 
-demo: setup
+dirs:
+	@mkdir -p $(HF_HOME) $(TORCH_EXTENSIONS_DIR) $(IPYTHONDIR) $(JUPYTER_RUNTIME_DIR) $(MPLCONFIGDIR) $(WANDB_DIR)
+
+demo: setup dirs
 	$(VENV)/bin/tulu-kit run recipes/quickstart.yaml --out runs/demo
 
 lint: setup
@@ -43,7 +46,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/nbstripout --verify $(NOTEBOOKS)
 
-test: lint
+test: lint dirs
 	$(PY) -m pytest -q
 
 format: setup
@@ -51,7 +54,7 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/nbstripout $(NOTEBOOKS)
 
-lab: setup
+lab: setup dirs
 	$(VENV)/bin/jupyter lab notebooks/
 
 clean:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tulu_kit.config import ConfigError, from_dict
-from tulu_kit.io import atomic_write_json
+from tulu_kit.io import atomic_write_json, write_jsonl
 from tulu_kit.report import ReportConfig, run
 
 
@@ -17,7 +17,7 @@ def fake_run(tmp_path):
     stages = {"sft": {"kind": "sft", "status": "completed", "seconds": 3.5}, "gsm": {"kind": "eval_gsm8k"}}
     atomic_write_json(run_dir / "run.json", {"status": "completed", "stages": stages})
     history = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 2, "train_runtime": 1.0}]
-    atomic_write_json(run_dir / "sft" / "checkpoint-2" / "trainer_state.json", {"log_history": history})
+    write_jsonl(run_dir / "sft" / "log_history.jsonl", history)
     gsm = {"benchmark": "gsm8k", "metric": "exact_match", "score": 0.25, "stderr": 0.1, "counts": {"n": 4}}
     atomic_write_json(run_dir / "gsm" / "metrics.json", gsm)
     atomic_write_json(run_dir / "other" / "metrics.json", {"not": "an eval"})

@@ -1,7 +1,7 @@
 """The report stage: one page for a whole run — stage times, training curves, benchmark scores (notebook 07).
 
 It reads only what the other stages leave in the run folder (``run.json``, each training stage's
-``trainer_state.json``, each eval stage's ``metrics.json``), so it works on any run, finished or not, and sets
+``log_history.jsonl``, each eval stage's ``metrics.json``), so it works on any run, finished or not, and sets
 the scores beside the published Tulu 2 / Tulu 3 numbers (``PUBLISHED``), labelled with their settings.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tulu_kit.io import atomic_write_text
+from tulu_kit.io import atomic_write_text, read_jsonl
 
 # Published results, in percent. Tulu 2: arXiv 2311.10702 v2, Table 1 (MMLU 0-shot EM, GSM8K 8-shot CoT, BBH
 # 3-shot CoT, TydiQA GP 1-shot F1, Codex-Eval P@10, AlpacaEval 1 win %, ToxiGen % toxic, TruthfulQA % info+true).
@@ -113,15 +113,12 @@ def score_table(run_dir: Path) -> pd.DataFrame:
 
 
 def training_curves(run_dir: Path) -> dict[str, pd.DataFrame]:
-    """Each training stage's log history (the newest ``trainer_state.json`` under its folder), by stage."""
+    """Each training stage's logged training steps (its ``log_history.jsonl``: the Trainer's log), by stage."""
     curves = {}
-    for stage_dir in sorted(p for p in run_dir.iterdir() if p.is_dir()):
-        states = sorted(stage_dir.rglob("trainer_state.json"), key=lambda p: p.stat().st_mtime)
-        if states:
-            history = json.loads(states[-1].read_text()).get("log_history", [])
-            frame = pd.DataFrame([h for h in history if "loss" in h])
-            if not frame.empty:
-                curves[stage_dir.name] = frame
+    for path in sorted(run_dir.glob("*/log_history.jsonl")):
+        frame = pd.DataFrame([h for h in read_jsonl(path) if "loss" in h and "step" in h])
+        if not frame.empty:
+            curves[path.parent.name] = frame
     return curves
 
 

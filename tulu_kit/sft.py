@@ -37,7 +37,7 @@ import torch
 
 from tulu_kit import launch, models
 from tulu_kit.config import to_dict
-from tulu_kit.io import atomic_write_json, read_jsonl
+from tulu_kit.io import atomic_write_json, read_jsonl, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -402,6 +402,7 @@ def train(cfg: SFTConfig, callbacks=None) -> SFTResult:
     if trainer.accelerator.is_main_process:
         atomic_write_json(out_dir / "config.json", to_dict(cfg))
         atomic_write_json(out_dir / "result.json", asdict(result))
+        write_jsonl(out_dir / "log_history.jsonl", result.log_history)  # what every training stage leaves
     trainer.accelerator.wait_for_everyone()
     return result
 

@@ -54,6 +54,8 @@ PROTOCOL = {
     "source": "open-instruct eval/alpaca_farm/run_eval.py; tatsu-lab/alpaca_eval",
     "data": FILE,
 }
+# alpaca_eval 0.6.6 evaluators_configs/alpaca_eval_clf_gpt4_turbo/alpaca_eval_clf.txt; compared word for word
+# (system and user parts) with that file of the released wheel.
 SYSTEM = (
     "You are a highly efficient assistant, who evaluates and selects the best large language model (LLMs) based "
     "on the quality of their responses to a given instruction. This process will be used to create a leaderboard "
