@@ -303,17 +303,6 @@ def _trainer_class():
 # --------------------------------------------------------------------------- model and trainer
 
 
-def _lora_config(cfg: DPOConfig):
-    """Given to DPOTrainer (not applied here), so the reference is the base with the adapter disabled."""
-    from peft import LoraConfig, TaskType
-
-    targets = cfg.lora_target_modules
-    return LoraConfig(
-        task_type=TaskType.CAUSAL_LM, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
-    )  # fmt: skip
-
-
 def trl_args(cfg: DPOConfig, has_eval: bool):
     """Our config -> TRL's DPOConfig (TrainingArguments)."""
     from trl import DPOConfig as TRLDPOConfig
@@ -395,7 +384,11 @@ def build_trainer(cfg: DPOConfig, callbacks=None):
         train_dataset=Dataset.from_list(train_rows),
         eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
         processing_class=tokenizer,
-        peft_config=_lora_config(cfg) if cfg.use_lora else None,
+        peft_config=(  # given to DPOTrainer, not applied here: the reference is the base, adapter disabled
+            models.lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+            if cfg.use_lora
+            else None
+        ),
         callbacks=[launch.complete_checkpoint_callback(to_dict(cfg)), *(callbacks or [])],
     )
     return trainer, info

@@ -185,18 +185,23 @@ def quantization_config_4bit(compute_dtype: str = "bfloat16"):
     )
 
 
-def add_lora(model, r: int = 64, alpha: int = 16, dropout: float = 0.1, target_modules="all-linear"):
-    """Wrap ``model`` with trainable LoRA adapters (``W + alpha/r * B A``); only the adapters train."""
-    from peft import LoraConfig, TaskType, get_peft_model
+def lora_config(r: int = 64, alpha: int = 16, dropout: float = 0.1, target_modules: str = "all-linear"):
+    """PEFT's LoraConfig for a causal LM; ``target_modules`` is "all-linear" or comma-separated module names."""
+    from peft import LoraConfig, TaskType
 
-    config = LoraConfig(
-        task_type=TaskType.CAUSAL_LM,
-        r=r,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=target_modules,
+    targets = target_modules
+    if targets != "all-linear":
+        targets = [t.strip() for t in target_modules.split(",") if t.strip()]
+    return LoraConfig(
+        task_type=TaskType.CAUSAL_LM, r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets
     )
-    return get_peft_model(model, config)
+
+
+def add_lora(model, r: int = 64, alpha: int = 16, dropout: float = 0.1, target_modules: str = "all-linear"):
+    """Wrap ``model`` with trainable LoRA adapters (``W + alpha/r * B A``); only the adapters train."""
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(r, alpha, dropout, target_modules))
 
 
 def count_parameters(model) -> tuple[int, int]:

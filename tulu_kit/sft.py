@@ -337,11 +337,7 @@ def build_trainer(cfg: SFTConfig, callbacks=None):
         gradient_checkpointing=cfg.gradient_checkpointing,
     )
     if cfg.use_lora:
-        targets = cfg.lora_target_modules
-        model = models.add_lora(
-            model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets if targets == "all-linear" else
-            [t.strip() for t in targets.split(",") if t.strip()],
-        )  # fmt: skip
+        model = models.add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
     # ---- trainer
     config_dict = to_dict(cfg)
     trainer = _trainer_class()(
