@@ -155,3 +155,32 @@ def test_notebook_01_runs(run_notebook, tiny_model, tmp_path):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert any("image/png" in o.get("data", {}) for o in outputs)  # histogram and packing plot
     assert any("background:#c8f7c5" in o.get("data", {}).get("text/html", "") for o in outputs)
+
+
+def test_decontamination_keeps_same_named_eval_files_apart_and_counts_exact(tmp_path):
+    """gsm8k/test.jsonl and math500/test.jsonl are two eval sets, not one; removed rows leave n_taken."""
+    question = "Natalia sold clips to forty eight of her friends in April and then she sold half as many clips in May"
+    for folder, text in (("gsm8k", question), ("math500", "an unrelated problem about triangles")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "test.jsonl").write_text(json.dumps({"question": text}) + "\n")
+    leak = tmp_path / "leak.jsonl"
+    leak.write_text(json.dumps({"prompt": question, "completion": "72"}) + "\n")
+    cfg = DataConfig(
+        out_dir=str(tmp_path / "out"),
+        sft_mixer_list=["synthetic_sft", 20, f"prompt_completion:{leak}", 3],
+        preference_mixer_list=[],
+        tokenizer="",
+        eval_fraction=0.0,
+        decontam_eval_files=[
+            str(tmp_path / "gsm8k" / "test.jsonl"),
+            str(tmp_path / "math500" / "test.jsonl"),
+        ],
+        decontam_remove=True,
+    )
+    result = run(cfg)
+    decontam = result["decontamination"]
+    assert decontam["eval_sets"] == {"gsm8k/test.jsonl": 1, "math500/test.jsonl": 1}
+    assert decontam["contaminated_per_eval_set"] == {"gsm8k/test.jsonl": 3} and decontam["removed"] == 3
+    leaky = result["counts"]["sft"][1]
+    assert (leaky["n_taken"], leaky["n_contaminated"]) == (0, 3)
+    assert result["totals"]["sft"] == sum(c["n_taken"] for c in result["counts"]["sft"]) == 20

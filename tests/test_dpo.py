@@ -220,3 +220,34 @@ def test_notebook_dpo_lifts_heldout_preference_accuracy_and_margins(
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     names = {line.split("=")[0].strip() for line in params.source.splitlines() if "=" in line}
     assert names == set(dpo.DPOConfig.__dataclass_fields__)
+
+
+def test_model_fingerprint_changes_when_the_weights_are_rewritten(tiny_model, tmp_path):
+    import shutil
+
+    copy = Path(shutil.copytree(tiny_model, tmp_path / "m"))
+    before = dpo.model_fingerprint(str(copy))
+    assert dpo.model_fingerprint(str(copy)) == before
+    (copy / "model.safetensors").write_bytes((copy / "model.safetensors").read_bytes() + b"\0")
+    assert dpo.model_fingerprint(str(copy)) != before
+    assert dpo.model_fingerprint("org/other-model") != dpo.model_fingerprint("org/model")
+
+
+def test_zero3_two_processes_evaluate_before_training_and_key_the_cache_by_model(tmp_path, pairs_file):
+    """recipes/tulu*/dpo_*.yaml: ZeRO-3, cached reference, held-out pairs. An evaluate() before train() broke the
+    DeepSpeed engine, and the weight hash of ZeRO-3's empty shards let a second model reuse the first's cache."""
+    from tulu_kit.models import build_tiny_model
+
+    results = []
+    for seed in (0, 1):
+        model = build_tiny_model(tmp_path / f"tiny{seed}", seed=seed)
+        cfg = _cfg(model, pairs_file, tmp_path / f"dpo{seed}", ref_cache_dir=str(tmp_path / "cache"),
+                   loss_type="dpo", beta=0.1, max_steps=1, per_device_train_batch_size=4, launcher="accelerate",
+                   num_processes=2, main_process_port=29657,
+                   deepspeed=str(Path(__file__).parents[1] / "recipes/deepspeed/zero3.json"))  # fmt: skip
+        results.append(dpo.run(cfg))
+    assert len(list((tmp_path / "cache").glob("ref_logps_*.pt"))) == 4  # train + held-out, per model
+    for result in results:  # before training the policy is the reference: every implicit reward is 0
+        assert result["eval_before"]["rewards/chosen"] == pytest.approx(0, abs=1e-5)
+        assert result["eval_before"]["rewards/margins"] == pytest.approx(0, abs=1e-5)
+    assert results[0]["eval_before"]["logps/chosen"] != results[1]["eval_before"]["logps/chosen"]

@@ -69,3 +69,10 @@ def test_run_on_demo_data(tiny_model, tmp_path):
         metrics["counts"]["n"] == 4
         and json.loads((tmp_path / "metrics.json").read_text())["score"] == metrics["score"]
     )
+
+
+def test_a_bad_line_in_the_data_file_names_file_and_line(tmp_path):
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "test.jsonl").write_text('{"question": "q", "answer": "#### 1"}\n{"question": \n')
+    with pytest.raises(ValueError, match=r"test.jsonl: line 2: not valid JSON"):
+        gsm8k.load_examples(str(tmp_path))

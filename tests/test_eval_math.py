@@ -66,3 +66,12 @@ def test_run_on_demo_data(tiny_model, tmp_path):
         "Counting & Probability",
         "Prealgebra",
     }
+
+
+def test_a_row_without_a_gold_answer_is_named(tmp_path):
+    (tmp_path / "math500").mkdir()
+    (tmp_path / "math500" / "test.jsonl").write_text(
+        json.dumps({"problem": "p", "solution": "no box"}) + "\n"
+    )
+    with pytest.raises(ValueError, match=r"test.jsonl:1: no field 'answer'"):
+        mathbench.load_examples(str(tmp_path))

@@ -329,3 +329,65 @@ def test_prepare_eval_lays_out_every_source_like_the_shared_folder(tmp_path, mon
         assert (root / rel).read_bytes().startswith(b"payload https://"), rel
     assert (root / "nltk_data/tokenizers/punkt_tab/english/collocations.tab").read_text() == "x"
     assert len(list((root / "toxigen/prompts").iterdir())) == 14
+
+
+def test_prediction_store_names_a_record_without_id(tmp_path):
+    path = tmp_path / "predictions.jsonl"
+    path.write_text('{"id": "a"}\n{"output": "no id"}\n')
+    with pytest.raises(ValueError, match=r"predictions.jsonl:2: .*'id'"):
+        core.PredictionStore(path)
+
+
+def test_finish_logs_an_unscored_run(tmp_path, caplog):
+    """A run with no judge / classifier has score None; finish must not log it with "%.4f" (TypeError)."""
+    cfg = core.EvalConfig(model="m", out_dir=str(tmp_path))
+    scored = core.Scored(core.make_metrics("toxigen", "toxic_fraction", [], {}), [])
+    with caplog.at_level("INFO", logger="tulu_kit.evals.core"):
+        metrics = core.finish(cfg, scored)
+    assert metrics["score"] is None
+    assert any("not scored" in r.getMessage() for r in caplog.records)
+
+
+def test_cli_eval_keeps_the_benchmarks_chat_default(monkeypatch):
+    """`tulu-kit eval humaneval` without --chat runs the protocol's chat format; --chat / --no-chat override it."""
+    import tulu_kit.evals
+    from tulu_kit.cli import main
+
+    calls = []
+    monkeypatch.setattr(tulu_kit.evals, "evaluate", lambda name, **kw: calls.append(kw) or {"score": 0})
+    for flag in ([], ["--chat"], ["--no-chat"]):
+        assert main(["eval", "humaneval", "--model", "m", *flag]) == 0
+    assert "chat" not in calls[0] and calls[1]["chat"] is True and calls[2]["chat"] is False
+
+
+def test_prepare_eval_never_leaves_a_partial_folder(tmp_path, monkeypatch):
+    """An unpack that dies half way leaves no folder, so the next run fetches again instead of skipping it."""
+    from tulu_kit.evals import data
+
+    monkeypatch.setattr(data, "_fetch", lambda url: b"archive")
+
+    def dies_half_way(payload, dest, name=""):
+        data._write(dest / "dev" / "a_dev.csv", b"q,a,b,c,d,A\n")
+        raise OSError("connection reset")
+
+    monkeypatch.setitem(data.UNPACK, "mmlu", dies_half_way)
+    with pytest.raises(OSError):
+        data.prepare_eval(str(tmp_path), only=["mmlu"])
+    assert not (tmp_path / "mmlu").exists()
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_prepare_eval_splits_tydiqa_per_language(tmp_path, monkeypatch):
+    from tulu_kit.evals import data
+
+    def article(qid):
+        return {"paragraphs": [{"context": "c", "qas": [{"id": qid, "question": "q", "answers": []}]}]}
+
+    payload = json.dumps({"data": [article("english-1"), article("finnish-2")]}).encode()
+    monkeypatch.setattr(data, "_fetch", lambda url: payload)
+    data.prepare_eval(str(tmp_path), only=["tydiqa"])
+    assert sorted(p.name for p in (tmp_path / "tydiqa_goldp" / "dev").iterdir()) == [
+        "english_tydiqa_dev.json",
+        "finnish_tydiqa_dev.json",
+    ]
+    assert (tmp_path / "tydiqa_goldp" / "train" / "english_tydiqa_train.json").is_file()

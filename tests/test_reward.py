@@ -78,3 +78,20 @@ def test_config_is_strict():
         from_dict(reward.RewardConfig, {"lr": 1e-5}, "rm.yaml")
     with pytest.raises(ConfigError, match="eval_fraction"):
         from_dict(reward.RewardConfig, {"eval_fraction": 1.5}, "rm.yaml")
+
+
+def test_zero3_two_processes_score_heldout_pairs(tiny_model, tmp_path):
+    """Under ZeRO-3 (recipes/tulu3/rm_8b.yaml) the weights are empty shards outside the engine: scoring the
+    held-out pairs before and after training must gather them, not crash in the embedding lookup."""
+    from pathlib import Path
+
+    data = write_jsonl(tmp_path / "preference.jsonl", synthetic_preference(32, seed=3))
+    cfg = reward.RewardConfig(
+        model=str(tiny_model), train_file=str(data), out_dir=str(tmp_path / "rm"), eval_fraction=0.25,
+        max_steps=2, per_device_train_batch_size=4, max_length=96, launcher="accelerate", num_processes=2,
+        deepspeed=str(Path(__file__).parents[1] / "recipes/deepspeed/zero3.json"),
+    )  # fmt: skip
+    result = reward.run(cfg)
+    assert result["train_steps"] == 2 and result["n_eval"] == 8
+    for when in ("eval_before", "eval_after"):
+        assert set(result[when]) >= {"accuracy", "margin", "loss"} and result[when]["loss"] > 0

@@ -144,7 +144,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from tulu_kit.evals import evaluate
 
-    kw = {k: getattr(args, k) for k in ("backend", "chat", "subset", "n_shot", "batch_size")}
+    kw = {k: getattr(args, k) for k in ("backend", "subset", "n_shot", "batch_size")}
+    if args.chat is not None:  # default: the benchmark's (chat for the code benchmarks, IFEval, ToxiGen)
+        kw["chat"] = args.chat
     kw.update(model=args.model, out_dir=args.out or f"runs/eval/{args.benchmark}", data_dir=args.data_dir)
     if args.max_new_tokens:
         kw["max_new_tokens"] = args.max_new_tokens
@@ -173,7 +175,12 @@ def add_eval(sub) -> None:
     p.add_argument(
         "--backend", default="hf", choices=["hf", "vllm"], help="vllm needs a GPU and the vllm extra"
     )
-    p.add_argument("--chat", action="store_true", help="wrap prompts in the model's chat template")
+    p.add_argument(
+        "--chat",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="wrap prompts in the model's chat template (default: the benchmark's)",
+    )
     p.add_argument(
         "--max-examples",
         type=int,

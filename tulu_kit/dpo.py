@@ -32,13 +32,11 @@ import torch
 
 from tulu_kit import launch, losses
 from tulu_kit.data.validate import BadRowError, validate_preference
-from tulu_kit.io import atomic_path, atomic_write_json, read_jsonl, write_jsonl
+from tulu_kit.io import atomic_path, atomic_write_json, read_rows, write_jsonl
+from tulu_kit.models import TULU_LORA_TARGETS
 
 logger = logging.getLogger(__name__)
 
-TULU_LORA_TARGETS = (
-    "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # as tulu_kit.sft (open-instruct)
-)
 TRL_LOSS = {"dpo": "sigmoid", "dpo_norm": "sigmoid_norm", "ipo": "ipo"}  # kit name -> TRL DPOConfig.loss_type
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
            "logps/chosen", "logps/rejected")  # fmt: skip
@@ -136,14 +134,6 @@ def _problem_kind(err: BadRowError) -> str:
     return "malformed"
 
 
-def _read_rows(path: str, split: str) -> list[dict]:
-    if Path(path).suffix in (".jsonl", ".json") or Path(path).exists():
-        return read_jsonl(path)
-    from datasets import load_dataset  # a Hub id such as HuggingFaceH4/ultrafeedback_binarized
-
-    return [dict(r) for r in load_dataset(path, split=split)]
-
-
 def load_pairs(
     path: str, split: str = "train", bad_pairs: str = "error"
 ) -> tuple[list[dict], dict[str, int]]:
@@ -153,7 +143,7 @@ def load_pairs(
     chosen response identical to the rejected one (no preference signal: DPO's gradient is zero on it).
     """
     pairs, dropped = [], Counter()
-    for i, row in enumerate(_read_rows(path, split), 1):
+    for i, row in enumerate(read_rows(path, split), 1):
         try:
             pair = validate_preference(row, source=path, index=i)
             if pair["chosen"][-1]["content"].strip() == pair["rejected"][-1]["content"].strip():
@@ -199,6 +189,18 @@ def reference_cache_key(rows: list[dict], model_hash: str, max_length: int | Non
     return h.hexdigest()[:24]
 
 
+def model_fingerprint(model: str) -> str:
+    """The model's name and, for a local folder, the name, size and mtime of each weight file.
+
+    Part of the reference cache key besides TRL's hash of the weights, which under DeepSpeed ZeRO-3 hashes empty
+    parameter shards: the same for every model of one architecture, so a retrained or different SFT model would
+    silently reuse the old model's reference log-probs.
+    """
+    files = sorted(p for p in Path(model).glob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".gguf"))
+    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return hashlib.sha256(json.dumps([str(model), stats]).encode()).hexdigest()
+
+
 def _example_digests(rows: list[dict]) -> list[str]:
     return [
         hashlib.sha1(json.dumps([r["prompt_ids"], r["chosen_ids"], r["rejected_ids"]]).encode()).hexdigest()[
@@ -211,6 +213,7 @@ def _example_digests(rows: list[dict]) -> list[str]:
 @functools.cache
 def _trainer_class():
     """TRL's DPOTrainer with the kit's reference cache and the losses TRL lacks (built lazily: TRL is slow)."""
+    from accelerate.utils import broadcast_object_list
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
     from trl import DPOTrainer
@@ -230,9 +233,11 @@ def _trainer_class():
                 zeros = [0.0] * len(dataset)
                 return dataset.add_column("ref_chosen_logps", zeros).add_column("ref_rejected_logps", zeros)
             rows = dataset.to_list()
-            key = reference_cache_key(
-                rows, self._precompute_model_hash, self.kit.max_length, str(self.kit.bf16)
-            )
+            model_id = f"{self._precompute_model_hash}|{model_fingerprint(self.kit.model)}"
+            # rank 0's key for every rank: file times (one copy of the model per node) can differ between nodes
+            key = [reference_cache_key(rows, model_id, self.kit.max_length, str(self.kit.bf16))]
+            broadcast_object_list(key, from_process=0)
+            key = key[0]
             path = self.cache_dir / f"ref_logps_{key}.pt"
             if path.is_file():
                 logger.info("%s: reference log-probs loaded from %s", name, path)
@@ -257,7 +262,11 @@ def _trainer_class():
             )
             model = self.ref_model or self.model
             if self.ref_model is None and self.is_deepspeed_enabled:  # ZeRO shards are gathered by an engine
-                model = prepare_deepspeed(self.model, self.accelerator)
+                # one engine for every pass (train, eval, evaluate), as TRL: a second one on the same module breaks
+                # ZeRO-3's parameter trace ('pop from an empty deque')
+                if self._precompute_engine is None:
+                    self._precompute_engine = prepare_deepspeed(self.model, self.accelerator)
+                model = self._precompute_engine
             chosen, rejected = [], []
             for batch in tqdm(loader, desc=f"reference log-probs ({name})"):
                 c, r = self.accelerator.gather_for_metrics(self.compute_ref_log_probs(model, batch))
@@ -335,6 +344,9 @@ def trl_args(cfg: DPOConfig, has_eval: bool):
         save_total_limit=cfg.save_total_limit,
         eval_strategy="steps" if has_eval and cfg.eval_steps > 0 else "no",
         eval_steps=cfg.eval_steps if cfg.eval_steps > 0 else None,
+        # the held-out metrics before training: inside train(), since an evaluate() before it leaves DeepSpeed
+        # with an inference engine that train() then cannot step (ZeRO-3: 'NoneType' has no 'backward')
+        eval_on_start=has_eval,
         report_to=report_to or "none",
         deepspeed=launch.resolve_path(cfg.deepspeed) or None,
         ddp_find_unused_parameters=False,
@@ -453,10 +465,11 @@ def train(cfg: DPOConfig, callbacks=None) -> dict:
     trainer, info = build_trainer(cfg, callbacks)
     has_eval = trainer.eval_dataset is not None
 
-    # ---- train, with held-out preference accuracy and margins before and after
-    before = trainer.evaluate() if has_eval else {}
+    # ---- train, with held-out preference accuracy and margins before (eval_on_start: the first eval log, also
+    # after a resume, whose history comes from the checkpoint) and after
     checkpoint = launch.last_complete_checkpoint(out / "checkpoints") if cfg.resume else None
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    before = next((h for h in trainer.state.log_history if "eval_loss" in h), {}) if has_eval else {}
     after = trainer.evaluate() if has_eval else {}
 
     # ---- save: model, log history, metrics and their plot

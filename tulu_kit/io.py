@@ -94,3 +94,12 @@ def read_jsonl(path: str | Path) -> list[dict]:
                 raise ValueError(f"{path}: line {lineno}: expected a JSON object, got {type(row).__name__}")
             rows.append(row)
     return rows
+
+
+def read_rows(path: str, split: str = "train") -> list[dict]:
+    """Rows of a local JSONL file, or of a Hub dataset (``allenai/tulu-3-sft-mixture``) when there is no such file."""
+    if Path(path).is_file() or path.endswith((".jsonl", ".json")):
+        return read_jsonl(path)
+    from datasets import load_dataset
+
+    return [dict(r) for r in load_dataset(path, split=split)]

@@ -11,7 +11,6 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from tulu_kit.data.templates import set_chat_template
 
@@ -19,6 +18,8 @@ logger = logging.getLogger(__name__)
 
 CORPUS = Path(__file__).parent / "assets" / "corpus.txt"
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]  # ids 0, 1, 2
+# LoRA targets of open-instruct finetune.py: every attention and MLP projection
+TULU_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 CHAT_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]  # plain added tokens: they survive decoding
 
 
@@ -69,6 +70,8 @@ def build_tiny_model(
     """Build, deterministically under ``seed``, the tiny Llama and its tokenizer, saved to ``out_dir``."""
     out_dir = Path(out_dir)
     tokenizer = build_tiny_tokenizer(vocab_size)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -100,6 +103,8 @@ def build_tiny_model(
 
 def load_tokenizer(path: str | Path, padding_side: str | None = None):
     """Load a tokenizer by local path or Hub id; make sure it can pad."""
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -135,6 +140,8 @@ def load_model(path: str | Path, dtype: str = "float32", attn_implementation: st
     """Load a causal LM by local path or Hub id with the given dtype and attention implementation."""
     if dtype not in _DTYPES and dtype != "auto":
         raise ValueError(f"dtype must be one of {', '.join(_DTYPES)} or 'auto', got {dtype!r}")
+    from transformers import AutoModelForCausalLM
+
     return AutoModelForCausalLM.from_pretrained(
         str(path),
         dtype=_DTYPES.get(dtype, "auto"),
@@ -160,6 +167,7 @@ def load_model_for_training(
     import os
 
     from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
 
     device_map = {"": int(os.environ.get("LOCAL_RANK", 0))} if torch.cuda.is_available() else None
     model = AutoModelForCausalLM.from_pretrained(

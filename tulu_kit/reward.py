@@ -10,6 +10,7 @@ held-out split before and after training with `score_pairs`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -98,17 +99,32 @@ def _pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor
     return ids, mask
 
 
+def _full_weights(model):
+    """A context in which a DeepSpeed ZeRO-3 model holds its full weights (its parameters are empty shards
+    outside the engine's forward); a no-op for any other model. Every rank must enter it together."""
+    params = list(model.parameters())
+    if not any(hasattr(p, "ds_id") for p in params):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params)
+
+
 @torch.no_grad()
 def score_pairs(model, rows: list[dict], pad_id: int, batch_size: int = 16) -> dict:
-    """Rewards of tokenized pairs (`chosen_ids`/`rejected_ids`); accuracy = share with r_c > r_r."""
+    """Rewards of tokenized pairs (`chosen_ids`/`rejected_ids`); accuracy = share with r_c > r_r.
+
+    Under DeepSpeed ZeRO-3 every rank calls it (the weights are gathered for the forward passes).
+    """
     model.eval()
     device = next(model.parameters()).device
     chosen, rejected = [], []
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size]
-        for key, out in (("chosen_ids", chosen), ("rejected_ids", rejected)):
-            ids, mask = _pad([r[key] for r in batch], pad_id)
-            out.append(get_reward(model, ids.to(device), mask.to(device)).float().cpu())
+    with _full_weights(model):
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            for key, out in (("chosen_ids", chosen), ("rejected_ids", rejected)):
+                ids, mask = _pad([r[key] for r in batch], pad_id)
+                out.append(get_reward(model, ids.to(device), mask.to(device)).float().cpu())
     r_c, r_r = torch.cat(chosen), torch.cat(rejected)
     return {
         "accuracy": (r_c > r_r).float().mean().item(),

@@ -37,11 +37,10 @@ import torch
 
 from tulu_kit import launch, models
 from tulu_kit.config import to_dict
-from tulu_kit.io import atomic_write_json, read_jsonl, write_jsonl
+from tulu_kit.io import atomic_write_json, read_rows, write_jsonl
+from tulu_kit.models import TULU_LORA_TARGETS
 
 logger = logging.getLogger(__name__)
-
-TULU_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # open-instruct finetune.py
 
 
 @dataclass
@@ -75,7 +74,7 @@ class SFTConfig:
     # --- checkpoints and logging
     save_steps: int = 0  # write a resumable checkpoint every N steps; 0: only the final model
     save_total_limit: int = 3  # checkpoints kept (the oldest are deleted)
-    eval_steps: int = 0  # evaluate on eval_file every N steps; 0: only at the end (when eval_file is set)
+    eval_steps: int = 0  # evaluate on eval_file every N steps; 0: after each epoch (when eval_file is set)
     logging_steps: int = 1  # log loss and learning rate every N steps
     report_to: str = "tensorboard"  # "tensorboard", "wandb", "tensorboard,wandb" or "none"
     resume: bool = False  # continue from the last complete checkpoint in <out_dir>/checkpoints
@@ -199,16 +198,6 @@ def _trainer_class():
 
 
 # --------------------------------------------------------------------------- building blocks
-
-
-def read_rows(path: str, split: str = "train") -> list[dict]:
-    """Rows of a local JSONL file, or of a Hub dataset (e.g. ``allenai/tulu-3-sft-mixture``) when no such file."""
-    if Path(path).is_file() or path.endswith((".jsonl", ".json")):
-        return read_jsonl(path)
-    from datasets import load_dataset
-
-    logger.info("loading Hub dataset %s (split %s)", path, split)
-    return list(load_dataset(path, split=split))
 
 
 def load_sft_data(path: str, tokenizer, cfg: SFTConfig):

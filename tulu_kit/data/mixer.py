@@ -84,7 +84,8 @@ def conversation_key(example: dict) -> str:
 
 @dataclass
 class SourceCount:
-    """Per source: rows read, converted, dropped as bad, removed as duplicates, held out, and taken."""
+    """Per source: rows read, converted, dropped as bad, removed as duplicates, held out, taken, and removed from
+    the taken rows by decontamination (``n_taken`` is what the written mix holds)."""
 
     source: str
     amount: float | int
@@ -93,6 +94,7 @@ class SourceCount:
     n_duplicates: int = 0
     n_eval: int = 0
     n_taken: int = 0
+    n_contaminated: int = 0
     bad_rows: list[str] = field(default_factory=list)  # the first few error messages
 
 

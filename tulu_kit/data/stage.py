@@ -61,6 +61,25 @@ class DataConfig:
             raise ValueError("max_length must be >= 2, batch_size and decontam_ngram >= 1")
 
 
+def eval_set_names(paths: list[str]) -> dict[str, str]:
+    """Report name -> path of each decontamination eval file: the file name, or more of its path where two
+    files share a name (gsm8k/test.jsonl and math500/test.jsonl), so no eval set silently replaces another."""
+    parts = [Path(p).parts for p in paths]
+    for depth in range(1, max((len(x) for x in parts), default=1) + 1):
+        names = ["/".join(x[-depth:]) for x in parts]
+        if len(set(names)) == len(names):
+            return dict(zip(names, paths))
+    raise ValueError(f"decontam_eval_files: a file is listed twice: {paths}")
+
+
+def _uncount(counts: list[SourceCount], removed: list[dict]) -> None:
+    """Move removed (contaminated) rows from each source's n_taken to its n_contaminated."""
+    for ex in removed:
+        count = next(c for c in counts if c.source == ex["source"] and c.n_taken > 0)
+        count.n_taken -= 1
+        count.n_contaminated += 1
+
+
 def load_mixture(cfg: DataConfig, mixer_list: list, kind: str) -> Mixture:
     """Load and convert every source of a mixer list, then mix them (see :func:`tulu_kit.data.mixer.mix`)."""
     pools, counts = [], []
@@ -151,11 +170,13 @@ def run(cfg: DataConfig) -> dict:
     # ---- decontaminate against the eval sets
     decontam = None
     if cfg.decontam_eval_files:
-        eval_sets = {Path(p).name: load_eval_texts(p) for p in cfg.decontam_eval_files}
+        eval_sets = {name: load_eval_texts(p) for name, p in eval_set_names(cfg.decontam_eval_files).items()}
         report = ngram_overlap(sft.train + preference.train, eval_sets, cfg.decontam_ngram)
         decontam = {**report.summary(), "examples": [vars(c) for c in report.contaminated[:50]]}
         if cfg.decontam_remove:
             bad, n_sft = report.indices, len(sft.train)
+            _uncount(sft.counts, [ex for i, ex in enumerate(sft.train) if i in bad])
+            _uncount(preference.counts, [ex for i, ex in enumerate(preference.train) if i + n_sft in bad])
             sft.train = [ex for i, ex in enumerate(sft.train) if i not in bad]
             preference.train = [ex for i, ex in enumerate(preference.train) if i + n_sft not in bad]
             decontam["removed"] = len(bad)

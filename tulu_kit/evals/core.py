@@ -244,6 +244,8 @@ class PredictionStore:
                         f.truncate(good)
                     return
                 raise ValueError(f"{self.path}:{n}: not valid JSON; delete the file to start over") from None
+            if not isinstance(rec, dict) or "id" not in rec:
+                raise ValueError(f"{self.path}:{n}: a prediction record needs an 'id' field")
             self.records[str(rec["id"])] = rec
             good += len(line) + 1
 
@@ -400,9 +402,16 @@ def finish(cfg: EvalConfig, scored: Scored) -> dict:
     metrics = {**scored.metrics, "model": cfg.model, "config": dataclasses.asdict(cfg)}
     write_jsonl_atomic(Path(cfg.out_dir) / "results.jsonl", scored.verdicts)
     write_json_atomic(Path(cfg.out_dir) / "metrics.json", metrics)
-    log.info(
-        "%s: %s = %.4f ± %.4f", metrics["benchmark"], metrics["metric"], metrics["score"], metrics["stderr"]
-    )
+    if metrics["score"] is None:  # nothing scored (no judge / classifier): "%.4f" % None would fail
+        log.info("%s: %s not scored", metrics["benchmark"], metrics["metric"])
+    else:
+        log.info(
+            "%s: %s = %.4f ± %.4f",
+            metrics["benchmark"],
+            metrics["metric"],
+            metrics["score"],
+            metrics["stderr"],
+        )
     return metrics
 
 

@@ -16,11 +16,12 @@ import json
 import logging
 import os
 import tarfile
-import tempfile
 import urllib.request
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+
+from tulu_kit.io import atomic_dir, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,17 @@ def require_file(data_dir: str | os.PathLike | None, rel: str, benchmark: str) -
             f"holding {rel}"
         )
     return path
+
+
+def json_row(path: str | os.PathLike, lineno: int, line: str) -> dict:
+    """One JSONL line of a benchmark file as a dict; anything else is an error naming the file and line."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: line {lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"{path}: line {lineno}: expected a JSON object, got {type(row).__name__}")
+    return row
 
 
 # ---------------------------------------------------------------------------------------------- downloads
@@ -130,14 +142,11 @@ def _fetch(url: str) -> bytes:
 
 
 def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
-def _unpack_mmlu(data: bytes, dest: Path) -> None:
+def _unpack_mmlu(data: bytes, dest: Path, name: str = "") -> None:
     """hendrycks data.tar -> mmlu/{dev,test}/*.csv (original format: no header, answer letter)."""
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         for m in tar.getmembers():
@@ -146,7 +155,7 @@ def _unpack_mmlu(data: bytes, dest: Path) -> None:
                 _write(dest / parts[1] / parts[2], tar.extractfile(m).read())
 
 
-def _unpack_bbh(data: bytes, dest: Path) -> None:
+def _unpack_bbh(data: bytes, dest: Path, name: str = "") -> None:
     """BIG-Bench-Hard repo zip -> bbh/bbh/*.json and bbh/cot-prompts/*.txt."""
     with zipfile.ZipFile(io.BytesIO(data)) as z:
         for name in z.namelist():
@@ -155,9 +164,9 @@ def _unpack_bbh(data: bytes, dest: Path) -> None:
                 _write(dest / parts[1] / parts[2], z.read(name))
 
 
-def _split_tydiqa(data: bytes, dest: Path) -> None:
-    """Official GoldP file -> one `<language>_tydiqa_<split>.json` per language (the shared layout)."""
-    split = dest.name
+def _split_tydiqa(data: bytes, dest: Path, name: str = "") -> None:
+    """Official GoldP file -> one `<language>_tydiqa_<split>.json` per language (split: `name` or dest's name)."""
+    split = name or dest.name
     by_lang: dict[str, list] = {}
     for article in json.loads(data)["data"]:
         lang = article["paragraphs"][0]["qas"][0]["id"].split("-")[0]
@@ -167,16 +176,17 @@ def _split_tydiqa(data: bytes, dest: Path) -> None:
         _write(dest / f"{lang}_tydiqa_{split}.json", body)
 
 
-def _unpack_zip(data: bytes, dest: Path) -> None:
-    """A zip whose top folder is ``dest``'s name (NLTK's punkt_tab.zip) -> ``dest/...``."""
+def _unpack_zip(data: bytes, dest: Path, name: str = "") -> None:
+    """A zip whose top folder is `name` (default: ``dest``'s name; NLTK's punkt_tab.zip) -> ``dest/...``."""
+    top = name or dest.name
     with zipfile.ZipFile(io.BytesIO(data)) as z:
-        for name in z.namelist():
-            parts = Path(name).parts
-            if len(parts) > 1 and parts[0] == dest.name and not name.endswith("/"):
-                _write(dest.joinpath(*parts[1:]), z.read(name))
+        for member in z.namelist():
+            parts = Path(member).parts
+            if len(parts) > 1 and parts[0] == top and not member.endswith("/"):
+                _write(dest.joinpath(*parts[1:]), z.read(member))
 
 
-UNPACK: dict[str, Callable[[bytes, Path], None]] = {
+UNPACK: dict[str, Callable[[bytes, Path, str], None]] = {
     "mmlu": _unpack_mmlu,
     "bbh": _unpack_bbh,
     "tydiqa": _split_tydiqa,
@@ -200,7 +210,10 @@ def prepare_eval(data_dir: str | None = None, only: list[str] | None = None, for
             data = _fetch(url)
             unpack = UNPACK.get(name) or UNPACK.get(url.rsplit("/", 1)[-1])
             if unpack:
-                unpack(data, dest)  # each file is written atomically
+                # the whole folder at once: an interrupted unpack must not leave a partial folder that the
+                # next run would skip as "exists"
+                with atomic_dir(dest) as tmp:
+                    unpack(data, tmp, dest.name)
             else:
                 _write(dest, data)
     return root

@@ -10,7 +10,6 @@ removed; it is compared numerically with the number after "####" in the gold ans
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ from tulu_kit.evals.core import (
     require_file,
     take,
 )
+from tulu_kit.evals.data import json_row
 
 NAME = "gsm8k"
 FILE = "gsm8k/test.jsonl"
@@ -134,7 +134,7 @@ def load_examples(data_dir: str | None) -> list[dict]:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            row = json.loads(line)
+            row = json_row(path, n, line)
             if "question" not in row or "####" not in row.get("answer", ""):
                 raise ValueError(f"{path}:{n}: expected fields 'question' and 'answer' with '#### <number>'")
             examples.append(

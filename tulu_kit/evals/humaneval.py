@@ -18,7 +18,6 @@ Predictions use the official sample format: JSONL of {"task_id", "completion"} (
 from __future__ import annotations
 
 import gzip
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from tulu_kit.evals.core import (
     predict,
     take,
 )
-from tulu_kit.evals.data import require_file
+from tulu_kit.evals.data import json_row, require_file
 from tulu_kit.evals.sandbox import ExecResult, Limits, isolation, run_many
 
 log = logging.getLogger(__name__)
@@ -94,7 +93,7 @@ def read_problems(path: str | Path) -> dict[str, dict]:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            row = json.loads(line)
+            row = json_row(path, n, line)
             missing = [k for k in ("task_id", "prompt", "entry_point") if k not in row]
             if missing:
                 raise ValueError(f"{path}: line {n}: missing field(s) {missing}")

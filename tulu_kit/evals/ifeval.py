@@ -19,7 +19,6 @@ Predictions use the official format: JSONL of {"prompt", "response"}.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from tulu_kit.evals.core import (
     make_metrics,
     take,
 )
-from tulu_kit.evals.data import MissingDataError, require_file
+from tulu_kit.evals.data import MissingDataError, json_row, require_file
 from tulu_kit.io import write_jsonl
 
 NAME = "ifeval"
@@ -147,7 +146,7 @@ def load_inputs(data_dir: str | None = None, path: str | Path | None = None) -> 
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            row = json.loads(line)
+            row = json_row(path, n, line)
             missing = [k for k in ("key", "prompt", "instruction_id_list", "kwargs") if k not in row]
             if missing:
                 raise ValueError(f"{path}: line {n}: missing field(s) {missing}")

@@ -11,7 +11,6 @@ correct when the Minerva-normalized strings match (Hendrycks et al. 2021 `is_equ
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from tulu_kit.evals.core import (
@@ -25,6 +24,7 @@ from tulu_kit.evals.core import (
     require_file,
     take,
 )
+from tulu_kit.evals.data import json_row
 
 NAME = "math"
 FILE = "math500/test.jsonl"
@@ -110,12 +110,16 @@ def load_examples(data_dir: str | None) -> list[dict]:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            row = json.loads(line)
+            row = json_row(path, n, line)
             if "problem" not in row or "solution" not in row:
                 raise ValueError(f"{path}:{n}: expected fields 'problem' and 'solution'")
             answer = row.get("answer")
             if answer is None:
                 answer = extract_answer(row["solution"])
+            if answer is None:
+                raise ValueError(
+                    f"{path}:{n}: no field 'answer' and no \\boxed{{}} answer in field 'solution'"
+                )
             examples.append(
                 {
                     "id": str(row.get("unique_id", n - 1)),
