@@ -391,3 +391,15 @@ def test_prepare_eval_splits_tydiqa_per_language(tmp_path, monkeypatch):
         "finnish_tydiqa_dev.json",
     ]
     assert (tmp_path / "tydiqa_goldp" / "train" / "english_tydiqa_train.json").is_file()
+
+
+def test_a_corrupt_whole_file_benchmark_names_file_and_line(tmp_path):
+    from tulu_kit.evals import bbh
+
+    folder = tmp_path / "bbh" / "bbh"
+    folder.mkdir(parents=True)
+    (folder / "boolean_expressions.json").write_text('{"examples": [\n  {"input": "x",\n}')
+    (tmp_path / "bbh" / "cot-prompts").mkdir()
+    (tmp_path / "bbh" / "cot-prompts" / "boolean_expressions.txt").write_text("-----\nQ: a\nA: b")
+    with pytest.raises(ValueError, match=r"boolean_expressions\.json: line 3 column 1: not valid JSON"):
+        bbh.load_task(str(tmp_path), "boolean_expressions")

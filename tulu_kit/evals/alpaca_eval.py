@@ -18,7 +18,6 @@ With no judge configured, a clear message is logged and only the outputs are wri
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -35,7 +34,7 @@ from tulu_kit.evals.core import (
     make_metrics,
     take,
 )
-from tulu_kit.evals.data import require_file
+from tulu_kit.evals.data import read_json, require_file
 from tulu_kit.evals.judges import NO_JUDGE, OpenAIJudge, make_judge
 from tulu_kit.io import atomic_write_json
 
@@ -114,7 +113,7 @@ CONFIG = AlpacaEvalConfig
 def load_reference(data_dir: str | None, version: int) -> list[dict]:
     """The reference model's outputs: 805 {instruction, output, generator, dataset} rows."""
     path = require_file(data_dir, FILE.format(ref=REFERENCES[version]), NAME)
-    rows = json.loads(path.read_text(encoding="utf-8"))
+    rows = read_json(path)
     for n, r in enumerate(rows):
         if not isinstance(r, dict) or "instruction" not in r or "output" not in r:
             raise ValueError(f"{path}: item {n}: needs 'instruction' and 'output'")

@@ -10,7 +10,6 @@ and punctuation; the score is the mean of the per-task accuracies.
 
 from __future__ import annotations
 
-import json
 import re
 import string
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from tulu_kit.evals.core import (
     select_subset,
     take,
 )
+from tulu_kit.evals.data import read_json
 
 NAME = "bbh"
 PROTOCOL = {
@@ -84,7 +84,7 @@ def task_prompt(data_dir: str | None, task: str, n_shot: int | None = None) -> s
 
 def load_task(data_dir: str | None, task: str) -> list[dict]:
     path = require_file(data_dir, f"bbh/bbh/{task}.json", NAME)
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = read_json(path)
     rows = []
     for i, ex in enumerate(data.get("examples", [])):
         if "input" not in ex or "target" not in ex:

@@ -68,6 +68,14 @@ def json_row(path: str | os.PathLike, lineno: int, line: str) -> dict:
     return row
 
 
+def read_json(path: str | os.PathLike) -> object:
+    """A whole-file JSON benchmark file; a syntax error names the file, line and column."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: line {e.lineno} column {e.colno}: not valid JSON ({e.msg})") from None
+
+
 # ---------------------------------------------------------------------------------------------- downloads
 GH = "https://raw.githubusercontent.com"
 TOXIGEN_GROUPS = (

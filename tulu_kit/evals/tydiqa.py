@@ -10,7 +10,6 @@ then over languages.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import string
@@ -31,6 +30,7 @@ from tulu_kit.evals.core import (
     select_subset,
     take,
 )
+from tulu_kit.evals.data import read_json
 
 NAME = "tydiqa"
 # language -> (instruction, passage label, question label, answer label), as open-instruct wrote them
@@ -124,7 +124,7 @@ def best_f1(prediction: str, answers: list[str]) -> float:
 # ---------------------------------------------------------------------------------------------- data
 def _read(path) -> list[dict]:
     rows = []
-    for article in json.loads(path.read_text(encoding="utf-8"))["data"]:
+    for article in read_json(path)["data"]:
         for para in article["paragraphs"]:
             for qa in para["qas"]:
                 answers = [a["text"] for a in qa.get("answers", [])]
