@@ -316,42 +316,17 @@ def trl_args(cfg: DPOConfig, has_eval: bool):
     """Our config -> TRL's DPOConfig (TrainingArguments)."""
     from trl import DPOConfig as TRLDPOConfig
 
-    report_to = [r.strip() for r in cfg.report_to.split(",") if r.strip() and r.strip() != "none"]
     return TRLDPOConfig(
-        output_dir=str(Path(cfg.out_dir) / "checkpoints"),
+        **launch.trainer_kwargs(cfg, has_eval),
         loss_type=[TRL_LOSS.get(cfg.loss_type, "sigmoid")],  # unused when cfg.own_loss
         beta=cfg.beta,
         precompute_ref_log_probs=cfg.reference == "cached",
-        max_length=None,  # tokenize_preference already cut at cfg.max_length
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the total steps
-        weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        per_device_eval_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        bf16=cfg.bf16,
-        use_cpu=not torch.cuda.is_available(),
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps" if cfg.save_steps > 0 else "no",
-        save_steps=max(cfg.save_steps, 1),
         save_total_limit=cfg.save_total_limit,
-        eval_strategy="steps" if has_eval and cfg.eval_steps > 0 else "no",
-        eval_steps=cfg.eval_steps if cfg.eval_steps > 0 else None,
         # the held-out metrics before training: inside train(), since an evaluate() before it leaves DeepSpeed
         # with an inference engine that train() then cannot step (ZeRO-3: 'NoneType' has no 'backward')
         eval_on_start=has_eval,
-        report_to=report_to or "none",
-        deepspeed=launch.resolve_path(cfg.deepspeed) or None,
         ddp_find_unused_parameters=False,
-        dataloader_num_workers=0,
-        disable_tqdm=False,
     )
 
 

@@ -241,3 +241,37 @@ def resolve_path(path: str) -> str:
     if not path or os.path.isabs(path) or os.path.exists(path):
         return path
     return str(REPO_ROOT / path) if (REPO_ROOT / path).exists() else path
+
+
+def trainer_kwargs(cfg, has_eval: bool) -> dict:
+    """The TrainingArguments every training stage (sft, dpo, reward) sets the same way from its config."""
+    import torch
+
+    report_to = [r.strip() for r in cfg.report_to.split(",") if r.strip() and r.strip() != "none"]
+    return dict(
+        output_dir=str(Path(cfg.out_dir) / "checkpoints"),
+        max_length=None,  # the stage's tokenizer already cut at cfg.max_length
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the total steps
+        weight_decay=cfg.weight_decay,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        bf16=cfg.bf16,
+        use_cpu=not torch.cuda.is_available(),
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps" if cfg.save_steps > 0 else "no",
+        save_steps=max(cfg.save_steps, 1),
+        eval_strategy="steps" if has_eval and cfg.eval_steps > 0 else "no",
+        eval_steps=cfg.eval_steps if cfg.eval_steps > 0 else None,
+        report_to=report_to or "none",
+        deepspeed=resolve_path(cfg.deepspeed) or None,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )

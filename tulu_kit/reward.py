@@ -152,34 +152,9 @@ def trl_args(cfg: RewardConfig, has_eval: bool):
     """Our config -> TRL's RewardConfig (TrainingArguments)."""
     from trl import RewardConfig as TRLRewardConfig
 
-    report_to = [r.strip() for r in cfg.report_to.split(",") if r.strip() and r.strip() != "none"]
     return TRLRewardConfig(
-        output_dir=str(Path(cfg.out_dir) / "checkpoints"),
-        max_length=None,  # tokenize_preference already cut at cfg.max_length
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        per_device_eval_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        bf16=cfg.bf16,
-        use_cpu=not torch.cuda.is_available(),
+        **launch.trainer_kwargs(cfg, has_eval),
         center_rewards_coefficient=cfg.center_rewards_coefficient or None,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps" if cfg.save_steps > 0 else "no",
-        save_steps=max(cfg.save_steps, 1),
-        eval_strategy="steps" if has_eval and cfg.eval_steps > 0 else "no",
-        eval_steps=cfg.eval_steps if cfg.eval_steps > 0 else None,
-        report_to=report_to or "none",
-        deepspeed=launch.resolve_path(cfg.deepspeed) or None,
-        dataloader_num_workers=0,
-        disable_tqdm=False,
     )
 
 

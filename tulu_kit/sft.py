@@ -232,41 +232,18 @@ def trl_args(cfg: SFTConfig, has_eval: bool):
     """Our config -> TRL's SFTConfig (TrainingArguments)."""
     from trl import SFTConfig as TRLSFTConfig
 
-    report_to = [r.strip() for r in cfg.report_to.split(",") if r.strip() and r.strip() != "none"]
-    eval_strategy = "no" if not has_eval else ("steps" if cfg.eval_steps > 0 else "epoch")
+    kwargs = launch.trainer_kwargs(cfg, has_eval)
+    if has_eval and cfg.eval_steps <= 0:
+        kwargs["eval_strategy"] = "epoch"
     return TRLSFTConfig(
-        output_dir=str(Path(cfg.out_dir) / "checkpoints"),
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the total steps
-        weight_decay=cfg.weight_decay,
+        **kwargs,
         max_grad_norm=cfg.max_grad_norm,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        per_device_eval_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        bf16=cfg.bf16,
-        use_cpu=not torch.cuda.is_available(),
-        optim=_optimizer_name(cfg),
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps" if cfg.save_steps > 0 else "no",
-        save_steps=max(cfg.save_steps, 1),
         save_total_limit=cfg.save_total_limit,
-        eval_strategy=eval_strategy,
-        eval_steps=cfg.eval_steps if cfg.eval_steps > 0 else None,
-        report_to=report_to or "none",
-        deepspeed=launch.resolve_path(cfg.deepspeed) or None,
-        max_length=None,  # tokenize_sft already cut at cfg.max_length
+        optim=_optimizer_name(cfg),
         dataset_kwargs={"skip_prepare_dataset": True},
         remove_unused_columns=False,
         average_tokens_across_devices=False,
         ddp_find_unused_parameters=False,
-        dataloader_num_workers=0,
-        disable_tqdm=False,
     )
 
 
