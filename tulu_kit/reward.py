@@ -58,6 +58,7 @@ class RewardConfig:
     seed: int = 42  # data order, held-out split and the new head's init
     # --- checkpoints and logging
     save_steps: int = 0  # write a resumable checkpoint every N steps; 0: only the final model
+    save_total_limit: int = 3  # checkpoints kept (the oldest are deleted)
     eval_steps: int = 0  # evaluate the held-out pairs every N steps; 0: before and after training only
     logging_steps: int = 1  # log loss, accuracy and margin every N steps
     report_to: str = "none"  # "none", "tensorboard", "wandb"
@@ -155,6 +156,7 @@ def trl_args(cfg: RewardConfig, has_eval: bool):
     return TRLRewardConfig(
         **launch.trainer_kwargs(cfg, has_eval),
         center_rewards_coefficient=cfg.center_rewards_coefficient or None,
+        save_total_limit=cfg.save_total_limit,
     )
 
 
