@@ -6,6 +6,7 @@ an interrupted run leaves either the old file or the new one. Readers name the f
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -76,13 +77,16 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
     return Path(path)
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Read a JSONL file; a line that is not a JSON object is an error naming the file and line."""
-    path = Path(path)
+def _open_text(path: Path):
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    rows = []
-    with path.open(encoding="utf-8") as f:
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, row) of a JSONL file, gzipped or not; a line that is not a JSON object names file and line."""
+    path = Path(path)
+    with _open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -92,8 +96,23 @@ def read_jsonl(path: str | Path) -> list[dict]:
                 raise ValueError(f"{path}: line {lineno}: not valid JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}: line {lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
+            yield lineno, row
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """All rows of a JSONL file (see :func:`iter_jsonl`)."""
+    return [row for _, row in iter_jsonl(path)]
+
+
+def read_json(path: str | Path) -> Any:
+    """A whole-file JSON document, gzipped or not; a syntax error names the file, line and column."""
+    path = Path(path)
+    with _open_text(path) as f:
+        text = f.read()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: line {e.lineno} column {e.colno}: not valid JSON ({e.msg})") from None
 
 
 def read_rows(path: str, split: str = "train") -> list[dict]:

@@ -11,14 +11,13 @@ A source is written ``[format:]name[@split]`` (notebook 01, the ``data`` stage):
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from tulu_kit.data.formats import FORMATS
 from tulu_kit.data.synthetic import synthetic_preference, synthetic_sft
+from tulu_kit.io import read_json, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -75,22 +74,9 @@ def read_file(path: str | Path) -> list[dict]:
         import pandas as pd
 
         return pd.read_parquet(path).to_dict(orient="records")
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        text = f.read()
     if name.endswith(".jsonl"):
-        rows = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}: line {lineno}: not valid JSON ({e.msg})") from None
-        return rows
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+        return read_jsonl(path)
+    data = read_json(path)
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON array of rows, got {type(data).__name__}")
     return data

@@ -34,9 +34,9 @@ from tulu_kit.evals.core import (
     make_metrics,
     take,
 )
-from tulu_kit.evals.data import read_json, require_file
+from tulu_kit.evals.data import require_file
 from tulu_kit.evals.judges import NO_JUDGE, OpenAIJudge, make_judge
-from tulu_kit.io import atomic_write_json
+from tulu_kit.io import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 

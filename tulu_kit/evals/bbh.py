@@ -26,7 +26,7 @@ from tulu_kit.evals.core import (
     select_subset,
     take,
 )
-from tulu_kit.evals.data import read_json
+from tulu_kit.io import read_json
 
 NAME = "bbh"
 PROTOCOL = {

@@ -57,25 +57,6 @@ def require_file(data_dir: str | os.PathLike | None, rel: str, benchmark: str) -
     return path
 
 
-def json_row(path: str | os.PathLike, lineno: int, line: str) -> dict:
-    """One JSONL line of a benchmark file as a dict; anything else is an error naming the file and line."""
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: line {lineno}: not valid JSON ({e.msg})") from None
-    if not isinstance(row, dict):
-        raise ValueError(f"{path}: line {lineno}: expected a JSON object, got {type(row).__name__}")
-    return row
-
-
-def read_json(path: str | os.PathLike) -> object:
-    """A whole-file JSON benchmark file; a syntax error names the file, line and column."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: line {e.lineno} column {e.colno}: not valid JSON ({e.msg})") from None
-
-
 # ---------------------------------------------------------------------------------------------- downloads
 GH = "https://raw.githubusercontent.com"
 TOXIGEN_GROUPS = (

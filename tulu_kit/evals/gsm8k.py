@@ -24,7 +24,7 @@ from tulu_kit.evals.core import (
     require_file,
     take,
 )
-from tulu_kit.evals.data import json_row
+from tulu_kit.io import iter_jsonl
 
 NAME = "gsm8k"
 FILE = "gsm8k/test.jsonl"
@@ -130,16 +130,10 @@ def is_correct(pred: str | None, gold: str) -> bool:
 def load_examples(data_dir: str | None) -> list[dict]:
     path = require_file(data_dir, FILE, NAME)
     examples = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = json_row(path, n, line)
-            if "question" not in row or "####" not in row.get("answer", ""):
-                raise ValueError(f"{path}:{n}: expected fields 'question' and 'answer' with '#### <number>'")
-            examples.append(
-                {"id": str(n - 1), "question": row["question"], "answer": gold_answer(row["answer"])}
-            )
+    for n, row in iter_jsonl(path):
+        if "question" not in row or "####" not in row.get("answer", ""):
+            raise ValueError(f"{path}:{n}: expected fields 'question' and 'answer' with '#### <number>'")
+        examples.append({"id": str(n - 1), "question": row["question"], "answer": gold_answer(row["answer"])})
     return examples
 
 

@@ -17,7 +17,6 @@ Predictions use the official sample format: JSONL of {"task_id", "completion"} (
 
 from __future__ import annotations
 
-import gzip
 import logging
 from collections import defaultdict
 from collections.abc import Callable
@@ -34,8 +33,9 @@ from tulu_kit.evals.core import (
     predict,
     take,
 )
-from tulu_kit.evals.data import json_row, require_file
+from tulu_kit.evals.data import require_file
 from tulu_kit.evals.sandbox import ExecResult, Limits, isolation, run_many
+from tulu_kit.io import iter_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +87,12 @@ CONFIG = CodeConfig
 def read_problems(path: str | Path) -> dict[str, dict]:
     """Problems of a (gzipped) JSONL file keyed by task_id; a row without the needed fields is an error."""
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
     problems = {}
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = json_row(path, n, line)
-            missing = [k for k in ("task_id", "prompt", "entry_point") if k not in row]
-            if missing:
-                raise ValueError(f"{path}: line {n}: missing field(s) {missing}")
-            problems[row["task_id"]] = row
+    for n, row in iter_jsonl(path):
+        missing = [k for k in ("task_id", "prompt", "entry_point") if k not in row]
+        if missing:
+            raise ValueError(f"{path}: line {n}: missing field(s) {missing}")
+        problems[row["task_id"]] = row
     return problems
 
 

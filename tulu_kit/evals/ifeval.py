@@ -33,8 +33,8 @@ from tulu_kit.evals.core import (
     make_metrics,
     take,
 )
-from tulu_kit.evals.data import MissingDataError, json_row, require_file
-from tulu_kit.io import write_jsonl
+from tulu_kit.evals.data import MissingDataError, require_file
+from tulu_kit.io import iter_jsonl, write_jsonl
 
 NAME = "ifeval"
 FILE = "ifeval/input_data.jsonl"
@@ -142,17 +142,13 @@ def load_inputs(data_dir: str | None = None, path: str | Path | None = None) -> 
     """The official input rows; a row without key/prompt/instruction_id_list/kwargs is an error naming it."""
     path = Path(path) if path else require_file(data_dir, FILE, NAME)
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = json_row(path, n, line)
-            missing = [k for k in ("key", "prompt", "instruction_id_list", "kwargs") if k not in row]
-            if missing:
-                raise ValueError(f"{path}: line {n}: missing field(s) {missing}")
-            if len(row["kwargs"]) != len(row["instruction_id_list"]):
-                raise ValueError(f"{path}: line {n}: kwargs and instruction_id_list differ in length")
-            rows.append(row)
+    for n, row in iter_jsonl(path):
+        missing = [k for k in ("key", "prompt", "instruction_id_list", "kwargs") if k not in row]
+        if missing:
+            raise ValueError(f"{path}: line {n}: missing field(s) {missing}")
+        if len(row["kwargs"]) != len(row["instruction_id_list"]):
+            raise ValueError(f"{path}: line {n}: kwargs and instruction_id_list differ in length")
+        rows.append(row)
     return rows
 
 

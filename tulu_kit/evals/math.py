@@ -24,7 +24,7 @@ from tulu_kit.evals.core import (
     require_file,
     take,
 )
-from tulu_kit.evals.data import json_row
+from tulu_kit.io import iter_jsonl
 
 NAME = "math"
 FILE = "math500/test.jsonl"
@@ -106,29 +106,23 @@ def load_examples(data_dir: str | None) -> list[dict]:
     (`problem`, `solution`, `type`, `level`: the answer is the solution's last \\boxed{})."""
     path = require_file(data_dir, FILE, NAME)
     examples = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = json_row(path, n, line)
-            if "problem" not in row or "solution" not in row:
-                raise ValueError(f"{path}:{n}: expected fields 'problem' and 'solution'")
-            answer = row.get("answer")
-            if answer is None:
-                answer = extract_answer(row["solution"])
-            if answer is None:
-                raise ValueError(
-                    f"{path}:{n}: no field 'answer' and no \\boxed{{}} answer in field 'solution'"
-                )
-            examples.append(
-                {
-                    "id": str(row.get("unique_id", n - 1)),
-                    "problem": row["problem"],
-                    "answer": answer,
-                    "subject": row.get("subject", row.get("type", "")),
-                    "level": row.get("level"),
-                }
-            )
+    for n, row in iter_jsonl(path):
+        if "problem" not in row or "solution" not in row:
+            raise ValueError(f"{path}:{n}: expected fields 'problem' and 'solution'")
+        answer = row.get("answer")
+        if answer is None:
+            answer = extract_answer(row["solution"])
+        if answer is None:
+            raise ValueError(f"{path}:{n}: no field 'answer' and no \\boxed{{}} answer in field 'solution'")
+        examples.append(
+            {
+                "id": str(row.get("unique_id", n - 1)),
+                "problem": row["problem"],
+                "answer": answer,
+                "subject": row.get("subject", row.get("type", "")),
+                "level": row.get("level"),
+            }
+        )
     return examples
 
 
