@@ -184,3 +184,12 @@ def test_decontamination_keeps_same_named_eval_files_apart_and_counts_exact(tmp_
     leaky = result["counts"]["sft"][1]
     assert (leaky["n_taken"], leaky["n_contaminated"]) == (0, 3)
     assert result["totals"]["sft"] == sum(c["n_taken"] for c in result["counts"]["sft"]) == 20
+
+
+def test_cli_data_mix_writes_the_exact_count(tmp_path, capsys):
+    from tulu_kit.cli import main
+    from tulu_kit.io import read_jsonl
+
+    assert main(["data", "mix", "--sft", "synthetic_sft", "40", "--out", str(tmp_path)]) == 0
+    assert '"sft": 40' in capsys.readouterr().out
+    assert len(read_jsonl(tmp_path / "sft.jsonl")) == 40

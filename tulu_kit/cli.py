@@ -215,11 +215,8 @@ def cmd_prepare_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_data_prepare_eval(sub) -> None:
-    """`tulu-kit data prepare-eval`; joins a `data` command another stage may already have added."""
-    data = sub.choices.get("data") or sub.add_parser("data", help="prepare datasets")
-    kinds = next((a for a in data._actions if isinstance(a, argparse._SubParsersAction)), None)
-    kinds = kinds or data.add_subparsers(dest="data_command", metavar="WHAT", required=True)
+def add_data_prepare_eval(kinds) -> None:
+    """`tulu-kit data prepare-eval`."""
     p = kinds.add_parser("prepare-eval", help="download the official benchmark files into the data root")
     p.add_argument("--data-dir", help="data root (default: $TULU_KIT_DATA or ~/.cache/tulu_kit/data)")
     p.add_argument("--only", nargs="+", metavar="BENCHMARK", help="only these benchmarks")
@@ -246,11 +243,8 @@ def cmd_data_mix(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_data_mix(sub) -> None:
-    """`tulu-kit data mix`: the data stage from the command line (joins the shared `data` command)."""
-    data = sub.choices.get("data") or sub.add_parser("data", help="prepare datasets")
-    kinds = next((a for a in data._actions if isinstance(a, argparse._SubParsersAction)), None)
-    kinds = kinds or data.add_subparsers(dest="data_command", metavar="WHAT", required=True)
+def add_data_mix(kinds) -> None:
+    """`tulu-kit data mix`: the data stage from the command line."""
     p = kinds.add_parser("mix", help="convert and mix SFT / preference sources into chat-format JSONL")
     p.add_argument(
         "--sft",
@@ -285,8 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_merge(sub)
     add_eval(sub)
     add_sft(sub)
-    add_data_prepare_eval(sub)
-    add_data_mix(sub)
+    data = sub.add_parser("data", help="prepare datasets")
+    kinds = data.add_subparsers(dest="data_command", metavar="WHAT", required=True)
+    add_data_prepare_eval(kinds)
+    add_data_mix(kinds)
     return parser
 
 
