@@ -70,12 +70,13 @@ def test_forward_and_generate(tiny_model):
     with torch.no_grad():
         out = model(**batch, labels=batch["input_ids"])
     assert out.logits.shape[:2] == batch["input_ids"].shape and torch.isfinite(out.loss)
-    gen = model.generate(**tok("hi", return_tensors="pt"), max_new_tokens=5, do_sample=False)
-    assert gen.shape[1] == 2 + 5 or tok.eos_token_id in gen[0].tolist()
+    prompt = tok("hi", return_tensors="pt")
+    gen = model.generate(**prompt, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    assert gen.shape[1] == prompt["input_ids"].shape[1] + 5
+    assert torch.equal(gen, model.generate(**prompt, max_new_tokens=5, min_new_tokens=5, do_sample=False))
 
 
 def test_flash_attention_missing_is_a_clear_error():
-    pytest.importorskip("torch")
     try:
         import flash_attn  # noqa: F401
 
