@@ -324,3 +324,26 @@ def test_notebook_03_runs(tiny_model, tmp_path, mix, run_notebook):
     )  # fmt: skip
     assert (tmp_path / "lora" / "model" / "config.json").is_file()
     assert (tmp_path / "lora" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_compare_runs_scales_the_trainable_share_to_7b():
+    from types import SimpleNamespace
+
+    from tulu_kit.models import training_memory_gb
+    from tulu_kit.sft import compare_runs
+
+    full = SimpleNamespace(trainable_params=1000, total_params=1000, peak_memory_mb=9.0, last_nll=1.0)
+    lora = SimpleNamespace(trainable_params=10, total_params=1000, peak_memory_mb=5.0, last_nll=1.5)
+    table = compare_runs({"full": full, "LoRA": lora}, load_in_4bit=False)
+    col = "7B estimate (GB)"
+    assert table.loc["full", col] == round(training_memory_gb(7e9, int(7e9), 16)["total"], 1) == 112.0
+    assert table.loc["LoRA", col] == round(training_memory_gb(7e9, int(7e9 * 0.01), 16)["total"], 1)
+    assert table.loc["QLoRA (estimate only)", col] == round(
+        training_memory_gb(7e9, int(7e9 * 0.01), 4)["total"], 1
+    )
+    assert table.loc["LoRA", "trainable %"] == 1.0
+    q = compare_runs({"full": full, "QLoRA": lora}, load_in_4bit=True)
+    assert (
+        q.loc["QLoRA", col] == table.loc["QLoRA (estimate only)", col]
+        and "QLoRA (estimate only)" not in q.index
+    )

@@ -391,6 +391,32 @@ def run(cfg: SFTConfig, callbacks=None) -> SFTResult:
     return load_result(cfg.out_dir)
 
 
+def compare_runs(runs: dict[str, SFTResult], load_in_4bit: bool, scale_to: int = 7_000_000_000):
+    """Full vs LoRA/QLoRA side by side: trainable share, this run's peak memory, final NLL, and the memory the
+    same trainable share would need at ``scale_to`` parameters (:func:`models.training_memory_gb`)."""
+    import pandas as pd
+
+    rows = {}
+    for name, r in runs.items():
+        share = r.trainable_params / r.total_params
+        bits = 4 if load_in_4bit and share < 1 else 16
+        scaled = models.training_memory_gb(scale_to, int(scale_to * share), weight_bits=bits)
+        rows[name] = {
+            "trainable": r.trainable_params,
+            "total": r.total_params,
+            "trainable %": round(100 * share, 2),
+            "peak memory (MB, this run)": r.peak_memory_mb,
+            "final NLL": round(r.last_nll, 3),
+            f"{scale_to / 1e9:.0f}B estimate (GB)": round(scaled["total"], 1),
+        }
+    adapted = [r for r in runs.values() if r.trainable_params < r.total_params]
+    if adapted and not load_in_4bit:  # what the same adapters would need on a 4-bit base
+        share = adapted[-1].trainable_params / adapted[-1].total_params
+        scaled = models.training_memory_gb(scale_to, int(scale_to * share), weight_bits=4)
+        rows["QLoRA (estimate only)"] = {f"{scale_to / 1e9:.0f}B estimate (GB)": round(scaled["total"], 1)}
+    return pd.DataFrame(rows).T
+
+
 def sample_replies(model_dir: str | Path, prompts: list[str], max_new_tokens: int = 32) -> list[str]:
     """Greedy replies of a saved model to single-turn prompts, through its own chat template."""
     tokenizer, model = models.load_tokenizer(model_dir), models.load_model(model_dir)
