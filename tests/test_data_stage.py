@@ -115,7 +115,8 @@ def test_decontamination_lists_and_removes_overlaps(tmp_path):
     report = ngram_overlap(train, {"gsm8k": load_eval_texts(evals)}, n=13)
     assert [(c.index, c.source, c.eval_set) for c in report.contaminated] == [(0, "leaky", "gsm8k")]
     assert report.contaminated[0].n_shared == len(question.split()) - 13 + 1
-    assert remove_contaminated(train, report) == train[1:]
+    assert remove_contaminated(train, report) == (train[1:], train[:1])
+    assert remove_contaminated(train[1:], report, offset=1) == (train[1:], [])
 
 
 def test_decontamination_on_real_eval_files(shared_data, tmp_path):

@@ -121,6 +121,11 @@ def ngram_overlap(train: Sequence[dict], eval_sets: dict[str, Sequence[str]], n:
     return report
 
 
-def remove_contaminated(train: Sequence[dict], report: DecontamReport) -> list[dict]:
+def remove_contaminated(
+    train: Sequence[dict], report: DecontamReport, offset: int = 0
+) -> tuple[list[dict], list[dict]]:
+    """(kept, removed) rows of ``train``, whose first row is row ``offset`` of the set ``report`` checked."""
     bad = report.indices
-    return [ex for i, ex in enumerate(train) if i not in bad]
+    kept = [ex for i, ex in enumerate(train, offset) if i not in bad]
+    removed = [ex for i, ex in enumerate(train, offset) if i in bad]
+    return kept, removed

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from tulu_kit.data.decontam import load_eval_texts, ngram_overlap
+from tulu_kit.data.decontam import load_eval_texts, ngram_overlap, remove_contaminated
 from tulu_kit.data.formats import convert_rows
 from tulu_kit.data.mixer import Mixture, SourceCount, mix, parse_mixer_list
 from tulu_kit.data.packing import packing_efficiency, padded_efficiency
@@ -174,12 +174,12 @@ def run(cfg: DataConfig) -> dict:
         report = ngram_overlap(sft.train + preference.train, eval_sets, cfg.decontam_ngram)
         decontam = {**report.summary(), "examples": [vars(c) for c in report.contaminated[:50]]}
         if cfg.decontam_remove:
-            bad, n_sft = report.indices, len(sft.train)
-            _uncount(sft.counts, [ex for i, ex in enumerate(sft.train) if i in bad])
-            _uncount(preference.counts, [ex for i, ex in enumerate(preference.train) if i + n_sft in bad])
-            sft.train = [ex for i, ex in enumerate(sft.train) if i not in bad]
-            preference.train = [ex for i, ex in enumerate(preference.train) if i + n_sft not in bad]
-            decontam["removed"] = len(bad)
+            n_sft = len(sft.train)  # the report checked the SFT rows, then the preference rows
+            sft.train, removed = remove_contaminated(sft.train, report)
+            _uncount(sft.counts, removed)
+            preference.train, removed = remove_contaminated(preference.train, report, offset=n_sft)
+            _uncount(preference.counts, removed)
+            decontam["removed"] = len(report.indices)
 
     # ---- token statistics and packing efficiency
     tokens = token_report(cfg, sft.train, preference.train) if cfg.tokenizer else None
