@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tulu_kit import dpo
+from tulu_kit import dpo, trainers
 from tulu_kit.config import ConfigError, from_dict
+from tulu_kit.data.pairs import load_pairs
 from tulu_kit.data.synthetic import synthetic_preference
 from tulu_kit.data.validate import BadRowError
 from tulu_kit.io import write_jsonl
@@ -50,10 +51,10 @@ def test_bad_pair_raises_with_file_row_field_or_is_dropped_and_counted(tmp_path,
     path = tmp_path / "pairs.jsonl"
     write_jsonl(path, [_pair(), row, _pair()])
     with pytest.raises(BadRowError) as err:
-        dpo.load_pairs(str(path), bad_pairs="error")
+        load_pairs(str(path), bad_pairs="error")
     assert (err.value.source, err.value.row, err.value.field) == (str(path), 2, field)
     assert problem in str(err.value) and str(path) in str(err.value)
-    pairs, dropped = dpo.load_pairs(str(path), bad_pairs="drop")
+    pairs, dropped = load_pairs(str(path), bad_pairs="drop")
     assert len(pairs) == 2 and dropped == {kind: 1}
 
 
@@ -61,7 +62,7 @@ def test_all_pairs_bad_is_an_error(tmp_path):
     path = tmp_path / "pairs.jsonl"
     write_jsonl(path, [_pair(rejected="The answer is 4.")])
     with pytest.raises(ValueError, match="no usable preference pairs"):
-        dpo.load_pairs(str(path), bad_pairs="drop")
+        load_pairs(str(path), bad_pairs="drop")
 
 
 def test_config_is_strict(tmp_path):
@@ -119,7 +120,9 @@ def test_reference_cache_holds_per_example_logps_and_is_reused(tiny_model, pairs
         _sequence_logp(model, row["prompt_ids"], row["rejected_ids"]), 1e-4
     )
     # a second build with the same data and model reads the cache instead of running the reference pass
-    monkeypatch.setattr(dpo._trainer_class(), "_reference_pass", lambda *a: pytest.fail("cache not reused"))
+    monkeypatch.setattr(
+        trainers.dpo_trainer_class(), "_reference_pass", lambda *a: pytest.fail("cache not reused")
+    )
     again, _ = dpo.build_trainer(cfg)
     assert again.train_dataset["ref_chosen_logps"] == trainer.train_dataset["ref_chosen_logps"]
 

@@ -15,8 +15,9 @@ import torch
 
 from tulu_kit import launch
 from tulu_kit.config import to_dict
-from tulu_kit.io import write_jsonl
-from tulu_kit.sft import SFTConfig, load_result
+from tulu_kit.io import read_jsonl, write_jsonl
+from tulu_kit.results import read_result
+from tulu_kit.sft import SFTConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -133,11 +134,11 @@ def test_two_processes_agree_and_lower_the_loss(tiny_model, tmp_path, mix, launc
         str(entry), to_dict(cfg), cfg.out_dir, launcher=launcher, num_processes=2,
         deepspeed=str(REPO / deepspeed) if deepspeed else "", main_process_port=cfg.main_process_port,
     )  # fmt: skip
-    result = load_result(cfg.out_dir)
-    assert result.world_size == 2 and result.global_step == 8
-    nll = [h["nll"] for h in result.log_history if "nll" in h]
+    result = read_result(cfg.out_dir)
+    assert result["world_size"] == 2 and result["train_steps"] == 8
+    nll = [h["nll"] for h in read_jsonl(Path(cfg.out_dir) / "log_history.jsonl") if "nll" in h]
     assert sum(nll[-3:]) / 3 < sum(nll[:3]) / 3 - 0.2, nll
     rank0, rank1 = (torch.load(Path(cfg.out_dir) / f"weights_rank{r}.pt") for r in (0, 1))
     assert torch.equal(rank0, rank1)
-    saved = AutoModelForCausalLM.from_pretrained(result.model_dir)
+    saved = AutoModelForCausalLM.from_pretrained(result["model_dir"])
     torch.testing.assert_close(torch.cat([p.flatten() for p in saved.parameters()]), rank0, rtol=0, atol=0)

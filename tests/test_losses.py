@@ -2,12 +2,11 @@
 
 import math
 import types
-from collections import defaultdict
 
 import pytest
 import torch
 
-from tulu_kit import losses
+from tulu_kit import losses, trainers
 
 BETA = 0.5
 # Fixed per-token log-probs of the response tokens for 3 pairs (chosen, rejected); lengths differ on purpose.
@@ -102,23 +101,9 @@ def test_bradley_terry_by_hand_and_against_trl_reward_trainer_formula():
     m = torch.tensor([0.5, 0.0, 1.0])
     assert losses.bradley_terry_loss(rc, rr, m)[0].item() == pytest.approx(-_logsig(0.5), rel=1e-6)
     # TRL 1.16 RewardTrainer.compute_loss on the same rewards (stub model returning them as logits)
-    from accelerate import Accelerator
-    from trl import RewardTrainer
-
     for margin in (None, m):
-        stub = types.SimpleNamespace(
-            model=types.SimpleNamespace(training=False), accelerator=Accelerator(cpu=True), _tp_size=1, _total_train_tokens=0,
-            args=types.SimpleNamespace(center_rewards_coefficient=None), _metrics={"eval": defaultdict(list)},
-        )  # fmt: skip
-        inputs = {"input_ids": torch.ones(6, 2, dtype=torch.long), "attention_mask": torch.ones(6, 2)}
-        if margin is not None:
-            inputs["margin"] = margin
-        theirs = RewardTrainer.compute_loss(
-            stub, lambda **kw: types.SimpleNamespace(logits=torch.cat([rc, rr])[:, None]), inputs
-        )
-        assert losses.bradley_terry_loss(rc, rr, margin).mean().item() == pytest.approx(
-            theirs.item(), rel=1e-6
-        )
+        theirs = trainers.trl_reward_loss(rc, rr, margin)
+        assert losses.bradley_terry_loss(rc, rr, margin).mean().item() == pytest.approx(theirs, rel=1e-6)
 
 
 def test_unknown_loss_and_missing_reference_are_clear_errors():
@@ -132,37 +117,9 @@ def test_unknown_loss_and_missing_reference_are_clear_errors():
 
 
 def _trl_dpo_loss(loss_type: str, beta: float, use_weighting: bool = False) -> float:
-    """Run TRL 1.16 `DPOTrainer._compute_loss` on the fixed per-token log-probs above (stub model, real code)."""
-    from accelerate import Accelerator
-    from trl import DPOTrainer
-
-    rows = CHOSEN_TOKENS + REJECTED_TOKENS
-    prompt_len, width = 2, 2 + max(len(r) for r in rows)
-    log_probs = torch.zeros(len(rows), width - 1)
-    completion_mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):
-        completion_mask[i, prompt_len : prompt_len + len(r)] = 1
-        log_probs[i, prompt_len - 1 : prompt_len - 1 + len(r)] = torch.tensor(r)
-    zeros = torch.zeros_like(log_probs)
-    outputs = types.SimpleNamespace(
-        log_probs=log_probs, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool(), log_sum_sq_probs=zeros
+    return trainers.trl_dpo_loss(
+        CHOSEN_TOKENS, REJECTED_TOKENS, REF_CHOSEN, REF_REJECTED, loss_type, beta, use_weighting
     )
-    model = types.SimpleNamespace(training=True)
-    trainer = types.SimpleNamespace(
-        model=model, accelerator=Accelerator(cpu=True), aux_loss_enabled=False, ld_alpha=None,
-        precompute_ref_logps=True, f_divergence_type="reverse_kl", loss_types=[loss_type], loss_weights=[1.0],
-        beta=beta, label_smoothing=0.0, use_weighting=use_weighting,
-        _metrics={"train": defaultdict(list)}, _total_train_tokens=0, _tp_size=1,
-    )  # fmt: skip
-    inputs = {
-        "input_ids": torch.ones(len(rows), width, dtype=torch.long),
-        "attention_mask": torch.ones(len(rows), width, dtype=torch.long),
-        "completion_mask": completion_mask,
-        "ref_chosen_logps": REF_CHOSEN,
-        "ref_rejected_logps": REF_REJECTED,
-    }
-    loss = DPOTrainer._compute_loss(trainer, lambda **kw: outputs, inputs, False)
-    return loss.item()
 
 
 @pytest.mark.parametrize(("ours", "theirs", "beta"), [("dpo", "sigmoid", 0.5), ("dpo_norm", "sigmoid_norm", 5.0),

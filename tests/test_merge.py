@@ -14,7 +14,8 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tulu_kit.config import ConfigError, from_dict
-from tulu_kit.merge import MergeConfig, check_compatible, merge_lora, merge_models, run
+from tulu_kit.merge import MergeConfig, check_compatible, merge_models, run
+from tulu_kit.models import merge_lora
 from tulu_kit.weight_diff import DIFF_META, FIXUPS_NAME, make_diff, recover, weight_map
 
 NORM = "model.norm.weight"  # its first 4 entries hold hand-made values in every test model
@@ -301,12 +302,14 @@ def test_run_sweeps_the_path_and_scores_each_point(family, tmp_path):
         eval_file=str(pairs),
     )  # fmt: skip
     result = run(cfg)
-    assert [r["t"] for r in result.path] == [0.0, 0.5, 1.0]
-    assert result.path[0]["chosen_logp_per_token"] == pytest.approx(
+    assert [r["t"] for r in result["path"]] == [0.0, 0.5, 1.0]
+    assert result["path"][0]["chosen_logp_per_token"] == pytest.approx(
         preference_metrics(family["a"], pairs)["chosen_logp_per_token"], abs=1e-5
     )  # t = 0 is model a itself
-    assert result.metrics["chosen_logp_per_token"] == pytest.approx(result.path[1]["chosen_logp_per_token"])
-    assert len({round(r["chosen_logp_per_token"], 6) for r in result.path}) == 3
+    assert result["held_out"]["chosen_logp_per_token"] == pytest.approx(
+        result["path"][1]["chosen_logp_per_token"]
+    )
+    assert len({round(r["chosen_logp_per_token"], 6) for r in result["path"]}) == 3
     assert (tmp_path / "merge" / "path_metrics.jsonl").is_file() and not (
         tmp_path / "merge" / "path"
     ).exists()
@@ -317,7 +320,7 @@ def test_preference_file_errors_name_the_line(family, tmp_path):
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"chosen": "just text", "rejected": []}) + "\n")
-    with pytest.raises(ValueError, match=r"bad.jsonl: line 1: field 'chosen'"):
+    with pytest.raises(ValueError, match=r"bad.jsonl: row 1: field 'chosen'"):
         preference_metrics(family["a"], bad)
 
 

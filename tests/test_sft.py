@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from tulu_kit.config import ConfigError, from_dict
-from tulu_kit.io import write_jsonl
+from tulu_kit.io import read_jsonl, write_jsonl
 from tulu_kit.sft import SFTConfig, build_trainer, masked_nll, run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,17 +164,21 @@ def test_single_process_lowers_loss_and_saves_a_plain_model(tiny_model, tmp_path
 
     cfg = _config(tiny_model, tmp_path, mix, max_steps=16, learning_rate=3e-3, report_to="tensorboard")
     result = run(cfg)
-    assert result.global_step == 16 and result.world_size == 1
-    nll = [h["nll"] for h in result.log_history if "nll" in h]
+    assert result["train_steps"] == 16 and result["world_size"] == 1
+    nll = [h["nll"] for h in read_jsonl(Path(cfg.out_dir) / "log_history.jsonl") if "nll" in h]
     assert sum(nll[-4:]) / 4 < sum(nll[:4]) / 4 - 0.5, nll
     out = Path(cfg.out_dir)
     model = AutoModelForCausalLM.from_pretrained(out / "model")  # plain transformers, no tulu_kit
     tokenizer = AutoTokenizer.from_pretrained(out / "model")
     assert "<|assistant|>" in tokenizer.chat_template
     assert json.loads((out / "model" / "tulu_kit_config.json").read_text())["learning_rate"] == 3e-3
-    assert json.loads((out / "result.json").read_text())["global_step"] == 16
+    assert json.loads((out / "metrics.json").read_text())["train_steps"] == 16
     assert list((out / "tensorboard").rglob("events.out.tfevents*"))
-    lrs = [h["learning_rate"] for h in result.log_history if "learning_rate" in h]
+    lrs = [
+        h["learning_rate"]
+        for h in read_jsonl(Path(cfg.out_dir) / "log_history.jsonl")
+        if "learning_rate" in h
+    ]
     assert lrs[0] > lrs[-1]  # linear decay
     trained = torch.cat([p.flatten() for p in model.parameters()])
     base = torch.cat([p.flatten() for p in AutoModelForCausalLM.from_pretrained(tiny_model).parameters()])
@@ -184,8 +188,8 @@ def test_single_process_lowers_loss_and_saves_a_plain_model(tiny_model, tmp_path
 def test_packing_trains_on_the_same_tokens(tiny_model, tmp_path, mix):
     cfg = _config(tiny_model, tmp_path, mix, packing=True, max_steps=2, per_device_train_batch_size=2)
     result = run(cfg)
-    assert result.data["packed_rows"] < 64 and result.data["packing_efficiency"] > 0.5
-    assert math.isfinite(result.last_nll)
+    assert result["data"]["packed_rows"] < 64 and result["data"]["packing_efficiency"] > 0.5
+    assert math.isfinite(result["last_nll"])
 
 
 KILL_SCRIPT = """
@@ -245,11 +249,11 @@ def test_lora_trains_few_parameters_and_merges_exactly(tiny_model, tmp_path, mix
         tiny_model, tmp_path, mix, use_lora=True, lora_r=4, lora_alpha=8, lora_dropout=0.0, max_steps=3
     )
     result = run(cfg)
-    assert 0 < result.trainable_params < result.total_params / 5
+    assert 0 < result["trainable_params"] < result["total_params"] / 5
     ids = torch.tensor([[1, 50, 60, 70, 80, 90]])
-    merged = AutoModelForCausalLM.from_pretrained(result.model_dir)
+    merged = AutoModelForCausalLM.from_pretrained(result["model_dir"])
     with_adapter = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(tiny_model), result.adapter_dir
+        AutoModelForCausalLM.from_pretrained(tiny_model), result["adapter_dir"]
     )
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
     torch.testing.assert_close(_logits(merged, ids), _logits(with_adapter, ids), rtol=1e-4, atol=1e-5)
@@ -267,15 +271,17 @@ def test_qlora_trains_a_4bit_base_and_merges_into_the_dequantized_base(tiny_mode
         per_device_train_batch_size=2,
     )  # fmt: skip
     result = run(cfg)
-    assert math.isfinite(result.last_nll) and result.trainable_params < result.total_params / 5
-    merged = AutoModelForCausalLM.from_pretrained(result.model_dir)
+    assert math.isfinite(result["last_nll"]) and result["trainable_params"] < result["total_params"] / 5
+    merged = AutoModelForCausalLM.from_pretrained(result["model_dir"])
     assert all(p.dtype == torch.float32 for p in merged.parameters())
     q = AutoModelForCausalLM.from_pretrained(
         tiny_model, quantization_config=quantization_config_4bit("float32")
     )
-    trained_on = PeftModel.from_pretrained(q, result.adapter_dir)  # the 4-bit base + adapter, as in training
+    trained_on = PeftModel.from_pretrained(
+        q, result["adapter_dir"]
+    )  # the 4-bit base + adapter, as in training
     unquantized = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(tiny_model), result.adapter_dir
+        AutoModelForCausalLM.from_pretrained(tiny_model), result["adapter_dir"]
     )
     ids = torch.tensor([[1, 50, 60, 70, 80, 90]])
     to_trained = (_logits(merged, ids) - _logits(trained_on, ids)).abs().max().item()

@@ -61,10 +61,10 @@ def add_run(sub) -> None:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from tulu_kit import merge, weight_diff
+    from tulu_kit import merge, models, weight_diff
 
     if args.what == "lora":
-        merge.merge_lora(args.base, args.adapter, args.out, args.qlora, args.pad_to_multiple_of, args.dtype)
+        models.merge_lora(args.base, args.adapter, args.out, args.qlora, args.pad_to_multiple_of, args.dtype)
     elif args.what == "diff":
         weight_diff.make_diff(args.raw, args.tuned, args.out, args.diff_dtype, args.max_shard_size)
     elif args.what == "recover":
@@ -118,25 +118,49 @@ def add_merge(sub) -> None:
     p.set_defaults(func=cmd_merge)
 
 
-def cmd_sft(args: argparse.Namespace) -> int:
-    from tulu_kit.config import apply_overrides, from_dict, load_yaml
-    from tulu_kit.sft import SFTConfig, run
+# the training stages: `tulu-kit KIND CONFIG [--set key=value ...]`, one node's part of a (multi-node) job
+TRAINING_KINDS = {
+    "sft": "full / LoRA / QLoRA supervised fine-tuning",
+    "lora": "LoRA / QLoRA SFT with the lora stage's defaults",
+    "dpo": "DPO and its variants on preference pairs",
+    "reward": "a Bradley-Terry reward model on preference pairs",
+}
+NODE_EPILOG = """several nodes: run the same command on every node, each with its machine_rank, e.g.
+  tulu-kit {kind} cfg.yaml --set num_machines=2 --set num_processes=16 --set main_process_ip=10.0.0.1 \\
+      --set machine_rank=$NODE_RANK      # 0 on the main node (the address above), 1 on the other
+(recipes/slurm/train.sbatch does this under SLURM)"""
 
-    data = apply_overrides(
-        {"stages": {"sft": load_yaml(args.config) or {}}}, [f"sft.{s}" for s in args.set], args.config
-    )
-    result = run(from_dict(SFTConfig, data["stages"]["sft"], args.config))
-    print(result.model_dir)
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import importlib
+
+    from tulu_kit.config import config_class
+    from tulu_kit.training import load_config
+
+    cls = config_class(args.command)
+    cfg = load_config(cls, args.config, args.set)
+    result = importlib.import_module(cls.__module__).run(cfg)
+    if result:  # rank 0's node prints where the model is; the other nodes have no result of their own
+        print(result["model_dir"])
     return 0
 
 
-def add_sft(sub) -> None:
-    p = sub.add_parser("sft", help="train one SFT / LoRA / QLoRA stage from a flat config YAML (no notebook)")
-    p.add_argument("config", help="YAML of tulu_kit.sft.SFTConfig fields, e.g. model, train_file, out_dir")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field; repeatable"
-    )
-    p.set_defaults(func=cmd_sft)
+def add_train(sub) -> None:
+    for kind, what in TRAINING_KINDS.items():
+        p = sub.add_parser(
+            kind,
+            help=f"train: {what}, from a flat config YAML (no notebook)",
+            description=f"Train one {kind} stage from a YAML of its config fields (the notebook's parameters), "
+            "launched on this node's processes (launcher, num_processes, deepspeed, num_machines, machine_rank, "
+            "main_process_ip, main_process_port).",
+            epilog=NODE_EPILOG.format(kind=kind),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument("config", help="YAML of the stage's config fields, e.g. model, train_file, out_dir")
+        p.add_argument(
+            "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field; repeatable"
+        )
+        p.set_defaults(func=cmd_train)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -278,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run(sub)
     add_merge(sub)
     add_eval(sub)
-    add_sft(sub)
+    add_train(sub)
     data = sub.add_parser("data", help="prepare datasets")
     kinds = data.add_subparsers(dest="data_command", metavar="WHAT", required=True)
     add_data_prepare_eval(kinds)

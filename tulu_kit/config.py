@@ -36,29 +36,21 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # kind -> (notebook path relative to the repo root, "module:ConfigClass")
 STAGES: dict[str, tuple[str, str]] = {
-    "eval_gsm8k": ("eval/gsm8k.ipynb", "tulu_kit.evals.gsm8k:GSM8KConfig"),
-    "eval_math": ("eval/math.ipynb", "tulu_kit.evals.math:MATHConfig"),
-    "eval_mmlu": ("eval/mmlu.ipynb", "tulu_kit.evals.mmlu:MMLUConfig"),
-    "eval_bbh": ("eval/bbh.ipynb", "tulu_kit.evals.bbh:BBHConfig"),
-    "eval_tydiqa": ("eval/tydiqa.ipynb", "tulu_kit.evals.tydiqa:TydiQAConfig"),
-    "eval_truthfulqa": ("eval/truthfulqa.ipynb", "tulu_kit.evals.truthfulqa:TruthfulQAConfig"),
-    "eval_humaneval": ("eval/humaneval.ipynb", "tulu_kit.evals.humaneval:CodeConfig"),
-    "eval_humaneval_plus": ("eval/humaneval_plus.ipynb", "tulu_kit.evals.humaneval_plus:HumanEvalPlusConfig"),
-    "eval_mbpp_plus": ("eval/mbpp_plus.ipynb", "tulu_kit.evals.mbpp_plus:MbppPlusConfig"),
-    "eval_ifeval": ("eval/ifeval.ipynb", "tulu_kit.evals.ifeval:IFEvalConfig"),
-    "eval_toxigen": ("eval/toxigen.ipynb", "tulu_kit.evals.toxigen:ToxiGenConfig"),
-    "eval_xstest": ("eval/xstest.ipynb", "tulu_kit.evals.xstest:XSTestConfig"),
-    "eval_alpaca_eval": ("eval/alpaca_eval.ipynb", "tulu_kit.evals.alpaca_eval:AlpacaEvalConfig"),
-    "eval_truthfulqa_gen": ("eval/truthfulqa_gen.ipynb", "tulu_kit.evals.truthfulqa_gen:TruthfulQAGenConfig"),
     "quickstart": ("notebooks/00_quickstart.ipynb", "tulu_kit.quickstart:QuickstartConfig"),
-    "report": ("notebooks/07_report.ipynb", "tulu_kit.report:ReportConfig"),
     "data": ("notebooks/01_data_mixing.ipynb", "tulu_kit.data.stage:DataConfig"),
-    "merge": ("notebooks/06_merging.ipynb", "tulu_kit.merge:MergeConfig"),
-    "dpo": ("notebooks/04_dpo.ipynb", "tulu_kit.dpo:DPOConfig"),
     "sft": ("notebooks/02_sft.ipynb", "tulu_kit.sft:SFTConfig"),
     "lora": ("notebooks/03_lora_qlora.ipynb", "tulu_kit.sft:LoRAConfig"),
+    "dpo": ("notebooks/04_dpo.ipynb", "tulu_kit.dpo:DPOConfig"),
     "reward": ("notebooks/05_reward_model.ipynb", "tulu_kit.reward:RewardConfig"),
+    "merge": ("notebooks/06_merging.ipynb", "tulu_kit.merge:MergeConfig"),
+    "report": ("notebooks/07_report.ipynb", "tulu_kit.report:ReportConfig"),
 }
+# every benchmark is a stage `eval_<name>`: the notebook eval/<name>.ipynb and the module tulu_kit.evals.<name>,
+# whose CONFIG is its config class (derived from the notebooks, so a benchmark is listed in one place)
+STAGES.update(
+    {f"eval_{nb.stem}": (f"eval/{nb.name}", f"tulu_kit.evals.{nb.stem}:CONFIG")
+     for nb in sorted((REPO_ROOT / "eval").glob("*.ipynb"))}
+)  # fmt: skip
 
 RESERVED_STAGE_KEYS = ("kind", "notebook")
 _RECIPE_KEYS = ("name", "seed", "stages")

@@ -168,6 +168,8 @@ def launch(module: str, config: dict, out_dir: str | Path, **launch_args) -> Pat
     ``launch_args`` are :func:`build_command`'s keywords (launcher, num_processes, deepspeed, ...).
     """
     folder = Path(out_dir) / "launch"
+    if launch_args.get("num_machines", 1) > 1:  # every node writes its own command, config and log
+        folder = folder / f"node{launch_args.get('machine_rank', 0)}"
     config_path = folder / "config.yaml"
     atomic_write_text(config_path, yaml.safe_dump(config, sort_keys=False))
     cmd = build_command(module, config_path, **launch_args)
@@ -200,7 +202,7 @@ def worker_config(cls: type, argv: list[str]):
 # --------------------------------------------------------------------------- checkpoints
 
 
-def complete_checkpoint_callback(config: dict):
+def complete_checkpoint_callback(config: dict, save_total_limit: int | None = None):
     """A TrainerCallback that, once every rank has written a checkpoint, adds the config and a COMPLETE marker."""
     import torch.distributed as dist
     from transformers import TrainerCallback  # here: importing it pulls in peft, seconds at import time
@@ -223,7 +225,7 @@ def _step(path: Path) -> int:
     return int(match.group(1)) if match else -1
 
 
-def last_complete_checkpoint(folder: str | Path) -> Path | None:
+def last_complete_checkpoint(folder: str | Path, config: dict | None = None) -> Path | None:
     """The highest-step ``checkpoint-N`` in ``folder`` that has its COMPLETE marker (None if there is none)."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -241,37 +243,3 @@ def resolve_path(path: str) -> str:
     if not path or os.path.isabs(path) or os.path.exists(path):
         return path
     return str(REPO_ROOT / path) if (REPO_ROOT / path).exists() else path
-
-
-def trainer_kwargs(cfg, has_eval: bool) -> dict:
-    """The TrainingArguments every training stage (sft, dpo, reward) sets the same way from its config."""
-    import torch
-
-    report_to = [r.strip() for r in cfg.report_to.split(",") if r.strip() and r.strip() != "none"]
-    return dict(
-        output_dir=str(Path(cfg.out_dir) / "checkpoints"),
-        max_length=None,  # the stage's tokenizer already cut at cfg.max_length
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the total steps
-        weight_decay=cfg.weight_decay,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        per_device_eval_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        bf16=cfg.bf16,
-        use_cpu=not torch.cuda.is_available(),
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps" if cfg.save_steps > 0 else "no",
-        save_steps=max(cfg.save_steps, 1),
-        eval_strategy="steps" if has_eval and cfg.eval_steps > 0 else "no",
-        eval_steps=cfg.eval_steps if cfg.eval_steps > 0 else None,
-        report_to=report_to or "none",
-        deepspeed=resolve_path(cfg.deepspeed) or None,
-        dataloader_num_workers=0,
-        disable_tqdm=False,
-    )

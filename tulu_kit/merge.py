@@ -29,9 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import torch
-
-from tulu_kit.io import atomic_dir, atomic_write_json, read_jsonl, write_jsonl
+from tulu_kit.io import atomic_dir, write_jsonl
+from tulu_kit.results import write_result
 from tulu_kit.weight_diff import copy_side_files, parse_size, tensor_specs
 
 log = logging.getLogger(__name__)
@@ -86,13 +85,6 @@ class MergeConfig:
         if self.out_dtype not in ("", "float32", "bfloat16", "float16"):
             raise ValueError(f"out_dtype: must be '', float32, bfloat16 or float16, got {self.out_dtype!r}")
         parse_size(self.max_shard_size)
-
-
-@dataclass
-class MergeResult:
-    model_dir: str  # the merged checkpoint at cfg.weights
-    path: list[dict]  # one row per path point: t, weights and (with eval_file) the metrics
-    metrics: dict  # metrics of the merged model (empty without eval_file)
 
 
 # --------------------------------------------------------------------------- checks before any work
@@ -228,154 +220,39 @@ def merge_models(
     return Path(out_dir)
 
 
-# --------------------------------------------------------------------------- adapter merge (PEFT)
-
-
-def _dequantize_nf4(model, dtype: torch.dtype):
-    """Replace every bitsandbytes ``Linear4bit`` by a plain ``nn.Linear`` holding its dequantized weights.
-
-    As open-instruct ``merge_lora.py --qlora``: the adapter was trained against the NF4-rounded base, so it
-    is merged into exactly those weights, not into the original higher-precision ones. Call it on a freshly
-    loaded model: bitsandbytes repacks CPU weights on the first eval-mode forward, after which they no longer
-    dequantize with ``dequantize_4bit``.
-    """
-    import bitsandbytes as bnb
-    from bitsandbytes.functional import dequantize_4bit
-
-    for name, module in list(model.named_modules()):
-        if isinstance(module, bnb.nn.Linear4bit):
-            weight = dequantize_4bit(module.weight.data, module.weight.quant_state).to(dtype)
-            linear = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
-            linear.weight = torch.nn.Parameter(weight, requires_grad=False)
-            if module.bias is not None:
-                linear.bias = torch.nn.Parameter(module.bias.data.to(dtype), requires_grad=False)
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, linear.to(dtype))
-    model.config.quantization_config = None
-    del model.config.quantization_config
-    model.hf_quantizer, model.is_quantized, model.is_loaded_in_4bit = None, False, False
-    return model
-
-
-def _adapter_embedding_rows(adapter: Path) -> int:
-    """Rows of an embedding the adapter saved in full (``modules_to_save``), else 0."""
-    path = adapter / "adapter_model.safetensors"
-    if not path.is_file():
-        return 0
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as f:
-        rows = [f.get_slice(k).get_shape()[0] for k in f.keys() if "embed_tokens" in k or "lm_head" in k]
-    return max((r for r in rows), default=0)
-
-
-def merge_lora(
-    base: str | Path,
-    adapter: str | Path,
-    out_dir: str | Path,
-    qlora: bool = False,
-    pad_to_multiple_of: int | None = None,
-    dtype: str = "float32",
-    double_quant: bool = True,
-    max_shard_size: str = "2GB",
-) -> Path:
-    """Merge a LoRA (with ``qlora``: QLoRA) adapter into its base; save a plain HF checkpoint and tokenizer.
-
-    The tokenizer comes from the adapter folder when it has one (training may add tokens), else from the
-    base; the base's embeddings grow to fit it first (open-instruct issue #190). ``pad_to_multiple_of`` then
-    pads the embedding rows to a multiple (8 suits tensor cores). ``double_quant`` must match QLoRA training.
-    """
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    from tulu_kit.models import load_model, load_tokenizer
-
-    adapter = Path(adapter)  # the base may be a Hub id
-    if not (adapter / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{adapter}: not a PEFT adapter (no adapter_config.json)")
-    torch_dtype = getattr(torch, dtype)
-    has_tok = any((adapter / f).is_file() for f in _TOKENIZER_FILES)
-    tokenizer = load_tokenizer(adapter if has_tok else base)
-    if qlora:
-        quant = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=double_quant,
-            bnb_4bit_compute_dtype=torch_dtype,
-        )
-        model = AutoModelForCausalLM.from_pretrained(str(base), quantization_config=quant, dtype=torch_dtype)
-        model = _dequantize_nf4(model, torch_dtype)
-    else:
-        model = load_model(base, dtype=dtype)
-    rows = max(len(tokenizer), _adapter_embedding_rows(adapter))
-    if rows > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(rows)
-    model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    if pad_to_multiple_of:
-        model.resize_token_embeddings(
-            model.get_input_embeddings().weight.shape[0], pad_to_multiple_of=pad_to_multiple_of
-        )
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp, max_shard_size=max_shard_size)
-        tokenizer.save_pretrained(tmp)
-    log.info("merged adapter %s into %s -> %s", adapter, base, out_dir)
-    return Path(out_dir)
-
-
 # --------------------------------------------------------------------------- the metric along the path
 
 
-def _preference_texts(row: dict, where: str, tokenizer) -> tuple[str, str, str]:
-    """(prompt, chosen continuation, rejected continuation) of one preference row, via the chat template."""
-    texts = []
-    for key in ("chosen", "rejected"):
-        msgs = row.get(key)
-        if isinstance(msgs, list) and "prompt" in row:
-            msgs = list(row["prompt"]) + msgs
-        if not isinstance(msgs, list) or not msgs or not isinstance(msgs[-1], dict):
-            raise ValueError(f"{where}: field '{key}' must be a list of messages, got {str(msgs)[:80]!r}")
-        if msgs[-1].get("role") != "assistant":
-            raise ValueError(f"{where}: field '{key}' must end with an assistant message")
-        texts.append(tokenizer.apply_chat_template(msgs, tokenize=False))
-        prompt = tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
-        if not texts[-1].startswith(prompt):
-            raise ValueError(
-                f"{where}: field '{key}': the chat template does not render the prompt as a prefix"
-            )
-        texts[-1] = texts[-1][len(prompt) :]
-    return prompt, texts[0], texts[1]
-
-
 def preference_metrics(model_dir: str | Path, eval_file: str | Path, max_examples: int = 64) -> dict:
-    """Held-out preference accuracy (log p(chosen) > log p(rejected), summed over response tokens, as DPO's
-    implicit reward compares them) and the mean per-token log-likelihood of the chosen responses."""
-    from tulu_kit.evals.backends import HFBackend
+    """Held-out likelihood preference of a model: the share of pairs with log p(chosen) > log p(rejected)
+    (summed over response tokens), their mean gap, and the mean per-token log-likelihood of the chosen replies.
 
-    backend = HFBackend.load(
-        str(model_dir), dtype="float32", device="cpu" if not torch.cuda.is_available() else "auto"
-    )
-    rows = read_jsonl(eval_file)[:max_examples]
+    This is the model's own preference, not DPO's implicit reward ``β log π/π_ref``: the reference term differs
+    between the chosen and the rejected reply, so it does not cancel, and a merge has no single reference.
+    """
+    from tulu_kit.data.pairs import load_pairs
+    from tulu_kit.data.tokenize import tokenize_preference
+    from tulu_kit.models import load_model, load_tokenizer, response_logprobs
+
+    pairs = load_pairs(str(eval_file))[0][:max_examples]
+    tokenizer, model = load_tokenizer(model_dir), load_model(model_dir).eval()
+    max_length = getattr(model.config, "max_position_embeddings", None) or 4096
+    rows, _ = tokenize_preference(pairs, tokenizer, max_length, source=str(eval_file))
     if not rows:
-        raise ValueError(f"{eval_file}: no preference pairs")
-    requests = []
-    for i, row in enumerate(rows, 1):
-        prompt, chosen, rejected = _preference_texts(row, f"{eval_file}: line {i}", backend.tokenizer)
-        requests += [(prompt, chosen), (prompt, rejected)]
-    scores = backend.loglikelihood(requests)
-    chosen, rejected = scores[0::2], scores[1::2]
-    n = len(rows)
+        raise ValueError(f"{eval_file}: no pair fits the model's context of {max_length} tokens")
+    chosen, rejected, lengths = response_logprobs(model, rows)
     return {
-        "pref_accuracy": sum(c[0] > r[0] for c, r in zip(chosen, rejected)) / n,
-        "chosen_logp_per_token": sum(c[0] / c[1] for c in chosen) / n,
-        "logp_margin": sum(c[0] - r[0] for c, r in zip(chosen, rejected)) / n,
-        "num_pairs": n,
+        "pref_accuracy": (chosen > rejected).float().mean().item(),
+        "chosen_logp_per_token": (chosen / lengths).mean().item(),
+        "logp_margin": (chosen - rejected).mean().item(),
+        "num_pairs": len(rows),
     }
 
 
 # --------------------------------------------------------------------------- the stage
 
 
-def run(cfg: MergeConfig) -> MergeResult:
+def run(cfg: MergeConfig) -> dict:
     """Check the inputs, sweep the merge path (scoring each point), then merge at ``cfg.weights``."""
     out = Path(cfg.out_dir)
     kwargs = dict(
@@ -410,6 +287,5 @@ def run(cfg: MergeConfig) -> MergeResult:
     # ---- 3. the merged model
     model_dir = merge_models(cfg.models, out / "model", weights=cfg.weights or None, **kwargs)
     metrics = preference_metrics(model_dir, cfg.eval_file, cfg.eval_max_examples) if cfg.eval_file else {}
-    result = MergeResult(str(model_dir), rows, metrics)
-    atomic_write_json(out / "result.json", result.__dict__)
-    return result
+    # the result (metrics.json): the merged model, its held-out metrics, and one row per point of the path
+    return write_result(out, "merge", model_dir, method=cfg.method, held_out=metrics, path=rows)

@@ -241,3 +241,140 @@ def training_memory_gb(total_params: int, trainable_params: int, weight_bits: in
         "optimizer": trainable_params * 12 / 1e9,
     }
     return {**parts, "total": sum(parts.values())}
+
+
+# --------------------------------------------------------------------------- adapter merge (PEFT)
+# Shared by every training stage with LoRA and by `tulu-kit merge lora`.
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+
+
+def _dequantize_nf4(model, dtype: torch.dtype):
+    """Replace every bitsandbytes ``Linear4bit`` by a plain ``nn.Linear`` holding its dequantized weights.
+
+    As open-instruct ``merge_lora.py --qlora``: the adapter was trained against the NF4-rounded base, so it
+    is merged into exactly those weights, not into the original higher-precision ones. Call it on a freshly
+    loaded model: bitsandbytes repacks CPU weights on the first eval-mode forward, after which they no longer
+    dequantize with ``dequantize_4bit``.
+    """
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import dequantize_4bit
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, bnb.nn.Linear4bit):
+            weight = dequantize_4bit(module.weight.data, module.weight.quant_state).to(dtype)
+            linear = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+            linear.weight = torch.nn.Parameter(weight, requires_grad=False)
+            if module.bias is not None:
+                linear.bias = torch.nn.Parameter(module.bias.data.to(dtype), requires_grad=False)
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, linear.to(dtype))
+    model.config.quantization_config = None
+    del model.config.quantization_config
+    model.hf_quantizer, model.is_quantized, model.is_loaded_in_4bit = None, False, False
+    return model
+
+
+def _adapter_embedding_rows(adapter: Path) -> int:
+    """Rows of an embedding the adapter saved in full (``modules_to_save``), else 0."""
+    path = adapter / "adapter_model.safetensors"
+    if not path.is_file():
+        return 0
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        rows = [f.get_slice(k).get_shape()[0] for k in f.keys() if "embed_tokens" in k or "lm_head" in k]
+    return max((r for r in rows), default=0)
+
+
+def merge_lora(
+    base: str | Path,
+    adapter: str | Path,
+    out_dir: str | Path,
+    qlora: bool = False,
+    pad_to_multiple_of: int | None = None,
+    dtype: str = "float32",
+    double_quant: bool = True,
+    max_shard_size: str = "2GB",
+) -> Path:
+    """Merge a LoRA (with ``qlora``: QLoRA) adapter into its base; save a plain HF checkpoint and tokenizer.
+
+    The tokenizer comes from the adapter folder when it has one (training may add tokens), else from the
+    base; the base's embeddings grow to fit it first (open-instruct issue #190). ``pad_to_multiple_of`` then
+    pads the embedding rows to a multiple (8 suits tensor cores). ``double_quant`` must match QLoRA training.
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    adapter = Path(adapter)  # the base may be a Hub id
+    if not (adapter / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter}: not a PEFT adapter (no adapter_config.json)")
+    torch_dtype = getattr(torch, dtype)
+    has_tok = any((adapter / f).is_file() for f in _TOKENIZER_FILES)
+    tokenizer = load_tokenizer(adapter if has_tok else base)
+    if qlora:
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=double_quant,
+            bnb_4bit_compute_dtype=torch_dtype,
+        )
+        model = AutoModelForCausalLM.from_pretrained(str(base), quantization_config=quant, dtype=torch_dtype)
+        model = _dequantize_nf4(model, torch_dtype)
+    else:
+        model = load_model(base, dtype=dtype)
+    rows = max(len(tokenizer), _adapter_embedding_rows(adapter))
+    if rows > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(rows)
+    model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    if pad_to_multiple_of:
+        model.resize_token_embeddings(
+            model.get_input_embeddings().weight.shape[0], pad_to_multiple_of=pad_to_multiple_of
+        )
+    from tulu_kit.io import atomic_dir
+
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        tokenizer.save_pretrained(tmp)
+    logger.info("merged adapter %s into %s -> %s", adapter, base, out_dir)
+    return Path(out_dir)
+
+
+# --------------------------------------------------------------------------- quick checks of a saved model
+
+
+@torch.no_grad()
+def response_logprobs(model, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed log p(response | prompt) of tokenized pairs (``prompt_ids``, ``chosen_ids``, ``rejected_ids``).
+
+    Returns (chosen, rejected, chosen lengths), one forward per sequence (no padding, so nothing to mask).
+    """
+    device = next(model.parameters()).device
+    out = {"chosen": [], "rejected": []}
+    for row in rows:
+        for key in out:
+            ids = torch.tensor([row["prompt_ids"] + row[f"{key}_ids"]], device=device)
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+            n = len(row[f"{key}_ids"])
+            targets = ids[0, -n:]
+            out[key].append(logp[-n:].gather(-1, targets[:, None]).sum().item())
+    lengths = torch.tensor([len(r["chosen_ids"]) for r in rows], dtype=torch.float32)
+    return torch.tensor(out["chosen"]), torch.tensor(out["rejected"]), lengths
+
+
+def sample_replies(model_dir: str | Path, prompts: list[str], max_new_tokens: int = 32) -> list[str]:
+    """Greedy replies of a saved model to single-turn prompts, through its own chat template."""
+    tokenizer, model = load_tokenizer(model_dir), load_model(model_dir)
+    replies = []
+    for prompt in prompts:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)  # fmt: skip
+        inputs = tokenizer(
+            text,
+            return_tensors="pt",
+            add_special_tokens=not (tokenizer.bos_token and text.startswith(tokenizer.bos_token)),
+        )
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        replies.append(tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
+    return replies

@@ -25,7 +25,17 @@ from typing import Any
 from tulu_kit.io import atomic_write_json, read_json
 
 RESULT_FILE = "metrics.json"
-_LIBRARIES = ("tulu-kit", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed", "vllm")
+_LIBRARIES = (
+    "tulu-kit",
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "accelerate",
+    "datasets",
+    "deepspeed",
+    "vllm",
+)
 
 
 def library_versions() -> dict[str, str]:
