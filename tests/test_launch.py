@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tulu_kit import launch
+from tulu_kit import launch, training
 from tulu_kit.config import to_dict
 from tulu_kit.io import read_jsonl, write_jsonl
 from tulu_kit.results import read_result
@@ -87,7 +87,6 @@ import contextlib, os, sys
 from pathlib import Path
 import torch
 from transformers import TrainerCallback
-from tulu_kit import sft
 
 class DumpWeights(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kwargs):
@@ -100,7 +99,9 @@ class DumpWeights(TrainerCallback):
             flat = torch.cat([p.detach().float().flatten().clone() for p in params])
         torch.save(flat, Path(args.output_dir).parent / f"weights_rank{os.environ['RANK']}.pt")
 
-sys.exit(sft.main(sys.argv[1:], callbacks=[DumpWeights()]))
+import importlib
+stage = importlib.import_module("tulu_kit." + os.environ.get("TEST_STAGE", "sft"))
+sys.exit(stage.main(sys.argv[1:], callbacks=[DumpWeights()]))
 """
 
 
@@ -142,3 +143,50 @@ def test_two_processes_agree_and_lower_the_loss(tiny_model, tmp_path, mix, launc
     assert torch.equal(rank0, rank1)
     saved = AutoModelForCausalLM.from_pretrained(result["model_dir"])
     torch.testing.assert_close(torch.cat([p.flatten() for p in saved.parameters()]), rank0, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- two "nodes" on this machine
+
+
+@pytest.mark.parametrize("stage,port", [("sft", 29621), ("dpo", 29622)])
+def test_two_nodes_started_separately_end_with_identical_weights(tiny_model, tmp_path, mix, stage, port):
+    """Each node runs the per-node command of the README (its own machine_rank) as a separate process."""
+    import os
+    import subprocess
+
+    from tulu_kit.data.synthetic import synthetic_preference
+    from tulu_kit.dpo import DPOConfig
+
+    common = dict(model=str(tiny_model), out_dir=str(tmp_path / stage), max_steps=4, learning_rate=1e-3,
+                  warmup_ratio=0.0, per_device_train_batch_size=4, report_to="none", launcher="accelerate",
+                  num_processes=2, num_machines=2, main_process_ip="127.0.0.1", main_process_port=port)  # fmt: skip
+    if stage == "sft":
+        cfg = SFTConfig(train_file=str(mix), max_length=128, **common)
+    else:
+        pairs = write_jsonl(tmp_path / "pairs.jsonl", synthetic_preference(40, seed=1))
+        cfg = DPOConfig(train_file=str(pairs), max_length=96, eval_fraction=0.2, **common)
+    entry = tmp_path / "entry.py"
+    entry.write_text(ENTRY)
+    env = {**launch.child_env({"TEST_STAGE": stage}), "PYTHONPATH": str(REPO)}
+    nodes = []
+    for rank in (0, 1):  # two separately started launchers, as on two machines
+        args = {**training.launch_args(cfg), "machine_rank": rank}
+        code = f"from tulu_kit import launch; launch.launch({str(entry)!r}, {to_dict(cfg)!r}, {cfg.out_dir!r}, **{args!r})"
+        nodes.append(subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))  # fmt: skip
+    outputs = [n.communicate(timeout=600)[0] for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    result = read_result(cfg.out_dir)
+    assert result["world_size"] == 2 and result["train_steps"] == 4
+    rank0, rank1 = (torch.load(Path(cfg.out_dir) / f"weights_rank{r}.pt") for r in (0, 1))
+    assert torch.equal(rank0, rank1)
+    base = torch.cat([p.detach().flatten() for p in _load(tiny_model).parameters()])
+    assert not torch.equal(rank0, base)  # they trained, and agree
+    assert (Path(cfg.out_dir) / "launch" / "node1" / "train.log").is_file()
+    assert os.path.isdir(result["model_dir"])
+
+
+def _load(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path)
