@@ -121,15 +121,17 @@ def stream(cmd: list[str], log_path: str | Path, env: dict | None = None, tail_l
     """Run ``cmd``, copying its output to this process's stdout (a notebook cell) and to ``log_path``.
 
     Raises :class:`LaunchError` on a non-zero exit code; interrupting (Ctrl-C, a notebook's stop button) stops
-    the whole process group.
+    the whole process group. The log is flushed after every chunk, so it holds the output even when this process
+    is killed.
     """
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
     partial = ""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    with log_path.open("w", encoding="utf-8") as log:
+    with log_path.open("w", encoding="utf-8", buffering=1) as log:
         log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
         proc = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,
@@ -145,6 +147,7 @@ def stream(cmd: list[str], log_path: str | Path, env: dict | None = None, tail_l
                 sys.stdout.write(text)  # raw, so tqdm's carriage returns redraw in place
                 sys.stdout.flush()
                 log.write(text)
+                log.flush()  # progress bars end in \r, not \n: line buffering alone would hold them back
                 partial += text
                 *lines, partial = re.split(r"[\r\n]", partial)
                 tail.extend(line for line in lines if line.strip())
