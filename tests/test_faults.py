@@ -275,6 +275,44 @@ def test_collective_atomic_dir_gives_every_rank_the_token_path(tmp_path):
     assert (tmp_path / "m" / "w").read_text() == "1"
 
 
+RANK = """
+import os, sys
+from pathlib import Path
+import torch.distributed as dist
+from tulu_kit.io import atomic_dir
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+for round in range(3):
+    with atomic_dir(sys.argv[1], rank == 0) as tmp:  # how sft, dpo and reward save: every rank, one folder
+        print(round, tmp, flush=True)
+        dist.barrier()  # rank 0 has created it
+        (tmp / f"part-{rank}").write_text(str(round))  # under ZeRO-3 every rank contributes to one save
+        dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+def test_collective_atomic_dir_puts_every_rank_in_one_fresh_folder(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "WORLD_SIZE": "2",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29631"}  # fmt: skip
+    target = tmp_path / "model"
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", RANK, str(target)],
+            env={**env, "RANK": str(r)},
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for r in (0, 1)
+    ]
+    outs = [p.communicate(timeout=120)[0].split("\n") for p in ranks]
+    assert [p.returncode for p in ranks] == [0, 0]
+    assert outs[0] == outs[1]  # the same temporary path on both ranks, every round
+    assert len({line.split()[1] for line in outs[0] if line}) == 3  # and a fresh one each round
+    assert {p.name: p.read_text() for p in target.iterdir()} == {"part-0": "2", "part-1": "2"}
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
 @pytest.mark.parametrize("point", ["mid-write", "between-renames"])
 def test_killed_writer_leaves_the_old_output_and_the_next_write_cleans_up(tmp_path, monkeypatch, point):
     import tulu_kit.io as io
