@@ -14,7 +14,9 @@ A recipe is::
         model: ${run_dir}/quickstart/model
 
 String values may use ``${run_dir}``, ``${name}`` and ``${seed}``. Each stage's ``out_dir`` defaults to
-``<run_dir>/<stage name>``.
+``<run_dir>/<stage name>``, so the recipe and stage names must be plain folder names (no ``/``, no ``..``).
+YAML is read strictly: a duplicate key is an error (file, line, key), and so is a document that would expand
+through aliases to more than ``MAX_YAML_NODES`` values. ``--set key=`` sets the empty string.
 """
 
 from __future__ import annotations
@@ -63,8 +65,83 @@ class ConfigError(ValueError):
 # --------------------------------------------------------------------------- YAML
 
 
+MAX_YAML_NODES = 100_000  # nodes after expanding aliases; a recipe has hundreds, an alias bomb billions
+
+
+class _Refused(yaml.YAMLError):
+    """Valid YAML that a config must not be: the message names the line."""
+
+
+class _DuplicateKey(_Refused):
+    def __init__(self, key: Any, line: int, first: int):
+        super().__init__(f"line {line}: duplicate key '{key}' (first set on line {first})")
+
+
+class _TooLarge(_Refused):
+    def __init__(self, line: int):
+        super().__init__(
+            f"line {line}: more than {MAX_YAML_NODES} values once aliases (*name) are expanded; "
+            "a recipe needs far fewer (an alias bomb?)"
+        )
+
+
+def _children(node: yaml.Node) -> list[yaml.Node] | None:
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return None
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Nodes in the document with every alias expanded, counted without expanding (memoised per node); an alias
+    inside its own anchor (an infinite document) counts as too large."""
+    sizes: dict[int, int] = {}
+    visiting: set[int] = set()  # the nodes whose subtree is being counted: the current path
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key, children = id(node), _children(node)
+        if children_done:
+            visiting.discard(key)
+            sizes[key] = min(1 + sum(sizes[id(c)] for c in children), MAX_YAML_NODES + 1)
+        elif key in visiting:
+            return MAX_YAML_NODES + 1  # a node inside itself
+        elif key not in sizes:
+            if children is None:
+                sizes[key] = 1
+                continue
+            visiting.add(key)
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(root)]
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads ``5e-6`` as a float (YAML 1.2), not the string PyYAML's 1.1 rules give."""
+    """SafeLoader that reads ``5e-6`` as a float (YAML 1.2), not the string PyYAML's 1.1 rules give, refuses
+    duplicate keys and refuses documents that expand (through aliases) to more than MAX_YAML_NODES values."""
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None and _expanded_size(node) > MAX_YAML_NODES:
+            raise _TooLarge(node.start_mark.line + 1)
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` merges; keys set beside it override the merged ones, as YAML says
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(key, line, seen[key])
+                    seen[key] = line
+                except TypeError:  # an unhashable key: SafeLoader reports it below
+                    pass
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
@@ -81,22 +158,43 @@ _Loader.add_implicit_resolver(
 )
 
 
+def _yaml(text: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except RecursionError:
+        raise _Refused("nested too deeply (thousands of levels of [ or {)") from None
+
+
 def load_yaml(path: str | Path) -> Any:
-    """Read a YAML file, turning syntax errors into a ConfigError that names the file and line."""
+    """Read a YAML file, turning syntax errors, duplicate keys and alias bombs into a ConfigError that names the
+    file and line."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
     try:
-        return yaml.load(path.read_text(), Loader=_Loader)
+        return _yaml(path.read_text())
+    except _Refused as e:
+        raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    except (
+        ValueError,
+        TypeError,
+        OverflowError,
+    ) as e:  # a scalar PyYAML resolves but cannot build, e.g. `._`
+        raise ConfigError(f"{path}: invalid YAML value: {e}") from None
 
 
 def parse_value(text: str) -> Any:
-    """Parse an override's value the way YAML would (``1e-4`` -> float, ``true`` -> bool, ``[a, b]`` -> list)."""
+    """Parse an override's value the way YAML would (``1e-4`` -> float, ``true`` -> bool, ``[a, b]`` -> list);
+    an empty value is the empty string (write ``null`` for None)."""
+    if not text.strip():
+        return text
     try:
-        return yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError:
+        return _yaml(text)
+    except _Refused as e:
+        raise ConfigError(f"override value {text[:40]!r}: {e}") from None
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError):
         return text
 
 
@@ -274,6 +372,17 @@ def apply_overrides(raw: dict, overrides: Iterable[str], source: str) -> dict:
 
 
 _VAR = re.compile(r"\$\{([^}]*)\}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+
+def _check_name(name: Any, what: str, source: str) -> str:
+    """A recipe or stage name becomes a folder name under runs/: one plain path component, nothing else."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(
+            f"{source}: {what} {name!r} must be a plain folder name (letters, digits, _ . + -; no '/', no '..', "
+            "not starting with '.' or '-'), since runs/<name>/<stage> is written"
+        )
+    return name
 
 
 def _substitute(value: Any, variables: dict[str, str], where: str, source: str) -> Any:
@@ -309,11 +418,13 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = (), run_dir: str | 
         raise ConfigError(f"{source}: 'stages' must be a non-empty mapping of stage name -> parameters")
     raw = apply_overrides(raw, overrides, source)
     name = _coerce(raw.get("name"), str, "name", source) if "name" in raw else Path(path).stem
+    _check_name(name, "recipe name", source)
     seed = _coerce(raw.get("seed", 42), int, "seed", source)
     run_dir = Path(run_dir or Path("runs") / name).resolve()
     variables = {"run_dir": str(run_dir), "name": name, "seed": str(seed)}
     stages = []
     for stage_name, params in raw["stages"].items():
+        _check_name(stage_name, "stage name", source)
         where = f"stages.{stage_name}"
         if not isinstance(params, dict):
             raise ConfigError(f"{source}: {where}: expected a mapping of parameters, got {params!r}")

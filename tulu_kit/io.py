@@ -6,11 +6,16 @@ an interrupted run leaves either the old file or the new one. Readers name the f
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import os
+import re
 import shutil
+import socket
+import sys
 import tempfile
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,18 +37,88 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-@contextmanager
-def atomic_dir(final: str | Path, is_main: bool = True) -> Iterator[Path]:
-    """Yield ``<parent>/.<name>.tmp`` to fill; on success it replaces ``final`` by renames, on failure it is removed.
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
-    Every rank gets the same temporary path, and only the main rank creates and renames it, so all DeepSpeed
-    ZeRO-3 ranks can take part in one save (they gather the weights together).
+
+def recover_dir(final: str | Path) -> bool:
+    """Clean up after writers of ``final`` on this host that were killed; True if ``final`` was put back.
+
+    A writer killed mid-write leaves its temporary folder (removed here). One killed while publishing, between
+    moving the old ``final`` aside and renaming the new one in, leaves no ``final``: the old one is put back.
+    """
+    final, restored = Path(final), False
+    host = socket.gethostname()
+    pattern = re.compile(rf"\.{re.escape(final.name)}\.(tmp|old)-(.+)-(\d+)-[0-9a-f]+")
+    for path in sorted(final.parent.glob(f".{final.name}.*")):
+        match = pattern.fullmatch(path.name)
+        if not match or match.group(2) != host or _alive(int(match.group(3))):
+            continue
+        if match.group(1) == "old" and not final.exists():
+            os.replace(path, final)
+            restored = True
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    return restored
+
+
+def _collective_token(is_main: bool) -> str:
+    """Rank 0's token, sent to every rank when a process group is up (so all ranks fill one folder)."""
+    token = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    dist = sys.modules.get("torch.distributed")  # not imported: no process group, nothing to agree on
+    if dist is None or not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return token
+    box = [token if is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _publish(tmp: Path, final: Path, token: str) -> None:
+    """Rename ``tmp`` to ``final``, moving any current ``final`` aside first; only whole folders ever move."""
+    old = final.parent / f".{final.name}.old-{token}"
+    while True:
+        try:
+            os.replace(final, old)  # another writer may publish between this rename and the next
+        except FileNotFoundError:
+            pass
+        try:
+            os.replace(tmp, final)
+            break
+        except OSError as e:  # final exists again (a concurrent writer won the slot): set it aside and retry
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def atomic_dir(final: str | Path, is_main: bool | None = None, token: str = "") -> Iterator[Path]:
+    """Yield a fresh temporary folder beside ``final``; on success it replaces ``final`` whole, on failure it is
+    removed.
+
+    The temporary name is unique per writer (host, pid, random), so two writers of one target never fill the
+    same folder: the last to finish wins, whole. ``is_main`` makes it collective for multi-rank saves (DeepSpeed
+    ZeRO-3 ranks gather the weights together): every rank must call it, gets rank 0's temporary path (sent over
+    the process group, or the ``token`` the caller gives), and only the main rank creates and renames it.
+    Without ``is_main`` it is this process's alone. What killed writers left is cleaned up first (:func:`recover_dir`).
     """
     final = Path(final)
-    tmp = final.parent / f".{final.name}.tmp"
+    collective = is_main is not None
+    is_main = True if is_main is None else is_main
+    token = token or (_collective_token(is_main) if collective else "")
+    token = token or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    tmp = final.parent / f".{final.name}.tmp-{token}"
     if is_main:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        recover_dir(final)
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        tmp.mkdir()
     try:
         yield tmp
     except BaseException:
@@ -51,12 +126,7 @@ def atomic_dir(final: str | Path, is_main: bool = True) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     if is_main:
-        old = final.parent / f".{final.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        _publish(tmp, final, token)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

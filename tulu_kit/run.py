@@ -3,16 +3,22 @@
 ``<run_dir>/`` receives ``config.yaml`` (the resolved recipe), ``run.json`` (status of every stage),
 ``notebooks/NN_<stage>.ipynb`` (executed copies, partial ones kept on failure) and one folder per stage.
 A stage that completed with the same parameters is skipped on a re-run; once a stage runs again, every later
-stage runs again too, since its inputs may have changed. ``force`` re-runs everything.
+stage runs again too, since its inputs may have changed. ``force`` re-runs everything. One run at a time holds
+a run folder (an advisory lock on ``<run_dir>/.lock``); a second one into it stops at once.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -43,6 +49,37 @@ def stage_completed(recipe: Recipe, stage: Stage) -> bool:
         return False
     info = json.loads(marker.read_text())
     return info.get("status") == "completed" and info.get("params_hash") == params_hash(stage)
+
+
+class RunLocked(RuntimeError):
+    """Another process is running into the same run folder."""
+
+
+@contextmanager
+def lock_run_dir(run_dir: Path) -> Iterator[Path]:
+    """Hold ``<run_dir>/.lock`` (fcntl) while a run writes into ``run_dir``; raise :class:`RunLocked` if another
+    process holds it. The kernel drops the lock when its holder dies, so a lock file left by a killed run does not
+    block; the file keeps the holder's pid for the message.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by the stages' kernels (PEP 446)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise RunLocked(
+                f"{run_dir} is in use by another tulu-kit run (pid {holder}, lock {path}); "
+                "wait for it to finish, or run into another folder with --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class RunStatus:
@@ -96,10 +133,19 @@ def execute_stage(stage: Stage, output: Path, log_output: bool = False, progress
 
 
 def run_recipe(recipe: Recipe, force: bool = False, log_output: bool = False) -> int:
-    """Run every stage in order; returns the process exit code (0 ok, 1 a stage failed, 130 interrupted)."""
+    """Run every stage in order; returns the process exit code (0 ok, 1 a stage failed, 2 the run folder is in
+    use by another run, 130 interrupted)."""
+    try:
+        with lock_run_dir(recipe.run_dir):
+            return _run_stages(recipe, force, log_output)
+    except RunLocked as e:
+        print(f"tulu-kit: {e}", file=sys.stderr)
+        return 2
+
+
+def _run_stages(recipe: Recipe, force: bool, log_output: bool) -> int:
     from papermill.exceptions import PapermillExecutionError
 
-    recipe.run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(recipe.run_dir / "config.yaml", yaml.safe_dump(recipe.resolved(), sort_keys=False))
     status = RunStatus(recipe)
     rerun_rest = force
