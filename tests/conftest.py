@@ -1,4 +1,4 @@
-"""Shared fixtures: the tiny model, the real data in ../shared/data, and a papermill notebook runner."""
+"""Shared fixtures: the tiny model, the real public data beside the repo (skipped when absent), a notebook runner."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Converters from each source's published layout, bad-row errors, and the real files in ../shared/data."""
+"""Converters from each source's published layout, bad-row errors, and the real public data files."""
 
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ def test_read_file_names_the_bad_line(tmp_path):
         read_file(p)
 
 
-# ---------------------------------------------------------------- real files in ../shared/data
+# ---------------------------------------------------------------- real public data files (skipped when absent)
 
 
 def test_real_alpaca(shared_data):

@@ -5,7 +5,7 @@ A notebook's training cell calls a stage's ``run(cfg)``, which calls :func:`laun
 ``accelerate launch`` (or ``torchrun``) in a subprocess. Its output is streamed into the cell and tee'd to
 ``<out_dir>/launch/train.log``; a non-zero exit code raises :class:`LaunchError` with the last lines of the log.
 
-Launcher facts this module encodes (``../shared/reference/environment-notes.md``):
+Launcher facts this module encodes (each checked on this project's machines):
 
 * ``accelerate launch --cpu --num_processes 2`` quietly starts one process, so several processes always use
   ``--multi_gpu``, which falls back to gloo (``MULTI_CPU``) on a machine without GPUs.

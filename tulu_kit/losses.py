@@ -105,10 +105,15 @@ def simpo_loss(
 
 
 def wpo_weights(policy_chosen_mean: torch.Tensor, policy_rejected_mean: torch.Tensor) -> torch.Tensor:
-    """WPO pair weight (Zhou et al. 2024, eq. 2, as open-instruct computes it): `min(1, exp(mean_c + mean_r))`.
+    """WPO pair weight (Zhou et al. 2024, eq. 2): `min(1, exp(mean_c + mean_r))`, from per-token mean log-probs.
 
     The product of the two responses' per-token geometric-mean probabilities under the current policy, so
     off-policy pairs (unlikely under the policy) count less. Detached: it weights the loss, it is not trained.
+
+    A deliberate deviation from open-instruct's code: its comment ("compute average logps") and the paper intend
+    per-token means, but `dpo_utils.wpo_loss` as written takes the already *summed* sequence log-probs, multiplies
+    them by the token mask and divides by its length, which is not a per-token mean of anything (for a real
+    response it stays near the summed log-prob, so the weight is ~0). The kit computes the intended weight.
     """
     return torch.clamp(torch.exp(policy_chosen_mean + policy_rejected_mean), max=1.0).detach()
 

@@ -1,8 +1,8 @@
 """Benchmark data root and `tulu-kit data prepare-eval`: where each benchmark's official files live.
 
 The root holds one folder per benchmark in the layout of the project's shared data folder
-(`gsm8k/test.jsonl`, `math500/test.jsonl`, `mmlu/dev/*.csv`, `bbh/bbh/*.json`, ...), so `--data-dir ../shared/data`
-works as is. Default root: `$TULU_KIT_DATA`, else `~/.cache/tulu_kit/data`; `demo` names a
+(`gsm8k/test.jsonl`, `math500/test.jsonl`, `mmlu/dev/*.csv`, `bbh/bbh/*.json`, ...), so a copy of the official
+files works as is. Default root: `$TULU_KIT_DATA`, else `~/.cache/tulu_kit/data`; `demo` names a
 few hand-written items shipped in `tulu_kit/assets/eval_demo/` (offline demos, smoke tests; not benchmark data). Used by every `eval/*.ipynb`.
 
 `prepare_eval()` downloads the official files (network needed; never called by tests) and lays them out the same
