@@ -1,7 +1,7 @@
 """HumanEval: sample n completions per problem, run each in the sandbox, unbiased pass@k (`eval/humaneval.ipynb`).
 
 Also the shared pipeline of the code benchmarks: `humaneval_plus.py` and `mbpp_plus.py` reuse `CodeConfig`,
-the prompt, the sampler and pass@k, and only swap the data and the test program.
+the sampler and pass@k, and describe what they swap (data, prompt, test program, limits) in a `CodeBenchmark` spec.
 
 Protocol as open-instruct ran it (`eval/codex_humaneval/run_eval.py`): the user turn is "Complete the following
 python function.\\n\\n\\n" + the problem's prompt; the answer is primed with "Here is the completed
@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tulu_kit.evals.core import (
@@ -211,22 +211,32 @@ def sample_completions(
     return predict(cfg, examples, compute, backend)
 
 
-def run_code_benchmark(cfg: CodeConfig, problems: list[dict], mod, backend=None) -> dict:
-    """Sample, execute, score and write metrics.json for one code benchmark module (`mod`)."""
-    preds = sample_completions(cfg, problems, mod.build_prompt, mod.STOPS, backend)
-    limits = Limits(timeout_s=cfg.timeout_s, memory_mb=cfg.memory_mb, guard=cfg.guard, **mod.LIMITS)
+@dataclass(frozen=True)
+class CodeBenchmark:
+    """What one code benchmark puts into the shared pipeline (sample -> execute -> pass@k)."""
+
+    name: str
+    build_prompt: Callable[[dict, bool], tuple[str, str]]  # (problem, chat) -> (user text, assistant prefix)
+    stops: tuple[str, ...]
+    program: Callable[[dict, str], str]  # (problem, completion) -> the test program run in the sandbox
+    protocol: dict
+    limits: dict = field(default_factory=dict)  # extra sandbox Limits (e.g. modules to preload)
+
+
+def run_code_benchmark(cfg: CodeConfig, problems: list[dict], spec: CodeBenchmark, backend=None) -> dict:
+    """Sample, execute, score and write metrics.json for one code benchmark."""
+    preds = sample_completions(cfg, problems, spec.build_prompt, spec.stops, backend)
+    limits = Limits(timeout_s=cfg.timeout_s, memory_mb=cfg.memory_mb, guard=cfg.guard, **spec.limits)
     by_id = {p["task_id"]: p for p in problems}
     samples = [(by_id[p["task_id"]], p["completion"]) for p in preds]
-    scored = score_samples(mod.NAME, samples, mod.program, limits, mod.PROTOCOL, cfg.workers)
+    scored = score_samples(spec.name, samples, spec.program, limits, spec.protocol, cfg.workers)
     return finish(cfg, scored)
 
 
-LIMITS: dict = {}
+SPEC = CodeBenchmark(NAME, build_prompt, STOPS, program, PROTOCOL)
 
 
 def run(cfg: CodeConfig, backend=None) -> dict:
     """HumanEval end to end: sample completions, execute them in the sandbox, write pass@k."""
-    import sys
-
     problems = take(list(load_problems(cfg.data_dir).values()), cfg.max_examples, cfg.seed)
-    return run_code_benchmark(cfg, problems, sys.modules[__name__], backend)
+    return run_code_benchmark(cfg, problems, SPEC, backend)

@@ -12,7 +12,6 @@ Prompting and sampling are HumanEval's (`humaneval.py`, open-instruct `eval/code
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 
 from tulu_kit.evals import humaneval
@@ -198,7 +197,10 @@ def score_predictions(preds: list[dict], data_dir: str | None = None, workers: i
     return score_samples(NAME, samples, program, limits, PROTOCOL, workers)
 
 
+SPEC = humaneval.CodeBenchmark(NAME, build_prompt, STOPS, program, PROTOCOL, LIMITS)
+
+
 def run(cfg: HumanEvalPlusConfig, backend=None) -> dict:
     """HumanEval+ end to end: sample completions, execute base + plus tests in the sandbox, write pass@k."""
     problems = take(list(load_problems(cfg.data_dir).values()), cfg.max_examples, cfg.seed)
-    return humaneval.run_code_benchmark(cfg, problems, sys.modules[__name__], backend)
+    return humaneval.run_code_benchmark(cfg, problems, SPEC, backend)

@@ -9,7 +9,6 @@ Scoring is evalplus's (harness in `humaneval_plus.py`), with evalplus `data/mbpp
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 from tulu_kit.evals import humaneval
@@ -116,7 +115,10 @@ def score_predictions(preds: list[dict], data_dir: str | None = None, workers: i
     return score_samples(NAME, samples, program, limits, PROTOCOL, workers)
 
 
+SPEC = humaneval.CodeBenchmark(NAME, build_prompt, STOPS, program, PROTOCOL, LIMITS)
+
+
 def run(cfg: MbppPlusConfig, backend=None) -> dict:
     """MBPP+ end to end: sample whole functions, execute base + plus tests in the sandbox, write pass@k."""
     problems = take(list(load_problems(cfg.data_dir).values()), cfg.max_examples, cfg.seed)
-    return humaneval.run_code_benchmark(cfg, problems, sys.modules[__name__], backend)
+    return humaneval.run_code_benchmark(cfg, problems, SPEC, backend)
