@@ -8,7 +8,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tulu_kit.data.formats import convert_rows
@@ -29,13 +29,20 @@ JSON = st.recursive(
 )
 ROLE = st.sampled_from([*ROLES, "bot", "", None, 3])
 MESSAGE = st.fixed_dictionaries({"role": ROLE, "content": st.one_of(st.text(max_size=6), JSON)}) | JSON
-CONVERSATION = st.lists(MESSAGE, max_size=4) | JSON
+TEXT = st.text(st.characters(codec="utf-8"), min_size=1, max_size=8)
+VALID_CHAT = st.lists(st.tuples(TEXT, TEXT), min_size=1, max_size=2).map(
+    lambda turns: [{"role": r, "content": c} for u, a in turns for r, c in (("user", u), ("assistant", a))]
+)
+CONVERSATION = VALID_CHAT | st.lists(MESSAGE, max_size=4) | JSON
 QUESTIONS = [e["question"] for e in gsm8k.load_examples("demo")]
 BBH_INPUTS = [e["input"] for e in bbh.load_task("demo", "boolean_expressions")]
 
 
+_SCRATCH = tempfile.TemporaryDirectory(prefix="tulu-fuzz-")  # removed when the test session ends
+
+
 def _scratch(name: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix="tulu-fuzz-")) / name
+    return Path(tempfile.mkdtemp(dir=_SCRATCH.name)) / name
 
 
 @FUZZ
@@ -45,7 +52,9 @@ def test_sft_rows_are_validated_or_refused_by_row(rows):
         out = convert_rows("messages", rows, source="fuzz.jsonl")
     except BadRowError as e:
         assert str(e).startswith("fuzz.jsonl: row ")
+        event("refused")
         return
+    event("accepted")
     for ex in out.examples:  # accepted: every message is a known role with text
         assert all(
             m["role"] in ROLES and isinstance(m["content"], str) and m["content"].strip()
@@ -61,7 +70,9 @@ def test_preference_rows_are_validated_or_refused(chosen, last):
         pair = validate_preference({"chosen": chosen, "rejected": rejected}, source="prefs.jsonl", index=0)
     except BadRowError as e:
         assert str(e).startswith("prefs.jsonl: row 0: ")
+        event("refused")
         return
+    event("accepted")
     assert pair["chosen"][-1]["content"].strip() != pair["rejected"][-1]["content"].strip()
 
 
@@ -79,11 +90,16 @@ def test_data_files_are_read_or_refused_naming_the_file(lines, suffix):
         rows = read_file(path)
     except DataFileError as e:
         assert str(e).startswith(str(path)) and "\n" not in str(e)
+        event("refused")
         return
+    event("accepted")
     assert isinstance(rows, list) and (suffix == ".json" or all(isinstance(r, dict) for r in rows))
 
 
-PREDICTION = st.fixed_dictionaries(
+GOOD_PREDICTION = st.fixed_dictionaries(
+    {"question": st.sampled_from(QUESTIONS), "output": st.text(max_size=10)}
+)
+PREDICTION = GOOD_PREDICTION | st.fixed_dictionaries(
     {"question": st.sampled_from(QUESTIONS) | JSON, "output": st.text(max_size=10) | JSON},
     optional={"id": JSON, "extra": JSON},
 )
@@ -101,7 +117,9 @@ def test_gsm8k_predictions_are_scored_in_full_or_refused_naming_the_file(records
         metrics = score_file("gsm8k", path, data_dir="demo")
     except PredictionError as e:
         assert str(path) in str(e)
+        event("refused")
         return
+    event("accepted")
     # scored: every record was an object with a known question and a text output, each question once
     assert all(isinstance(r, dict) and isinstance(r.get("output"), str) for r in records)
     assert len(
@@ -131,7 +149,9 @@ def test_bbh_predictions_are_scored_in_full_or_refused_naming_the_file(records):
         metrics = score_file("bbh", path, data_dir="demo")
     except PredictionError as e:
         assert str(path) in str(e)
+        event("refused")
         return
+    event("accepted")
     assert metrics["counts"]["n"] == len(records)
     assert all(isinstance(r["output"], str) for r in records)
 
@@ -145,6 +165,8 @@ def test_a_prediction_store_resumes_or_refuses_naming_the_file(lines):
         store = PredictionStore(path)
     except ValueError as e:
         assert str(e).startswith(f"{path}:")
+        event("refused")
         return
+    event("accepted")
     store.append([{"id": "__new__", "output": "x"}])  # whatever was kept, the next append stays readable
     assert "__new__" in PredictionStore(path)
