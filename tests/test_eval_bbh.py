@@ -23,6 +23,49 @@ def test_extract_answer(output, answer):
 
 def test_normalize_ignores_case_and_punctuation():
     assert bbh.normalize("(A)") == bbh.normalize("a") and bbh.normalize(" Yes. ") == "yes"
+    assert bbh.normalize("a, b c", "word_sorting") == "a b c"
+
+
+def test_punctuation_that_is_the_answer_is_kept():
+    assert bbh.normalize("] ) }", "dyck_languages") == "])}" == bbh.normalize("])}", "dyck_languages")
+    assert bbh.normalize("] ] >", "dyck_languages") != bbh.normalize("} } >", "dyck_languages")
+    assert bbh.normalize("-12", "multistep_arithmetic_two") != bbh.normalize("12", "multistep_arithmetic_two")
+    assert bbh.normalize("1.5", "object_counting") != bbh.normalize("15", "object_counting")
+
+
+def _wrong_answers(task: str, target: str, targets: list[str]) -> list[str]:
+    """Answers that are wrong under BBH's exact match: the task's other targets, and for numbers the sign
+    flipped; for dyck_languages also one bracket changed."""
+    out = [t for t in dict.fromkeys(targets) if t.lower() != target.lower()][:8]
+    if target.lstrip("-").isdigit() and int(target) != 0:
+        out.append(str(-int(target)))
+    if task == "dyck_languages":
+        out.append(target[:-1] + (")" if target[-1] != ")" else "]"))
+    return out
+
+
+def test_every_task_scores_wrong_answers_wrong_and_gold_right(shared_data):
+    for task in bbh.tasks(str(shared_data)):
+        rows = bbh.load_task(str(shared_data), task)
+        targets = [r["target"] for r in rows]
+        preds, expected = [], []
+        for r in rows:
+            for answer, ok in [(r["target"], True)] + [
+                (w, False) for w in _wrong_answers(task, r["target"], targets)
+            ]:
+                preds.append(
+                    {
+                        "id": r["id"],
+                        "task": task,
+                        "input": r["input"],
+                        "output": f"So the answer is {answer}.",
+                    }
+                )
+                expected.append(ok)
+        verdicts = bbh.score_predictions(preds, str(shared_data)).verdicts
+        got = [v["correct"] for v in verdicts]
+        wrong = [(p["output"], v["gold"]) for p, v, e in zip(preds, verdicts, expected) if v["correct"] != e]
+        assert got == expected, (task, len(wrong), wrong[:3])
 
 
 def test_gold_targets_score_100_percent_on_every_task(shared_data):

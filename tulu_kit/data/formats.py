@@ -161,7 +161,7 @@ def convert_oasst1(rows: Sequence[Mapping], source: str = "oasst1") -> list[tupl
     ``(row index of the root, example)`` pairs, and ``(row index, BadRowError)`` for malformed messages.
     """
     children: dict[str, list[int]] = defaultdict(list)
-    roots, out = [], []
+    roots, out, seen = [], [], {}
     for i, row in enumerate(rows):
         try:
             for key in ("message_id", "text", "role"):
@@ -170,6 +170,14 @@ def convert_oasst1(rows: Sequence[Mapping], source: str = "oasst1") -> list[tupl
                 raise BadRowError(
                     source, i, "role", f"unknown role {row['role']!r} (expected prompter or assistant)"
                 )
+            if row["message_id"] in seen:  # a repeated id would make the tree a cycle
+                raise BadRowError(
+                    source,
+                    i,
+                    "message_id",
+                    f"{row['message_id']!r} repeats the id of row {seen[row['message_id']]}",
+                )
+            seen[row["message_id"]] = i
         except BadRowError as e:
             out.append((i, e))
             continue
@@ -184,6 +192,8 @@ def convert_oasst1(rows: Sequence[Mapping], source: str = "oasst1") -> list[tupl
         while children.get(rows[node]["message_id"]):
             ranked = children[rows[node]["message_id"]]
             node = min(ranked, key=lambda j: (rows[j].get("rank") is None, rows[j].get("rank") or 0, j))
+            if node in path:  # cannot happen with unique ids; never loop forever on a broken table
+                break
             path.append(node)
         messages = [
             {

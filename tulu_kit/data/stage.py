@@ -88,8 +88,13 @@ def load_mixture(cfg: DataConfig, mixer_list: list, kind: str) -> Mixture:
         if source.kind != kind:
             raise ValueError(f"{kind}_mixer_list: source '{spec}' holds {source.kind} data, not {kind}")
         rows = load_rows(source, seed=cfg.seed, synthetic_size=cfg.synthetic_size)
+        if not rows:
+            raise ValueError(f"{kind}_mixer_list: source '{spec}' has no rows (an empty file or split?)")
         fmt = {"synthetic_sft": "messages", "synthetic_preference": "preference_messages"}.get(source.format)
         converted = convert_rows(fmt or source.format, rows, source=spec, on_bad_row=cfg.on_bad_row)
+        if not converted.examples:
+            why = f"e.g. {converted.dropped[0][1]}" if converted.dropped else "none made an example"
+            raise ValueError(f"{kind}_mixer_list: source '{spec}': no usable rows of {len(rows)} ({why})")
         count = SourceCount(spec, amount, n_read=len(rows), n_bad=len(converted.dropped))
         count.bad_rows = [msg for _, msg in converted.dropped[:5]]
         if converted.dropped:
@@ -98,7 +103,10 @@ def load_mixture(cfg: DataConfig, mixer_list: list, kind: str) -> Mixture:
             )
         pools.append((spec, amount, converted.examples))
         counts.append(count)
-    return mix(pools, seed=cfg.seed, dedupe=cfg.dedupe, eval_fraction=cfg.eval_fraction, counts=counts)
+    mixture = mix(pools, seed=cfg.seed, dedupe=cfg.dedupe, eval_fraction=cfg.eval_fraction, counts=counts)
+    if pools and not mixture.train:
+        raise ValueError(f"{kind}_mixer_list: the mix is empty (every amount took 0 rows): {mixer_list}")
+    return mixture
 
 
 def token_report(cfg: DataConfig, sft: list[dict], preference: list[dict]) -> dict:

@@ -75,7 +75,8 @@ def _check_turn_order(messages: list[dict], *, source: str, row: int | str, fiel
 
 
 def validate_preference(row: Mapping, *, source: str = "<data>", index: int | str = "?") -> dict:
-    """Check a ``{"chosen": [...], "rejected": [...]}`` row: both valid, same prompt, different last turns."""
+    """Check a ``{"chosen": [...], "rejected": [...]}`` row: both valid, same prompt, different last turns
+    (identical responses give DPO no gradient: a bad row, as in the DPO stage)."""
     if not isinstance(row, Mapping):
         raise BadRowError(source, index, "<row>", f"expected an object, got {type(row).__name__}")
     for key in ("chosen", "rejected"):
@@ -86,6 +87,10 @@ def validate_preference(row: Mapping, *, source: str = "<data>", index: int | st
     if chosen[:-1] != rejected[:-1]:
         raise BadRowError(
             source, index, "rejected", "chosen and rejected do not share the same prompt messages"
+        )
+    if chosen[-1]["content"].strip() == rejected[-1]["content"].strip():  # as the DPO stage refuses it
+        raise BadRowError(
+            source, index, "rejected", "chosen and rejected responses are identical (no preference)"
         )
     return {"chosen": chosen, "rejected": rejected}
 

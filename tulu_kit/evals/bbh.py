@@ -5,7 +5,8 @@ github.com/suzgunmirac/BIG-Bench-Hard): each of the 27 tasks has its own 3-exemp
 (`cot-prompts/<task>.txt`). As in open-instruct's `eval/bbh/run_eval.py`: prompt = task prompt + "\\n\\nQ: {input}"
 + "\\nA:", greedy decoding, 512 new tokens, stop at a blank line (not in chat mode); the prediction is the text
 between "the answer is" and the next period (else the first paragraph of the output); exact match ignoring case
-and punctuation; the score is the mean of the per-task accuracies.
+and punctuation -- except where punctuation is the answer (dyck_languages' brackets, a number's sign), see
+`normalize`; the score is the mean of the per-task accuracies.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ PROTOCOL = {
     "prompt": "{task prompt}\\n\\nQ: {input}\\nA:",
     "decoding": "greedy, 512 new tokens, stop '\\n\\n' (not in chat mode)",
     "extraction": "regex '[tT]he answer is (.*?)\\.', else the first paragraph",
-    "metric": "exact match ignoring case and punctuation; mean over the 27 tasks",
+    "metric": "exact match ignoring case and punctuation, but brackets on dyck_languages and sign/point on numbers;"
+    " mean over the 27 tasks",
     "source": "suzgunmirac/BIG-Bench-Hard; open-instruct eval/bbh/run_eval.py",
     "data": "bbh/bbh/<task>.json, bbh/cot-prompts/<task>.txt",
 }
@@ -51,7 +53,10 @@ class BBHConfig(EvalConfig):
 CONFIG = BBHConfig
 
 _ANSWER = re.compile(r"[tT]he answer is (.*?)\.(?:\s|$)")
-_PUNCT = str.maketrans("", "", string.punctuation)
+# Where punctuation *is* the answer, exact match keeps it (open-instruct strips all punctuation, so every
+# bracket-only answer matched on dyck_languages and "-12" matched "12"): the characters kept per task.
+_BRACKETS = "()[]{}<>"
+KEEP = {"dyck_languages": _BRACKETS, "multistep_arithmetic_two": "-.", "object_counting": "-."}
 
 
 def extract_answer(output: str) -> str:
@@ -62,9 +67,19 @@ def extract_answer(output: str) -> str:
     return output.strip().split("\n\n")[0].strip()
 
 
-def normalize(text: str) -> str:
-    """Lower case, punctuation removed, whitespace collapsed (HF `exact_match` with ignore_case/punctuation)."""
-    return " ".join(text.lower().translate(_PUNCT).split())
+def normalize(text: str, task: str = "") -> str:
+    """Lower case, whitespace collapsed, punctuation removed except what carries the answer in `task`.
+
+    As open-instruct (HF `exact_match`, ignore_case + ignore_punctuation) everywhere but: dyck_languages
+    compares the bracket sequence (spaces ignored), and the arithmetic/counting tasks keep the sign and the
+    decimal point. So "A" still matches "(A)" and "a, b" matches "a b" (word_sorting), as in open-instruct.
+    """
+    keep = KEEP.get(task, "")
+    if task == "dyck_languages":
+        return "".join(c for c in text if c in _BRACKETS)
+    table = str.maketrans("", "", "".join(c for c in string.punctuation if c not in keep))
+    out = " ".join(text.lower().translate(table).split())
+    return out.rstrip(".") if keep else out
 
 
 def tasks(data_dir: str | None) -> list[str]:
@@ -118,7 +133,7 @@ def score_predictions(preds: list[dict], data_dir: str | None = None) -> Scored:
         if g is None:
             raise ValueError(f"prediction {n}: input {p['input'][:60]!r}... is not in bbh/{p['task']}.json")
         pred = extract_answer(str(p["output"]))
-        ok = normalize(pred) == normalize(g["target"])
+        ok = normalize(pred, g["task"]) == normalize(g["target"], g["task"])
         values.append(float(ok))
         groups.setdefault(g["task"], []).append(float(ok))
         verdicts.append(

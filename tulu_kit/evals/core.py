@@ -41,6 +41,7 @@ __all__ = [
     "EvalConfig",
     "GenParams",
     "MissingDataError",
+    "PredictionError",
     "PredictionStore",
     "Scored",
     "chat_prompt",
@@ -59,6 +60,7 @@ __all__ = [
     "mean_stderr",
     "open_backend",
     "predict",
+    "read_predictions",
     "require_file",
     "resolve_model",
     "score_file",
@@ -231,23 +233,34 @@ class PredictionStore:
         raw = self.path.read_bytes()
         lines = raw.split(b"\n")
         good = 0
+        seen: dict[str, int] = {}
         for n, line in enumerate(lines, 1):
             if not line.strip():
                 good += len(line) + 1
                 continue
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                if n == len(lines):  # torn tail: no newline was written after it
-                    log.warning("%s: dropping an incomplete last line", self.path)
+                rec = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+                if n == len(lines):  # torn tail (no newline after it), a multi-byte character cut included
+                    log.warning("%s:%d: dropping an incomplete last line", self.path, n)
                     with open(self.path, "r+b") as f:
                         f.truncate(good)
                     return
-                raise ValueError(f"{self.path}:{n}: not valid JSON; delete the file to start over") from None
+                why = "not UTF-8" if isinstance(e, UnicodeDecodeError) else "not valid JSON"
+                raise ValueError(f"{self.path}:{n}: {why}; delete the file to start over") from None
             if not isinstance(rec, dict) or "id" not in rec:
                 raise ValueError(f"{self.path}:{n}: a prediction record needs an 'id' field")
-            self.records[str(rec["id"])] = rec
+            key = str(rec["id"])
+            if key in seen:
+                raise ValueError(
+                    f"{self.path}:{n}: id {key!r} already on line {seen[key]}; delete the file to start over"
+                )
+            seen[key] = n
+            self.records[key] = rec
             good += len(line) + 1
+        if raw and not raw.endswith(b"\n"):  # a complete last record without its newline: the next append
+            with open(self.path, "ab") as f:  # would be glued onto it
+                f.write(b"\n")
 
     def __contains__(self, key: object) -> bool:
         return str(key) in self.records
@@ -272,19 +285,44 @@ class PredictionStore:
 _RESUME_IGNORED = {"out_dir", "max_examples", "subset", "batch_size", "data_dir"}
 
 
+def _resume_settings(cfg: EvalConfig) -> dict:
+    """What a predictions.jsonl depends on: the config (minus run-size knobs) and the resolved data folder."""
+    settings = dataclasses.asdict(cfg)
+    settings["data_root"] = str(data_root(cfg.data_dir).expanduser().resolve())
+    return settings
+
+
 def _check_resume(cfg: EvalConfig, out: Path) -> None:
-    """Refuse to mix predictions made with a different model / protocol into one predictions.jsonl."""
-    now = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RESUME_IGNORED}
+    """Refuse to mix predictions made with a different model / protocol / data into one predictions.jsonl.
+
+    A predictions.jsonl without its eval_config.json is refused too (nothing says what it was made with).
+    """
+    now = {k: v for k, v in _resume_settings(cfg).items() if k not in _RESUME_IGNORED}
     path = out / "eval_config.json"
-    if path.exists() and (out / "predictions.jsonl").exists():
-        before = {k: v for k, v in json.loads(path.read_text()).items() if k not in _RESUME_IGNORED}
+    preds = out / "predictions.jsonl"
+    if preds.exists() and preds.stat().st_size and not path.exists():
+        raise ValueError(
+            f"{preds} exists but {path.name} does not, so nothing says which model, protocol and data made it; "
+            "delete predictions.jsonl to start over, or use another out_dir"
+        )
+    if path.exists() and preds.exists():
+        try:
+            before = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(
+                f"{path}: unreadable ({e}); delete it and predictions.jsonl to start over"
+            ) from None
+        if not isinstance(before, dict):
+            raise ValueError(f"{path}: expected a JSON object; delete it and predictions.jsonl to start over")
+        before = {k: v for k, v in before.items() if k not in _RESUME_IGNORED}
+        before.setdefault("data_root", now["data_root"])  # written before the data folder was recorded
         diff = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v}
         if diff:
             raise ValueError(
                 f"{out}/predictions.jsonl was made with other settings {diff} (before, now); "
                 "use another out_dir or delete predictions.jsonl"
             )
-    write_json_atomic(path, dataclasses.asdict(cfg))
+    write_json_atomic(path, _resume_settings(cfg))
 
 
 def predict(
@@ -450,15 +488,94 @@ def list_benchmarks() -> list[str]:
     return found
 
 
+class PredictionError(ValueError):
+    """A prediction file that cannot be scored faithfully; the message names the file (and line)."""
+
+
+# fields holding the model's answer (everything else in a record identifies the example it answers)
+_ANSWER_TEXT = ("output", "completion", "response", "prediction")
+_ANSWER_SCORES = ("logprobs",)
+# benchmarks whose protocol repeats an example: n samples per task (pass@k), many generations per group
+_REPEATS = {"humaneval", "humaneval_plus", "mbpp_plus", "toxigen"}
+
+
+def _decode_lines(path: Path) -> Iterable[tuple[int, bytes]]:
+    import gzip
+    import zlib
+
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                data = f.read()
+        else:
+            data = path.read_bytes()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise PredictionError(f"{path}: not a readable gzip file ({e})") from None
+    except IsADirectoryError:
+        raise PredictionError(f"{path}: a folder, not a predictions file") from None
+    yield from enumerate(data.split(b"\n"), 1)
+
+
+def read_predictions(path: str | Path, benchmark: str = "") -> list[dict]:
+    """The records of a predictions JSONL, each checked: a JSON object on its own line, UTF-8, answer fields
+    that are text (output/completion/response/prediction) or scores (logprobs), and -- unless the benchmark's
+    protocol repeats examples -- no example predicted twice. Any violation is a `PredictionError` naming the
+    file and line."""
+    path = Path(path)
+    if not path.is_file() and not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such file")
+    rows, seen = [], {}
+    for n, line in _decode_lines(path):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise PredictionError(f"{path}:{n}: not UTF-8 (byte {e.start})") from None
+        except json.JSONDecodeError as e:
+            raise PredictionError(f"{path}:{n}: not valid JSON ({e.msg}, column {e.colno})") from None
+        except RecursionError:
+            raise PredictionError(f"{path}:{n}: JSON nested too deeply") from None
+        if not isinstance(rec, dict):
+            raise PredictionError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
+        for k in _ANSWER_TEXT:
+            if k in rec and not isinstance(rec[k], str):
+                got = "null" if rec[k] is None else type(rec[k]).__name__
+                raise PredictionError(f"{path}:{n}: field {k!r} must be text, got {got}")
+        for k in _ANSWER_SCORES:
+            if k in rec and not isinstance(rec[k], (list, dict)):
+                raise PredictionError(f"{path}:{n}: field {k!r} must be a list or an object of log-probs")
+        if benchmark not in _REPEATS:
+            ident = json.dumps(
+                {k: v for k, v in rec.items() if k not in _ANSWER_TEXT + _ANSWER_SCORES}, sort_keys=True
+            )
+            if ident in seen:
+                raise PredictionError(
+                    f"{path}:{n}: predicts the same example as line {seen[ident]} (same fields but the answer); "
+                    "each example is scored once, so remove one (or give each an 'id')"
+                )
+            seen[ident] = n
+        rows.append(rec)
+    return rows
+
+
 def score_file(
     benchmark: str, predictions: str | Path, out_dir: str | Path | None = None, data_dir: str | None = None
 ) -> dict:
     """Score a predictions JSONL made anywhere; with `out_dir` write metrics.json and results.jsonl there."""
     mod = get_benchmark(benchmark)
-    preds = load_jsonl(predictions)
+    key = ALIASES.get(benchmark.lower(), benchmark.lower())
+    preds = read_predictions(predictions, key)
     if not preds:
-        raise ValueError(f"{predictions}: no predictions")
-    scored = mod.score_predictions(preds, data_dir=data_dir)
+        raise PredictionError(f"{predictions}: no predictions")
+    try:
+        scored = mod.score_predictions(preds, data_dir=data_dir)
+    except PredictionError:
+        raise
+    except KeyError as e:
+        raise PredictionError(f"{predictions}: a record lacks the field {e.args[0]!r}") from e
+    except (ValueError, TypeError, AttributeError) as e:  # a record the scorer cannot use
+        raise PredictionError(f"{predictions}: {e}") from e
     metrics = {**scored.metrics, "predictions": str(predictions)}
     if out_dir is not None:
         write_jsonl_atomic(Path(out_dir) / "results.jsonl", scored.verdicts)
