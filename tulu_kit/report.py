@@ -123,6 +123,8 @@ def stage_table(run_dir: Path) -> pd.DataFrame:
             marker = _read_json(run_dir / name / ".stage.json")
             if marker.get("status") == "completed" and marker.get("seconds") is not None:
                 seconds, note = marker["seconds"], "earlier run"
+        if status == "skipped" and seconds is not None:
+            note = "earlier run"
         if status == "running" and info.get("kind") == "report":
             note = "this page"
         elif info.get("error"):
