@@ -101,7 +101,13 @@ def load_yaml(path: str | Path) -> Any:
 
 
 def parse_value(text: str) -> Any:
-    """Parse an override's value the way YAML would (``1e-4`` -> float, ``true`` -> bool, ``[a, b]`` -> list)."""
+    """Parse an override's value the way YAML would (``1e-4`` -> float, ``true`` -> bool, ``[a, b]`` -> list).
+
+    Nothing after the ``=`` (``--set sft.eval_file=``) is the empty string, not YAML's null: ``key=null`` says
+    None.
+    """
+    if not text.strip():
+        return ""
     try:
         return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError:

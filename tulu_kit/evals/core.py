@@ -502,14 +502,28 @@ def list_benchmarks() -> list[str]:
 
 
 def score_file(
-    benchmark: str, predictions: str | Path, out_dir: str | Path | None = None, data_dir: str | None = None
+    benchmark: str,
+    predictions: str | Path,
+    out_dir: str | Path | None = None,
+    data_dir: str | None = None,
+    **options: Any,
 ) -> dict:
-    """Score a predictions JSONL made anywhere; with `out_dir` write metrics.json and results.jsonl there."""
+    """Score a predictions JSONL made anywhere; with `out_dir` write metrics.json and results.jsonl there.
+
+    `options` go to the benchmark's `score_predictions` (e.g. IFEval's `skip_unmatched`); one it does not
+    take is an error naming it.
+    """
+    import inspect
+
     mod = get_benchmark(benchmark)
+    accepted = inspect.signature(mod.score_predictions).parameters
+    for name in options:
+        if name not in accepted:
+            raise ValueError(f"{benchmark}: scoring has no option {name!r}")
     preds = load_jsonl(predictions)
     if not preds:
         raise ValueError(f"{predictions}: no predictions")
-    scored = mod.score_predictions(preds, data_dir=data_dir)
+    scored = mod.score_predictions(preds, data_dir=data_dir, **options)
     metrics = {**scored.metrics, "predictions": str(predictions)}
     if out_dir is not None:
         write_jsonl_atomic(Path(out_dir) / "results.jsonl", scored.verdicts)
