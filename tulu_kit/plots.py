@@ -37,23 +37,24 @@ def training_curves(curves: dict[str, pd.DataFrame]):
 
 
 def score_bars(table: pd.DataFrame):
-    """Grouped bars: one group per benchmark row of ``table`` (index), one bar per column (a run or a model).
-
-    ``table`` holds scores in percent; a missing score leaves a gap, not a zero bar.
-    """
+    """Grouped horizontal bars: one group per row of ``table`` (a benchmark · metric), one bar per column (a run
+    or a model), so long benchmark names stay readable. Scores in percent; a missing one leaves a gap, not a 0."""
     import matplotlib.pyplot as plt
 
     labels = [" · ".join(str(x) for x in (i if isinstance(i, tuple) else (i,))) for i in table.index]
     columns = list(table.columns)
-    width = 0.8 / max(1, len(columns))
-    fig, ax = plt.subplots(figsize=(max(4.5, 0.9 * len(labels) * max(1, len(columns)) ** 0.5), 3.2))
+    height = 0.8 / max(1, len(columns))
+    fig, ax = plt.subplots(figsize=(7.5, 0.8 + 0.22 * len(labels) * max(1, len(columns)) ** 0.6))
     for j, column in enumerate(columns):
-        xs = [i + (j - (len(columns) - 1) / 2) * width for i in range(len(labels))]
-        ax.bar(xs, table[column].astype(float), width=width, label=str(column), color=COLORS[j % len(COLORS)])
-    ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
-    ax.set(ylabel="score (%)", ylim=(0, 100))
-    ax.grid(axis="y", alpha=0.3)
+        ys = [i + (j - (len(columns) - 1) / 2) * height for i in range(len(labels))]
+        ax.barh(
+            ys, table[column].astype(float), height=height, label=str(column), color=COLORS[j % len(COLORS)]
+        )
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlabel="score (%)", xlim=(0, 100))
+    ax.grid(axis="x", alpha=0.3)
     if len(columns) > 1:
-        ax.legend(fontsize=7, frameon=False)
+        ax.legend(fontsize=7, frameon=False, loc="lower right")
     fig.tight_layout()
     return fig

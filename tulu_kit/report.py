@@ -195,7 +195,18 @@ def score_table(run_dir: Path) -> pd.DataFrame:
                      "score": score, "stderr": stderr if stderr is not None else 0.0,
                      "n": (m.get("counts") or {}).get("n"), "data": data_kind(m), "model": model_label(m)})  # fmt: skip
     columns = ["stage", "benchmark", "metric", "score", "stderr", "n", "data", "model"]
-    return pd.DataFrame(rows, columns=columns)
+    return _by_pipeline(pd.DataFrame(rows, columns=columns))
+
+
+def _by_pipeline(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows sorted by benchmark, then by the training order of the evaluated model (SFT before DPO ...)."""
+    if table.empty:
+        return table
+    rank = table["model"].map(
+        lambda s: PIPELINE_ORDER.index(s) if s in PIPELINE_ORDER else len(PIPELINE_ORDER)
+    )
+    table = table.assign(_rank=rank).sort_values(["benchmark", "_rank"], kind="stable")
+    return table.drop(columns="_rank").reset_index(drop=True)
 
 
 def not_scored(run_dir: Path) -> pd.DataFrame:
@@ -225,7 +236,7 @@ def published_table(run_dir: Path, reference: str) -> tuple[pd.DataFrame, list[s
     columns = ["benchmark", "metric", "model", "score", reference or "published", "settings"]
     if not reference:
         return pd.DataFrame(columns=columns), []
-    rows, notes = [], []
+    rows, notes, elsewhere = [], [], {}
     for m in eval_results(run_dir):
         bench = m["benchmark"]
         if bench not in PUBLISHED[reference]:
@@ -235,13 +246,17 @@ def published_table(run_dir: Path, reference: str) -> tuple[pd.DataFrame, list[s
         ours = m.get("score") if m.get("metric") == metric else m.get(metric)
         score = _percent(metric, ours)
         if kind != FULL:
-            notes.append(f"{bench}: run on {kind}, not beside the published {value:g}")
+            elsewhere.setdefault(kind, set()).add(bench)
         elif score is None:
             notes.append(f"{bench}: published as {metric} ({settings}); this run has {m.get('metric')}")
         else:
             rows.append({"benchmark": bench, "metric": metric, "model": model_label(m), "score": score,
                          columns[4]: value, "settings": settings})  # fmt: skip
-    return pd.DataFrame(rows, columns=columns), notes
+    for kind, benches in elsewhere.items():
+        notes.insert(
+            0, f"run on {kind}, so not set beside the published numbers: {', '.join(sorted(benches))}"
+        )
+    return _by_pipeline(pd.DataFrame(rows, columns=columns)), notes
 
 
 def training_curves(run_dir: Path) -> dict[str, pd.DataFrame]:
@@ -322,6 +337,7 @@ tr:hover td{background:#fafbfc}.pos{color:#1a7f37}.neg{color:#cf222e}
 .formula{font-family:"STIX Two Math","Cambria Math",Georgia,serif;font-size:15px;background:#f6f8fa;
 padding:2px 8px;border-radius:4px}img{max-width:100%;border:1px solid #e5e7eb;border-radius:4px}
 """
+HEADERS = {"seconds": "time"}
 STATUS_TAG = {"completed": "ok", "skipped": "ok", "failed": "bad", "interrupted": "bad"}
 
 
@@ -340,9 +356,23 @@ def _cell(column: str, value) -> str:
         return f'<td class="num {css}">{value:+.1f}</td>'
     if column in ("n", "train_steps") or isinstance(value, int):
         return f'<td class="num">{int(value)}</td>'
+    if column == "seconds":
+        return f'<td class="num">{duration(value)}</td>'
     return (
-        f'<td class="num">{value:.1f}</td>' if column != "seconds" else f'<td class="num">{value:.1f} s</td>'
+        f'<td class="num">{value:.4g}</td>'
+        if column in TRAINING_FIELDS
+        else f'<td class="num">{value:.1f}</td>'
     )
+
+
+def duration(seconds: float) -> str:
+    """``4.1 s``, ``12 min 3 s``, ``11 h 27 min``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, sec = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {sec} s"
+    return f"{minutes // 60} h {minutes % 60} min"
 
 
 def html_table(frame: pd.DataFrame, index: bool = False) -> str:
@@ -350,7 +380,7 @@ def html_table(frame: pd.DataFrame, index: bool = False) -> str:
     if frame.empty:
         return '<p class="note">none</p>'
     frame = frame.reset_index() if index else frame
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    head = "".join(f"<th>{html.escape(HEADERS.get(str(c), str(c)))}</th>" for c in frame.columns)
     body = "".join(
         "<tr>" + "".join(_cell(str(c), v) for c, v in zip(frame.columns, row)) + "</tr>"
         for row in frame.itertuples(index=False)
@@ -376,18 +406,20 @@ def render_html(report: dict, images: dict[str, str]) -> str:
             "the pipeline runs, and are never set beside published numbers.</div>"
         )
     parts += ["<h2>Stages</h2>", html_table(report["stages"])]
+    if not report["training"].empty or "training" in images:
+        parts.append("<h2>Training</h2>")
     if not report["training"].empty:
-        parts += ["<h2>Training</h2>", html_table(report["training"])]
+        parts.append(html_table(report["training"]))
     if "training" in images:
         parts.append(f'<img alt="training curves" src="data:image/png;base64,{images["training"]}">')
-    parts += [
-        "<h2>Benchmarks</h2>",
-        html_table(scores.drop(columns=["model"]) if not scores.empty else scores),
-    ]
+    parts += ["<h2>Benchmarks</h2>", html_table(scores)]
     parts.append(
         '<p class="note">Score and standard error in percent: <span class="formula">SE = s / √n</span>; '
-        "with a handful of examples, a difference under 2 SE means nothing.</p>"
+        "with a handful of examples, a difference under 2 SE means nothing. <i>model</i>: the stage that "
+        "made the evaluated model.</p>"
     )
+    if "scores" in images:
+        parts.append(f'<img alt="scores" src="data:image/png;base64,{images["scores"]}">')
     parts += ["<h2>Not scored</h2>", html_table(report["not_scored"])]
     if report["reference"]:
         parts += [f"<h2>Beside the published {html.escape(report['reference'])}</h2>",
@@ -400,8 +432,6 @@ def render_html(report: dict, images: dict[str, str]) -> str:
     if not comparison.empty and len([c for c in comparison.columns if not c.startswith("Δ")]) > 1:
         parts += ["<h2>Side by side</h2>", html_table(comparison, index=True)]
         parts.append(_paragraph("Δ: a column minus the one before it, in percentage points."))
-    if "scores" in images:
-        parts.append(f'<img alt="scores" src="data:image/png;base64,{images["scores"]}">')
     body = "\n".join(parts)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
