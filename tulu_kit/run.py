@@ -110,8 +110,11 @@ def _kernel_options(log_path: Path):
 
     class StageKernelManager(AsyncKernelManager):
         async def _async_launch_kernel(self, kernel_cmd, **kw):
+            env = dict(kw.get("env") or os.environ)
+            for key, value in QUIET_ENV.items():
+                env.setdefault(key, value)  # the kernel and what it launches only, not papermill's own bar
             with open(log_path, "ab") as log:
-                return await super()._async_launch_kernel(kernel_cmd, **{**kw, "stderr": log})
+                return await super()._async_launch_kernel(kernel_cmd, **{**kw, "stderr": log, "env": env})
 
     options: dict = {"kernel_manager_class": StageKernelManager}
     try:
@@ -133,8 +136,6 @@ def execute_stage(stage: Stage, output: Path, log_output: bool = False, progress
 
     output.parent.mkdir(parents=True, exist_ok=True)
     Path(stage.config.out_dir).mkdir(parents=True, exist_ok=True)
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)  # the kernel inherits this environment
     with _kernel_options(output.with_suffix(".kernel.log")) as options:
         pm.execute_notebook(
             str(stage.notebook),
