@@ -59,6 +59,7 @@ def test_eval_notebook_runs_with_its_defaults_on_demo_items(tiny_model, tmp_path
     assert "DEMO ITEMS" in "".join(o.get("text", "") for o in first.outputs)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["demo_data"] is True and metrics["config"]["data_dir"] == "demo"
+    assert metrics["model"] == str(run_dir) and metrics["model_dir"] == str(run_dir / "dpo" / "model")
     assert (
         metrics["counts"]["n"]
         == len((core.data_root("demo") / "gsm8k" / "test.jsonl").read_text().split("\n")) - 1

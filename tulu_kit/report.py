@@ -164,7 +164,9 @@ def data_kind(metrics: dict) -> str:
 
 def model_label(metrics: dict) -> str:
     """The stage that made the evaluated model (``.../dpo/model`` -> ``dpo``), else the model as given."""
-    model = str(metrics.get("model") or (metrics.get("config") or {}).get("model") or "")
+    model = str(
+        metrics.get("model_dir") or metrics.get("model") or (metrics.get("config") or {}).get("model") or ""
+    )
     if not model:
         return "?"
     path = Path(model)

@@ -451,6 +451,10 @@ def finish(cfg: EvalConfig, scored: Scored) -> dict:
     """Write metrics.json (+ the resolved model and config) atomically under cfg.out_dir; return it."""
     metrics = {**scored.metrics, "model": cfg.model, "config": dataclasses.asdict(cfg)}
     metrics["demo_data"] = str(cfg.data_dir) == "demo"  # hand-written items, not the benchmark
+    try:  # the model actually evaluated: a run folder given as `model` names its last stage's model/
+        metrics["model_dir"] = resolve_model(cfg.model)
+    except FileNotFoundError:  # scored from saved predictions after the model was moved
+        metrics["model_dir"] = None
     write_jsonl_atomic(Path(cfg.out_dir) / "results.jsonl", scored.verdicts)
     write_json_atomic(Path(cfg.out_dir) / "metrics.json", metrics)
     if metrics["score"] is None:  # nothing scored (no judge / classifier): "%.4f" % None would fail
