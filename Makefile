@@ -40,6 +40,7 @@ dirs:
 
 demo: setup dirs
 	$(VENV)/bin/tulu-kit run recipes/quickstart.yaml --out runs/demo
+	@echo "report: $(CURDIR)/runs/demo/report/report.html"
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -54,8 +55,12 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/nbstripout $(NOTEBOOKS)
 
+# The repository root is Lab's root (notebooks/, eval/, runs/, recipes/ all in its file browser); it opens on
+# notebooks/. --allow-root only when run as root (as in the Dockerfile), where Jupyter refuses to start without it.
+LAB_ARGS ?=
 lab: setup dirs
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks \
+		$$( [ "$$(id -u)" = 0 ] && echo --allow-root ) $(LAB_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache runs .pytest_cache .ruff_cache

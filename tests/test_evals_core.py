@@ -195,7 +195,7 @@ def test_metrics_score_stderr_and_macro():
 def test_resolve_model_from_run_folder(tmp_path):
     for stage in ("quickstart", "sft", "dpo"):
         (tmp_path / stage / "model").mkdir(parents=True)
-        (tmp_path / stage / "model" / "config.json").write_text("{}")
+        (tmp_path / stage / "model" / "config.json").write_text('{"model_type": "llama"}')
     (tmp_path / "config.yaml").write_text(
         "stages:\n  quickstart: {}\n  sft: {}\n  dpo: {}\n  eval_gsm8k: {}\n"
     )

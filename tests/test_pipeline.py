@@ -32,9 +32,9 @@ def test_demo_completes_every_stage(demo_run):
     recipe = load_recipe(REPO_ROOT / "recipes/quickstart.yaml", run_dir=run_dir)
     assert status["status"] == "completed"
     assert [s.name for s in recipe.stages] == list(status["stages"])
-    for i, stage in enumerate(recipe.stages):
+    for stage in recipe.stages:
         assert status["stages"][stage.name]["status"] == "completed"
-        assert (run_dir / "notebooks" / f"{i:02d}_{stage.name}.ipynb").is_file()
+        assert (run_dir / "notebooks" / stage.notebook.name).is_file()  # 04_dpo.ipynb, gsm8k.ipynb, ...
     assert (run_dir / "config.yaml").is_file()
 
 

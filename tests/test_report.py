@@ -1,6 +1,8 @@
-"""The report stage reads only the run folder: stage table, training curves, scores beside published ones."""
+"""The report stage reads only the run folder: stage times, curves, scores like with like, what was not scored."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
@@ -9,42 +11,96 @@ from tulu_kit.io import atomic_write_json, write_jsonl
 from tulu_kit.report import ReportConfig, run
 
 
+def _eval(run_dir, stage, benchmark, metric, score, model, n=4, **config):
+    metrics = {"benchmark": benchmark, "metric": metric, "score": score, "stderr": 0.1 if score else None,
+               "counts": {"n": n}, "model": f"{run_dir}/{model}/model", "config": config}  # fmt: skip
+    atomic_write_json(run_dir / stage / "metrics.json", metrics)
+    return metrics
+
+
 @pytest.fixture
 def fake_run(tmp_path):
+    """A re-run: sft skipped (its time only in its marker), evals on demo items and on the real benchmark."""
     run_dir = tmp_path / "run"
-    stages = {"sft": {"kind": "sft", "status": "completed", "seconds": 3.5}, "gsm": {"kind": "eval_gsm8k"}}
-    atomic_write_json(run_dir / "run.json", {"status": "completed", "stages": stages})
-    history = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 2, "train_runtime": 1.0}]
-    write_jsonl(run_dir / "sft" / "log_history.jsonl", history)
-    gsm = {"benchmark": "gsm8k", "metric": "exact_match", "score": 0.25, "stderr": 0.1, "counts": {"n": 4}}
-    atomic_write_json(run_dir / "gsm" / "metrics.json", gsm)
-    atomic_write_json(run_dir / "other" / "metrics.json", {"not": "an eval"})
+    stages = {
+        "sft": {"kind": "sft", "status": "skipped"},
+        "dpo": {"kind": "dpo", "status": "completed", "seconds": 7.25},
+        "gsm_demo": {"kind": "eval_gsm8k", "status": "completed", "seconds": 1.0},
+        "gsm_sft": {"kind": "eval_gsm8k", "status": "completed", "seconds": 1.0},
+        "gsm_dpo": {"kind": "eval_gsm8k", "status": "completed", "seconds": 1.0},
+        "code": {"kind": "eval_humaneval", "status": "completed", "seconds": 2.0},
+        "alpaca": {"kind": "eval_alpaca_eval", "status": "completed", "seconds": 1.0},
+        "bbh": {"kind": "eval_bbh", "status": "failed", "error": "MissingDataError: bbh/bbh missing"},
+        "report": {"kind": "report", "status": "running"},
+    }
+    atomic_write_json(run_dir / "run.json", {"status": "running", "stages": stages})
+    atomic_write_json(
+        run_dir / "sft" / ".stage.json", {"status": "completed", "params_hash": "x", "seconds": 3.5}
+    )
+    write_jsonl(run_dir / "sft" / "log_history.jsonl", [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}])
+    atomic_write_json(run_dir / "sft" / "metrics.json", {"stage": "sft", "train_steps": 2, "last_loss": 1.5})
+    _eval(run_dir, "gsm_demo", "gsm8k", "exact_match", 0.5, "dpo", n=2, data_dir="demo", max_examples=2)
+    _eval(run_dir, "gsm_sft", "gsm8k", "exact_match", 0.25, "sft", n=200, data_dir="/d", max_examples=200)
+    _eval(run_dir, "gsm_dpo", "gsm8k", "exact_match", 0.30, "dpo", n=200, data_dir="/d", max_examples=200)
+    code = _eval(run_dir, "code", "humaneval", "pass@1", 0.2, "dpo", n=164, data_dir="/d", max_examples=None)
+    atomic_write_json(run_dir / "code" / "metrics.json", {**code, "pass@10": 0.4})
+    alpaca = _eval(
+        run_dir, "alpaca", "alpaca_eval", "win_rate", None, "dpo", data_dir="/d", max_examples=None
+    )
+    atomic_write_json(run_dir / "alpaca" / "metrics.json", {**alpaca, "message": "no judge configured"})
     return run_dir
 
 
-def test_report_gathers_scores_curves_and_reference(fake_run, tmp_path):
+def test_report_compares_like_with_like(fake_run, tmp_path):
     out = tmp_path / "report"
     result = run(ReportConfig(out_dir=str(out), run_dir=str(fake_run), reference="Tulu 2 7B"))
-    scores = result["scores"]
-    assert scores.to_dict("records") == [
-        {
-            "stage": "gsm",
-            "benchmark": "gsm8k",
-            "metric": "exact_match",
-            "score": 25.0,
-            "stderr": 10.0,
-            "n": 4,
-            "Tulu 2 7B": 34.0,
-        }
-    ]
-    assert result["curves"]["sft"]["loss"].tolist() == [2.0, 1.5]
-    assert result["stages"].set_index("stage").loc["sft", "seconds"] == 3.5
+    scores = result["scores"].set_index("stage")
+    assert scores.loc["gsm_demo", "data"] == "demo items" and scores.loc["gsm_dpo", "data"] == "benchmark"
+    assert scores.loc["gsm_dpo", "score"] == pytest.approx(30.0) and scores.loc["gsm_dpo", "model"] == "dpo"
+    # published numbers only beside full-benchmark scores of the same metric: HumanEval's pass@10, not pass@1
+    published = result["published"].set_index(["benchmark", "model"])
+    assert set(published.index) == {("gsm8k", "sft"), ("gsm8k", "dpo"), ("humaneval", "dpo")}
+    assert published.loc[("humaneval", "dpo"), "metric"] == "pass@10"
+    assert published.loc[("humaneval", "dpo"), "score"] == pytest.approx(40.0)
+    assert published.loc[("humaneval", "dpo"), "Tulu 2 7B"] == 36.9
+    assert any(n.startswith("run on demo items") and "gsm8k" in n for n in result["published_notes"])
+    # nothing dropped silently: the unjudged eval and the failed one are listed with their reason
+    missing = result["not_scored"].set_index("stage")["reason"].to_dict()
+    assert missing == {"alpaca": "no judge configured", "bbh": "failed: MissingDataError: bbh/bbh missing"}
+    # the skipped stage keeps the time of the run that completed it; the report's own row says what it is
+    stages = result["stages"].set_index("stage")
+    assert stages.loc["sft", "seconds"] == 3.5 and stages.loc["sft", "note"] == "earlier run"
+    assert stages.loc["report", "note"] == "this page"
+    # SFT -> DPO side by side, with the change; demo scores on their own row
+    comparison = result["comparison"]
+    assert comparison.loc[("gsm8k", "exact_match"), "Δ dpo"] == pytest.approx(5.0)
+    assert ("gsm8k", "exact_match (demo items)") in comparison.index
+    assert (out / "scores.csv").read_text().splitlines()[
+        0
+    ] == "stage,benchmark,metric,score,stderr,n,data,model"
+
+
+def test_report_page_is_self_contained_and_has_no_nan(fake_run, tmp_path):
+    out = tmp_path / "report"
+    run(ReportConfig(out_dir=str(out), run_dir=str(fake_run), reference="Tulu 2 7B"))
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 2 and "gsm8k" in page
-    assert (out / "scores.csv").read_text().splitlines() == [
-        "stage,benchmark,metric,score,stderr,n,Tulu 2 7B",
-        "gsm,gsm8k,exact_match,25.0,10.0,4,34.0",
-    ]
+    assert "<style>" in page and "Demo run." in page and "no judge configured" in page
+    assert page.count("data:image/png;base64,") == 2
+    assert not re.search(r"\bNaN\b|\bnan\b", page)
+    assert not re.search(r"(src|href)=\"(?!data:)", page)  # no external file, script or stylesheet
+    assert "$" not in page and "\\frac" not in page and "√n" in page  # formulas rendered, not raw TeX
+
+
+def test_report_sets_several_runs_side_by_side(fake_run, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(fake_run, other)
+    _eval(other, "gsm_dpo", "gsm8k", "exact_match", 0.40, "dpo", n=200, data_dir="/d", max_examples=200)
+    result = run(ReportConfig(out_dir=str(tmp_path / "r"), run_dir=str(fake_run), compare=[str(other)]))
+    row = result["comparison"].loc[("gsm8k", "exact_match")]
+    assert row["run/dpo"] == pytest.approx(30.0) and row["other/dpo"] == pytest.approx(40.0)
+    assert row["Δ other/dpo"] == pytest.approx(40.0 - 25.0)  # minus the column before it: other/sft
 
 
 def test_unknown_reference_is_a_config_error():

@@ -72,7 +72,8 @@ def test_failure_stops_then_rerun_skips_completed_then_force(tmp_path, capsys):
         status["stages"]["first"]["status"] == "completed"
         and status["stages"]["second"]["status"] == "failed"
     )
-    partial = nbformat.read(run_dir / "notebooks" / "01_second.ipynb", as_version=4)
+    # both stages run one notebook: the executed copies keep its name, plus the stage's
+    partial = nbformat.read(run_dir / "notebooks" / "stage.second.ipynb", as_version=4)
     assert any(o.get("ename") == "ValueError" for c in partial.cells for o in c.get("outputs", []))
     assert (run_dir / "config.yaml").is_file()
 
@@ -83,6 +84,9 @@ def test_failure_stops_then_rerun_skips_completed_then_force(tmp_path, capsys):
 
     assert run_recipe(fixed) == 0  # nothing changed: both skipped
     assert (_executions(run_dir, "first"), _executions(run_dir, "second")) == (1, 2)
+    skipped = json.loads((run_dir / "run.json").read_text())["stages"]["first"]
+    marker = json.loads((run_dir / "first" / ".stage.json").read_text())
+    assert skipped["status"] == "skipped" and skipped["seconds"] == marker["seconds"] > 0  # the earlier time
 
     changed_first = load_recipe(recipe_path, ["second.prompt=ok", "first.prompt=new"], run_dir=run_dir)
     assert run_recipe(changed_first) == 0  # first changed, so second (downstream) runs again too

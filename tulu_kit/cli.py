@@ -60,6 +60,9 @@ def add_run(sub) -> None:
     p.set_defaults(func=cmd_run)
 
 
+NEEDS_BASE = ("task_arithmetic", "ties", "dare_linear", "dare_ties")
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     from tulu_kit import merge, models, weight_diff
 
@@ -70,6 +73,11 @@ def cmd_merge(args: argparse.Namespace) -> int:
     elif args.what == "recover":
         weight_diff.recover(args.raw, args.diff, args.out, args.max_shard_size)
     else:
+        if args.method in NEEDS_BASE and not args.base_model:
+            raise ValueError(
+                f"merge models --method {args.method} adds task vectors to a base model: give --base-model BASE "
+                "(the checkpoint the models were fine-tuned from)"
+            )
         kw = {k: getattr(args, k) for k in ("method", "weights", "base_model", "density", "scale", "seed")}
         merge.merge_models(args.models, args.out, max_shard_size=args.max_shard_size, **kw)
     print(args.out)
@@ -91,13 +99,32 @@ def add_merge(sub) -> None:
         "--pad-to-multiple-of", type=int, metavar="N", help="pad embedding rows to a multiple of N"
     )
     lora.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    diff = kinds.add_parser("diff", help="write tuned - raw (Alpaca / Tulu 1 weight diff), streamed")
-    diff.add_argument("--raw", required=True)
-    diff.add_argument("--tuned", required=True)
-    diff.add_argument("--diff-dtype", help="store the diff in this dtype (default: the weights' own)")
-    rec = kinds.add_parser("recover", help="write raw + diff and verify its checksum, streamed")
-    rec.add_argument("--raw", required=True)
-    rec.add_argument("--diff", required=True)
+    diff = kinds.add_parser(
+        "diff",
+        help="write tuned - raw (Alpaca / Tulu 1 weight diff), streamed",
+        description="Write the weight diff tuned - raw, shard by shard, with a checksum of every tuned tensor.",
+        epilog="example: tulu-kit merge diff --raw llama-7b --tuned tulu-7b --out tulu-7b-diff",
+    )
+    diff.add_argument("--raw", required=True, metavar="DIR", help="the original model folder (safetensors)")
+    diff.add_argument(
+        "--tuned", required=True, metavar="DIR", help="the fine-tuned model folder, same shapes"
+    )
+    diff.add_argument(
+        "--diff-dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="store the diff in this dtype (default: the weights' own)",
+    )
+    rec = kinds.add_parser(
+        "recover",
+        help="write raw + diff and verify its checksum, streamed",
+        description="Recover the fine-tuned model from the original and a diff made by `merge diff`; every "
+        "recovered tensor is checked against the diff's SHA-256.",
+        epilog="example: tulu-kit merge recover --raw llama-7b --diff tulu-7b-diff --out tulu-7b",
+    )
+    rec.add_argument(
+        "--raw", required=True, metavar="DIR", help="the original model folder the diff was made from"
+    )
+    rec.add_argument("--diff", required=True, metavar="DIR", help="the diff folder written by `merge diff`")
     models = kinds.add_parser(
         "models", help="merge same-architecture models (mergekit): soups, TIES, SLERP ..."
     )
@@ -106,7 +133,7 @@ def add_merge(sub) -> None:
                         "dare_linear", "dare_ties"])  # fmt: skip
     models.add_argument("--weights", type=float, nargs="+", help="one per model (default: equal)")
     models.add_argument(
-        "--base-model", default="", help="θ_0 of the task vectors (task_arithmetic, ties, dare_*)"
+        "--base-model", default="", help="θ_0 of the task vectors; required by task_arithmetic, ties, dare_*"
     )
     models.add_argument("--density", type=float, default=1.0, help="fraction of each task vector kept")
     models.add_argument("--scale", type=float, default=1.0, help="λ on the merged task vector")
@@ -186,8 +213,28 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     from tulu_kit.evals import score_file
 
-    print(json.dumps(score_file(args.benchmark, args.predictions, args.out, args.data_dir), indent=2))
+    options = {"skip_unmatched": True} if args.skip_unmatched else {}
+    print(
+        json.dumps(score_file(args.benchmark, args.predictions, args.out, args.data_dir, **options), indent=2)
+    )
     return 0
+
+
+SCORE_EPILOG = """benchmarks and the fields of each prediction row (JSONL):
+  gsm8k           "question", "output"            math        "problem" (or "question"), "output"
+  bbh             "task", "input", "output"       tydiqa      "id" (TyDi QA question id), "output"
+  mmlu            "question" (+ "subject"), "prediction" (a letter) or "logprobs" (letter -> log-prob)
+  truthfulqa      "question", "logprobs" (answer text -> log-prob)
+  humaneval, humaneval_plus, mbpp_plus            "task_id", "completion" (the official samples format)
+  ifeval          "prompt", "response" (the official input_response_data format)
+  xstest          "prompt", "completion" (or "output")
+  toxigen         "group", "output"               truthfulqa_gen  "question", "output"
+  alpaca_eval     "instruction", "output" (alpaca_eval's model_outputs.json rows)
+Judged benchmarks (alpaca_eval, xstest, toxigen, truthfulqa_gen) need their judge or classifier; see
+eval/README.md.
+
+example: tulu-kit score ifeval --predictions input_response_data.jsonl --data-dir DATA --skip-unmatched
+"""
 
 
 def add_eval(sub) -> None:
@@ -224,18 +271,40 @@ def add_eval(sub) -> None:
         "--out", metavar="DIR", help="output folder (default: runs/eval/BENCHMARK); resumes if present"
     )
     p.set_defaults(func=cmd_eval)
-    s = sub.add_parser("score", help="score predictions made anywhere; prints the metrics as JSON")
-    s.add_argument("benchmark")
+    s = sub.add_parser(
+        "score",
+        help="score predictions made anywhere; prints the metrics as JSON",
+        description="Score a JSONL of outputs made by any model or API against the benchmark's gold answers.",
+        epilog=SCORE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("benchmark", help="one of the benchmarks below")
     s.add_argument("--predictions", required=True, metavar="FILE", help="JSONL, one prediction per line")
+    s.add_argument(
+        "--skip-unmatched",
+        action="store_true",
+        help="ifeval: leave out and count rows whose prompt is not an input prompt (instead of stopping)",
+    )
     s.add_argument("--out", metavar="DIR", help="also write DIR/metrics.json and DIR/results.jsonl")
     s.add_argument("--data-dir", help="benchmark data root (gold answers)")
     s.set_defaults(func=cmd_score)
 
 
 def cmd_prepare_eval(args: argparse.Namespace) -> int:
+    import urllib.error
+
     from tulu_kit.evals.data import prepare_eval
 
-    print(prepare_eval(args.data_dir, args.only or None, args.force))
+    try:
+        print(prepare_eval(args.data_dir, args.only or None, args.force))
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+        reason = getattr(e, "reason", e)
+        print(
+            f"tulu-kit: error: could not download the benchmark files ({reason}); prepare-eval needs a network. "
+            "Offline, copy the files into --data-dir (layout: eval/README.md) or use --data-dir demo",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 
@@ -269,7 +338,27 @@ def cmd_data_mix(args: argparse.Namespace) -> int:
 
 def add_data_mix(kinds) -> None:
     """`tulu-kit data mix`: the data stage from the command line."""
-    p = kinds.add_parser("mix", help="convert and mix SFT / preference sources into chat-format JSONL")
+    from tulu_kit.data.formats import FORMATS
+    from tulu_kit.data.sources import SYNTHETIC
+
+    by_kind = {k: [f.name for f in FORMATS.values() if f.kind == k] for k in ("sft", "preference")}
+    epilog = (
+        "a SOURCE is [FORMAT:]PATH_OR_HUB_ID[@SPLIT]; a known Hub id or a format with a published dataset "
+        "needs no FORMAT:\n"
+        f"  SFT formats:        {', '.join(by_kind['sft'])}\n"
+        f"  preference formats: {', '.join(by_kind['preference'])}\n"
+        f"  offline samples:    {', '.join(SYNTHETIC)}\n"
+        "an AMOUNT is a fraction of the source (float, 1.0 = all, 2.0 = twice) or a row count (int)\n\n"
+        "example: tulu-kit data mix --sft alpaca:alpaca.json 0.5 dolly 1000 --out mix/"
+    )
+    p = kinds.add_parser(
+        "mix",
+        help="convert and mix SFT / preference sources into chat-format JSONL",
+        description="Convert each source to the chat `messages` format and mix them as open-instruct's "
+        "dataset_mixer_list does.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument(
         "--sft",
         nargs="+",

@@ -186,10 +186,13 @@ def load_yaml(path: str | Path) -> Any:
 
 
 def parse_value(text: str) -> Any:
-    """Parse an override's value the way YAML would (``1e-4`` -> float, ``true`` -> bool, ``[a, b]`` -> list);
-    an empty value is the empty string (write ``null`` for None)."""
+    """Parse an override's value the way YAML would (``1e-4`` -> float, ``true`` -> bool, ``[a, b]`` -> list).
+
+    Nothing after the ``=`` (``--set sft.eval_file=``) is the empty string, not YAML's null: ``key=null`` says
+    None.
+    """
     if not text.strip():
-        return text
+        return ""
     try:
         return _yaml(text)
     except _Refused as e:
@@ -292,9 +295,42 @@ def to_dict(obj: Any) -> dict:
 
 
 def collect(cls: type, namespace: Mapping[str, Any], source: str = "notebook parameters") -> Any:
-    """Build a stage config from a notebook's ``globals()``: the parameters cell names exactly its fields."""
+    """Build a stage config from a notebook's ``globals()``: the parameters cell names exactly its fields.
+
+    A parameter that papermill injected (``papermill -p learnin_rate 0.01``) but the config does not have is
+    an error with a "did you mean", as in ``tulu-kit run``: otherwise it would just be an unused variable and
+    the notebook would run with the default.
+    """
     names = {f.name for f in dataclasses.fields(cls) if f.init}
+    injected = injected_parameters(namespace)
+    unknown = [k for k in injected if k not in names]
+    if unknown:
+        return from_dict(cls, {k: None for k in unknown}, f"{source} (papermill -p / parameters=)")
     return from_dict(cls, {k: namespace[k] for k in names if k in namespace}, source)
+
+
+def injected_parameters(namespace: Mapping[str, Any]) -> list[str]:
+    """Names papermill assigned in its ``# Parameters`` cell, read from IPython's input history (``In``).
+
+    Outside IPython (no ``In``) or when papermill injected nothing, the list is empty.
+    """
+    import ast
+
+    history = namespace.get("In")
+    if not isinstance(history, list):
+        return []
+    names: list[str] = []
+    for cell in history:
+        if not isinstance(cell, str) or cell.lstrip().split("\n", 1)[0].strip() != "# Parameters":
+            continue
+        try:
+            tree = ast.parse(cell)
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.Assign):
+                names += [t.id for t in node.targets if isinstance(t, ast.Name)]
+    return [n for n in dict.fromkeys(names) if not n.startswith("PAPERMILL_")]
 
 
 def config_class(kind: str, source: str = "<recipe>") -> type:

@@ -1,76 +1,97 @@
-"""The report stage: one page for a whole run — stage times, training curves, benchmark scores (notebook 07).
+"""The report stage: one self-contained page for one or several runs (notebook 07).
 
-It reads only what the other stages leave in the run folder (``run.json``, each training stage's
-``log_history.jsonl``, each eval stage's ``metrics.json``), so it works on any run, finished or not, and sets
-the scores beside the published Tulu 2 / Tulu 3 numbers (``PUBLISHED``), labelled with their settings.
+It reads only what the other stages leave in a run folder (``run.json`` and each stage's ``.stage.json``, each
+training stage's ``log_history.jsonl``, each stage's ``metrics.json``), so it works on any run, finished or not.
+What it promises, so a reader is not misled:
+
+* **like with like**: a published Tulu number stands beside a score only when the score is the same metric (e.g.
+  HumanEval pass@10, not pass@1) on the real benchmark with the protocol's own subset size; scores on the shipped
+  demo items are labelled "demo items" and never set beside a published number;
+* **nothing dropped silently**: every eval stage that has no score (no judge or classifier configured, failed,
+  not run) is listed with the reason;
+* **stage times survive re-runs**: a stage a re-run skipped shows the time of the run that completed it;
+* **several runs side by side** (``compare``), and within a run every evaluated model (SFT → DPO → RL → merge),
+  with the change from one column to the next;
+* ``report.html`` is styled with inline CSS and its figures are inline PNGs: it opens offline, as one file,
+  with no script and no TeX to render.
 """
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
-from dataclasses import dataclass
+import math
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from tulu_kit.io import atomic_write_text, read_jsonl
 
-# Published results, in percent. Tulu 2: arXiv 2311.10702 v2, Table 1 (MMLU 0-shot EM, GSM8K 8-shot CoT, BBH
-# 3-shot CoT, TydiQA GP 1-shot F1, Codex-Eval P@10, AlpacaEval 1 win %, ToxiGen % toxic, TruthfulQA % info+true).
-# Tulu 3 8B: arXiv 2411.15124 v5, Table 6 (OLMES settings; not comparable with the Tulu 2 suite).
-PUBLISHED: dict[str, dict[str, float]] = {
+# Published results, in percent, each with its metric (as this kit's metrics.json names it) and its settings.
+# Tulu 2: arXiv 2311.10702 v2, Table 1 (MMLU 0-shot EM, GSM8K 8-shot CoT, BBH 3-shot CoT, TydiQA GP 1-shot F1,
+# Codex-Eval pass@10, AlpacaEval 1 win %, ToxiGen % toxic, TruthfulQA % info+true).
+# Tulu 3 8B: arXiv 2411.15124 v5, Table 6 (OLMES settings: MMLU 0-shot CoT, MATH 4-shot CoT "flex",
+# HumanEval(+) pass@10, IFEval prompt-level loose, AlpacaEval 2 length-controlled, TruthfulQA MC2 6-shot).
+PUBLISHED: dict[str, dict[str, tuple[float, str, str]]] = {
     "Tulu 2 7B": {
-        "mmlu": 50.4,
-        "gsm8k": 34.0,
-        "bbh": 48.5,
-        "tydiqa": 46.4,
-        "humaneval": 36.9,
-        "alpaca_eval": 73.9,
-        "toxigen": 7.0,
-        "truthfulqa_gen": 50.2,
+        "mmlu": (50.4, "accuracy", "0-shot"),
+        "gsm8k": (34.0, "exact_match", "8-shot CoT, 200 examples"),
+        "bbh": (48.5, "exact_match", "3-shot CoT, 40 per task"),
+        "tydiqa": (46.4, "f1", "GoldP 1-shot, 100 per language"),
+        "humaneval": (36.9, "pass@10", "pass@10, T 0.8"),
+        "alpaca_eval": (73.9, "win_rate", "AlpacaEval 1 win rate"),
+        "toxigen": (7.0, "toxic_fraction", "% toxic (lower is better)"),
+        "truthfulqa_gen": (50.2, "pct_true_and_info", "% true and informative"),
     },
     "Tulu 2+DPO 7B": {
-        "mmlu": 50.7,
-        "gsm8k": 34.5,
-        "bbh": 45.5,
-        "tydiqa": 44.5,
-        "humaneval": 40.0,
-        "alpaca_eval": 85.1,
-        "toxigen": 0.5,
+        "mmlu": (50.7, "accuracy", "0-shot"),
+        "gsm8k": (34.5, "exact_match", "8-shot CoT, 200 examples"),
+        "bbh": (45.5, "exact_match", "3-shot CoT, 40 per task"),
+        "tydiqa": (44.5, "f1", "GoldP 1-shot, 100 per language"),
+        "humaneval": (40.0, "pass@10", "pass@10, T 0.8"),
+        "alpaca_eval": (85.1, "win_rate", "AlpacaEval 1 win rate"),
+        "toxigen": (0.5, "toxic_fraction", "% toxic (lower is better)"),
     },
     "Tulu 3 8B SFT": {
-        "mmlu": 65.9,
-        "truthfulqa": 46.8,
-        "bbh": 69.7,
-        "math": 31.5,
-        "gsm8k": 76.2,
-        "humaneval": 86.2,
-        "humaneval_plus": 81.4,
-        "ifeval": 72.8,
-        "alpaca_eval": 12.4,
+        "mmlu": (65.9, "accuracy_cot", "0-shot CoT (OLMES); this kit scores MMLU without CoT"),
+        "truthfulqa": (46.8, "mc2", "MC2, 6-shot"),
+        "bbh": (69.7, "exact_match", "3-shot CoT"),
+        "math": (31.5, "accuracy", "4-shot CoT, flex"),
+        "gsm8k": (76.2, "exact_match", "8-shot CoT"),
+        "humaneval": (86.2, "pass@10", "pass@10"),
+        "humaneval_plus": (81.4, "pass@10", "pass@10"),
+        "ifeval": (72.8, "prompt_level_loose_acc", "prompt-level loose"),
+        "alpaca_eval": (12.4, "length_controlled_win_rate", "AlpacaEval 2 length-controlled"),
     },
     "Tulu 3 8B DPO": {
-        "mmlu": 68.7,
-        "truthfulqa": 56.1,
-        "bbh": 68.7,
-        "math": 42.0,
-        "gsm8k": 84.3,
-        "humaneval": 83.9,
-        "humaneval_plus": 78.6,
-        "ifeval": 81.1,
-        "alpaca_eval": 33.5,
+        "mmlu": (68.7, "accuracy_cot", "0-shot CoT (OLMES); this kit scores MMLU without CoT"),
+        "truthfulqa": (56.1, "mc2", "MC2, 6-shot"),
+        "bbh": (68.7, "exact_match", "3-shot CoT"),
+        "math": (42.0, "accuracy", "4-shot CoT, flex"),
+        "gsm8k": (84.3, "exact_match", "8-shot CoT"),
+        "humaneval": (83.9, "pass@10", "pass@10"),
+        "humaneval_plus": (78.6, "pass@10", "pass@10"),
+        "ifeval": (81.1, "prompt_level_loose_acc", "prompt-level loose"),
+        "alpaca_eval": (33.5, "length_controlled_win_rate", "AlpacaEval 2 length-controlled"),
     },
 }
+
+# metrics.json scores are fractions in [0, 1], except these, which the benchmark already writes in percent
+PERCENT_METRICS = {"win_rate", "length_controlled_win_rate", "pct_true_and_info", "pct_true", "pct_info"}
+# the order models are trained in: the comparison's columns follow it
+PIPELINE_ORDER = ["quickstart", "sft", "lora", "dpo", "reward", "ppo", "grpo", "merge"]
+DEMO, FULL, SUBSET = "demo items", "benchmark", "benchmark subset"
+DASH = "—"
 
 
 @dataclass
 class ReportConfig:
     out_dir: str = "../runs/lab/report"  # report.html, scores.csv and the plots go here
     run_dir: str = "../runs/lab"  # the run folder to report on
-    reference: str = "Tulu 2 7B"  # a PUBLISHED row to set the scores beside; empty for none
+    reference: str = "Tulu 2 7B"  # a PUBLISHED row to set full-benchmark scores beside; empty for none
+    compare: list[str] = field(default_factory=list)  # other run folders to set side by side with run_dir
 
     def __post_init__(self):
         if self.reference and self.reference not in PUBLISHED:
@@ -79,37 +100,165 @@ class ReportConfig:
             )
 
 
+# --------------------------------------------------------------------------------------------- reading a run
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def stage_table(run_dir: Path) -> pd.DataFrame:
-    """One row per stage from ``run.json``: kind, status, seconds."""
-    path = run_dir / "run.json"
-    if not path.is_file():
-        return pd.DataFrame(columns=["stage", "kind", "status", "seconds"])
-    stages = json.loads(path.read_text())["stages"]
-    rows = [
-        {"stage": name, **{k: info.get(k) for k in ("kind", "status", "seconds")}}
-        for name, info in stages.items()
-    ]
-    return pd.DataFrame(rows)
+    """One row per stage of ``run.json``: kind, status, seconds, and where a time comes from.
+
+    A stage that a re-run skipped has no time in this run's ``run.json``; its ``.stage.json`` marker keeps the
+    time of the run that completed it, shown with the note "earlier run".
+    """
+    stages = _read_json(run_dir / "run.json").get("stages") or {}
+    rows = []
+    for name, info in stages.items():
+        seconds, note, status = info.get("seconds"), "", info.get("status", "")
+        if seconds is None:
+            marker = _read_json(run_dir / name / ".stage.json")
+            if marker.get("status") == "completed" and marker.get("seconds") is not None:
+                seconds, note = marker["seconds"], "earlier run"
+        if status == "skipped" and seconds is not None:
+            note = "earlier run"
+        if status == "running" and info.get("kind") == "report":
+            note = "this page"
+        elif info.get("error"):
+            note = str(info["error"])[:120]
+        rows.append({"stage": name, "kind": info.get("kind", ""), "status": status, "seconds": seconds,
+                     "note": note})  # fmt: skip
+    return pd.DataFrame(rows, columns=["stage", "kind", "status", "seconds", "note"])
+
+
+def _percent(metric: str, value) -> float | None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+        return None
+    return float(value) if metric in PERCENT_METRICS else 100.0 * float(value)
+
+
+def _default_max_examples(benchmark: str):
+    """The protocol's own subset size (the CONFIG default), or ``...`` when it cannot be told."""
+    try:
+        from tulu_kit.evals import get_benchmark
+
+        return getattr(get_benchmark(benchmark).CONFIG(), "max_examples", None)
+    except Exception:  # an unknown or broken benchmark module: the run is just not comparable
+        return ...
+
+
+def data_kind(metrics: dict) -> str:
+    """``demo items``, ``benchmark`` (the protocol's own size) or ``benchmark subset`` (a smaller cap)."""
+    config = metrics.get("config") or {}
+    if metrics.get("demo_data") or str(config.get("data_dir")) == "demo":
+        return DEMO
+    if "config" not in metrics:  # scored with `tulu-kit score`: whatever the predictions covered
+        return FULL
+    if config.get("subset") or config.get("max_examples") != _default_max_examples(metrics["benchmark"]):
+        return SUBSET
+    return FULL
+
+
+def model_label(metrics: dict) -> str:
+    """The stage that made the evaluated model (``.../dpo/model`` -> ``dpo``), else the model as given."""
+    model = str(
+        metrics.get("model_dir") or metrics.get("model") or (metrics.get("config") or {}).get("model") or ""
+    )
+    if not model:
+        return "?"
+    path = Path(model)
+    if path.name == "model" and path.parent.name:
+        return path.parent.name
+    return path.name or model
+
+
+def eval_results(run_dir: Path) -> list[dict]:
+    """Every eval stage's ``metrics.json`` (those with a ``benchmark``), in stage-folder order."""
+    out = []
+    for path in sorted(run_dir.glob("*/metrics.json")):
+        metrics = _read_json(path)
+        if "benchmark" in metrics:
+            out.append({**metrics, "stage": path.parent.name})
+    return out
 
 
 def score_table(run_dir: Path) -> pd.DataFrame:
-    """One row per eval stage's ``metrics.json``: benchmark, metric, score and stderr in percent, n."""
+    """One row per scored eval: benchmark, metric, score and stderr in percent, n, which data, which model."""
     rows = []
-    for path in sorted(run_dir.glob("*/metrics.json")):
-        m = json.loads(path.read_text())
-        if "benchmark" not in m or m.get("score") is None:  # not an eval, or saved without a judge
+    for m in eval_results(run_dir):
+        score = _percent(m.get("metric", ""), m.get("score"))
+        if score is None:
             continue
-        rows.append(
-            {
-                "stage": path.parent.name,
-                "benchmark": m["benchmark"],
-                "metric": m.get("metric", ""),
-                "score": 100 * m["score"],
-                "stderr": 100 * (m.get("stderr") or 0.0),
-                "n": (m.get("counts") or {}).get("n"),
-            }
+        stderr = _percent(m.get("metric", ""), m.get("stderr"))
+        rows.append({"stage": m["stage"], "benchmark": m["benchmark"], "metric": m.get("metric", ""),
+                     "score": score, "stderr": stderr if stderr is not None else 0.0,
+                     "n": (m.get("counts") or {}).get("n"), "data": data_kind(m), "model": model_label(m)})  # fmt: skip
+    columns = ["stage", "benchmark", "metric", "score", "stderr", "n", "data", "model"]
+    return _by_pipeline(pd.DataFrame(rows, columns=columns))
+
+
+def _by_pipeline(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows sorted by benchmark, then by the training order of the evaluated model (SFT before DPO ...)."""
+    if table.empty:
+        return table
+    rank = table["model"].map(
+        lambda s: PIPELINE_ORDER.index(s) if s in PIPELINE_ORDER else len(PIPELINE_ORDER)
+    )
+    table = table.assign(_rank=rank).sort_values(["benchmark", "_rank"], kind="stable")
+    return table.drop(columns="_rank").reset_index(drop=True)
+
+
+def not_scored(run_dir: Path) -> pd.DataFrame:
+    """Eval stages without a score, and why: no judge / classifier configured, failed, interrupted, not run."""
+    rows, seen = [], set()
+    for m in eval_results(run_dir):
+        seen.add(m["stage"])
+        if _percent(m.get("metric", ""), m.get("score")) is None:
+            reason = m.get("message") or "nothing scored (no judge or classifier configured)"
+            rows.append({"stage": m["stage"], "benchmark": m["benchmark"], "reason": reason})
+    stages = _read_json(run_dir / "run.json").get("stages") or {}
+    for name, info in stages.items():
+        kind = str(info.get("kind", ""))
+        if kind.startswith("eval_") and name not in seen:
+            status = info.get("status", "pending")
+            reason = f"{status}: {info['error']}" if info.get("error") else f"no metrics.json ({status})"
+            rows.append({"stage": name, "benchmark": kind.removeprefix("eval_"), "reason": reason})
+    return pd.DataFrame(rows, columns=["stage", "benchmark", "reason"])
+
+
+def published_table(run_dir: Path, reference: str) -> tuple[pd.DataFrame, list[str]]:
+    """Scores beside ``reference``'s published numbers, like with like only; and why other rows are not there.
+
+    A row appears when the benchmark ran on its real data at the protocol's own size and the eval recorded the
+    published metric (its primary metric, or the same key among its extra numbers, e.g. HumanEval's pass@10).
+    """
+    columns = ["benchmark", "metric", "model", "score", reference or "published", "settings"]
+    if not reference:
+        return pd.DataFrame(columns=columns), []
+    rows, notes, elsewhere = [], [], {}
+    for m in eval_results(run_dir):
+        bench = m["benchmark"]
+        if bench not in PUBLISHED[reference]:
+            continue
+        value, metric, settings = PUBLISHED[reference][bench]
+        kind = data_kind(m)
+        ours = m.get("score") if m.get("metric") == metric else m.get(metric)
+        score = _percent(metric, ours)
+        if kind != FULL:
+            elsewhere.setdefault(kind, set()).add(bench)
+        elif score is None:
+            notes.append(f"{bench}: published as {metric} ({settings}); this run has {m.get('metric')}")
+        else:
+            rows.append({"benchmark": bench, "metric": metric, "model": model_label(m), "score": score,
+                         columns[4]: value, "settings": settings})  # fmt: skip
+    for kind, benches in elsewhere.items():
+        notes.insert(
+            0, f"run on {kind}, so not set beside the published numbers: {', '.join(sorted(benches))}"
         )
-    return pd.DataFrame(rows, columns=["stage", "benchmark", "metric", "score", "stderr", "n"])
+    return _by_pipeline(pd.DataFrame(rows, columns=columns)), notes
 
 
 def training_curves(run_dir: Path) -> dict[str, pd.DataFrame]:
@@ -122,68 +271,214 @@ def training_curves(run_dir: Path) -> dict[str, pd.DataFrame]:
     return curves
 
 
-def with_reference(scores: pd.DataFrame, reference: str) -> pd.DataFrame:
-    """Add the published score of ``reference`` for each benchmark it reports."""
-    if not reference or scores.empty:
-        return scores
-    published = PUBLISHED[reference]
-    return scores.assign(**{reference: scores["benchmark"].map(published)})
+TRAINING_FIELDS = ["train_steps", "first_loss", "last_loss", "first_nll", "last_nll", "pref_accuracy"]
 
 
-def plot_curves(curves: dict[str, pd.DataFrame]):
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, max(1, len(curves)), figsize=(4 * max(1, len(curves)), 3), squeeze=False)
-    for ax, (stage, frame) in zip(axes[0], curves.items()):
-        ax.plot(frame["step"], frame["loss"], marker=".")
-        ax.set(title=stage, xlabel="step", ylabel="training loss")
-    fig.tight_layout()
-    return fig
-
-
-def plot_scores(scores: pd.DataFrame):
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(4, 0.7 * len(scores)), 3))
-    ax.bar(scores["benchmark"], scores["score"], yerr=scores["stderr"], capsize=3)
-    ax.set(ylabel="score (%)", ylim=(0, 100), title="benchmarks")
-    ax.tick_params(axis="x", rotation=45)
-    fig.tight_layout()
-    return fig
+def training_table(run_dir: Path) -> pd.DataFrame:
+    """The numbers each training / merge stage wrote to its ``metrics.json`` (the stages without a benchmark)."""
+    rows = []
+    for path in sorted(run_dir.glob("*/metrics.json")):
+        m = _read_json(path)
+        if "benchmark" in m or not m:
+            continue
+        row = {"stage": path.parent.name, "kind": m.get("stage", "")}
+        row.update({k: m[k] for k in TRAINING_FIELDS if isinstance(m.get(k), (int, float))})
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
-def _png(fig) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    return base64.b64encode(buffer.getvalue()).decode()
+def comparison_table(run_dirs: list[Path]) -> pd.DataFrame:
+    """Scores side by side: rows benchmark · metric, one column per (run, evaluated model), then the deltas.
+
+    Columns follow the runs in the order given and, within a run, the training order (SFT → DPO → RL → merge);
+    ``Δ B`` is column B minus the column before it. Only scores on the same kind of data share a row.
+    """
+    frames = []
+    for run_dir in run_dirs:
+        scores = score_table(run_dir)
+        if scores.empty:
+            continue
+        prefix = f"{run_dir.name}/" if len(run_dirs) > 1 else ""
+        scores = scores.assign(column=prefix + scores["model"], run=len(frames))
+        frames.append(scores)
+    if not frames:
+        return pd.DataFrame()
+    scores = pd.concat(frames, ignore_index=True)
+    scores["metric"] = scores["metric"] + scores["data"].map(lambda d: " (demo items)" if d == DEMO else "")
+
+    def order(col: str) -> tuple:
+        run = scores.loc[scores["column"] == col, "run"].iloc[0]
+        stage = col.rsplit("/", 1)[-1]
+        return run, PIPELINE_ORDER.index(stage) if stage in PIPELINE_ORDER else len(PIPELINE_ORDER), stage
+
+    columns = sorted(scores["column"].unique(), key=order)
+    table = scores.pivot_table(
+        index=["benchmark", "metric"], columns="column", values="score", aggfunc="last"
+    )
+    table = table[columns]
+    for before, after in zip(columns, columns[1:]):
+        table[f"Δ {after}"] = table[after] - table[before]
+    table.columns.name = None
+    return table
+
+
+# --------------------------------------------------------------------------------------------- HTML
+CSS = """
+body{font:14px/1.5 -apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#1f2328;background:#f6f7f9;
+margin:0;padding:24px}
+main{max-width:1100px;margin:0 auto;background:#fff;border:1px solid #d8dee4;border-radius:8px;padding:24px 32px}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #e5e7eb;
+padding-bottom:4px}.meta{color:#57606a;font-size:12px}
+table{border-collapse:collapse;margin:8px 0;font-size:13px}th,td{padding:4px 10px;border-bottom:1px solid #e5e7eb;
+text-align:left}th{background:#f3f4f6;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr:hover td{background:#fafbfc}.pos{color:#1a7f37}.neg{color:#cf222e}
+.banner{background:#fff8c5;border:1px solid #d4a72c;border-radius:6px;padding:8px 12px;margin:12px 0}
+.tag{display:inline-block;font-size:11px;padding:0 6px;border-radius:10px;background:#eef1f4;color:#57606a}
+.tag.demo{background:#fff1c2;color:#7a5b00}.tag.ok{background:#dafbe1;color:#1a7f37}
+.tag.bad{background:#ffebe9;color:#cf222e}.note{color:#57606a;font-size:12px}
+.formula{font-family:"STIX Two Math","Cambria Math",Georgia,serif;font-size:15px;background:#f6f8fa;
+padding:2px 8px;border-radius:4px}img{max-width:100%;border:1px solid #e5e7eb;border-radius:4px}
+"""
+HEADERS = {"seconds": "time"}
+STATUS_TAG = {"completed": "ok", "skipped": "ok", "failed": "bad", "interrupted": "bad"}
+
+
+def _cell(column: str, value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return f'<td class="num">{DASH}</td>'
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        text = html.escape(str(value))
+        if column == "data":
+            text = f'<span class="tag{" demo" if value == DEMO else ""}">{text}</span>'
+        elif column == "status":
+            text = f'<span class="tag {STATUS_TAG.get(str(value), "")}">{text}</span>'
+        return f"<td>{text}</td>"
+    if column.startswith("Δ"):
+        css = "pos" if value > 0 else "neg" if value < 0 else ""
+        return f'<td class="num {css}">{value:+.1f}</td>'
+    if column in ("n", "train_steps") or isinstance(value, int):
+        return f'<td class="num">{int(value)}</td>'
+    if column == "seconds":
+        return f'<td class="num">{duration(value)}</td>'
+    return (
+        f'<td class="num">{value:.4g}</td>'
+        if column in TRAINING_FIELDS
+        else f'<td class="num">{value:.1f}</td>'
+    )
+
+
+def duration(seconds: float) -> str:
+    """``4.1 s``, ``12 min 3 s``, ``11 h 27 min``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, sec = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {sec} s"
+    return f"{minutes // 60} h {minutes % 60} min"
+
+
+def html_table(frame: pd.DataFrame, index: bool = False) -> str:
+    """A DataFrame as an HTML table: missing values as a dash, numbers right-aligned, tags for data/status."""
+    if frame.empty:
+        return '<p class="note">none</p>'
+    frame = frame.reset_index() if index else frame
+    head = "".join(f"<th>{html.escape(HEADERS.get(str(c), str(c)))}</th>" for c in frame.columns)
+    body = "".join(
+        "<tr>" + "".join(_cell(str(c), v) for c, v in zip(frame.columns, row)) + "</tr>"
+        for row in frame.itertuples(index=False)
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _paragraph(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
+
+
+def render_html(report: dict, images: dict[str, str]) -> str:
+    """The whole page: one file, inline CSS and PNGs, no script, formulas in plain Unicode."""
+    run_dir, scores = report["run_dir"], report["scores"]
+    demo = not scores.empty and (scores["data"] == DEMO).any()
+    parts = [f"<h1>Run report: {html.escape(Path(run_dir).name)}</h1>",
+             f'<div class="meta">{html.escape(str(run_dir))} · status {html.escape(report["status"])} · '
+             f"written {time.strftime('%Y-%m-%d %H:%M')}</div>"]  # fmt: skip
+    if demo:
+        parts.append(
+            '<div class="banner"><b>Demo run.</b> Scores marked <span class="tag demo">demo items</span> come '
+            "from a few hand-written items shipped with tulu-kit, not from the benchmarks: they only show that "
+            "the pipeline runs, and are never set beside published numbers.</div>"
+        )
+    parts += ["<h2>Stages</h2>", html_table(report["stages"])]
+    if not report["training"].empty or "training" in images:
+        parts.append("<h2>Training</h2>")
+    if not report["training"].empty:
+        parts.append(html_table(report["training"]))
+    if "training" in images:
+        parts.append(f'<img alt="training curves" src="data:image/png;base64,{images["training"]}">')
+    parts += ["<h2>Benchmarks</h2>", html_table(scores)]
+    parts.append(
+        '<p class="note">Score and standard error in percent: <span class="formula">SE = s / √n</span>; '
+        "with a handful of examples, a difference under 2 SE means nothing. <i>model</i>: the stage that "
+        "made the evaluated model.</p>"
+    )
+    if "scores" in images:
+        parts.append(f'<img alt="scores" src="data:image/png;base64,{images["scores"]}">')
+    parts += ["<h2>Not scored</h2>", html_table(report["not_scored"])]
+    if report["reference"]:
+        parts += [f"<h2>Beside the published {html.escape(report['reference'])}</h2>",
+                  html_table(report["published"])]  # fmt: skip
+        parts += [_paragraph(n) for n in report["published_notes"]]
+        parts.append(
+            _paragraph("Source: tulu_kit/report.py PUBLISHED (paper, table and settings named there).")
+        )
+    comparison = report["comparison"]
+    if not comparison.empty and len([c for c in comparison.columns if not c.startswith("Δ")]) > 1:
+        parts += ["<h2>Side by side</h2>", html_table(comparison, index=True)]
+        parts.append(_paragraph("Δ: a column minus the one before it, in percentage points."))
+    body = "\n".join(parts)
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>tulu-kit report · {html.escape(Path(run_dir).name)}</title><style>{CSS}</style></head>"
+        f"<body><main>\n{body}\n</main></body></html>\n"
+    )
+
+
+# --------------------------------------------------------------------------------------------- the stage
+def build(cfg: ReportConfig) -> dict:
+    """Every table of the report, read from the run folder(s); nothing is written."""
+    run_dir = Path(cfg.run_dir)
+    published, notes = published_table(run_dir, cfg.reference)
+    return {
+        "run_dir": str(run_dir),
+        "status": str(_read_json(run_dir / "run.json").get("status", "unknown")),
+        "reference": cfg.reference,
+        "stages": stage_table(run_dir),
+        "training": training_table(run_dir),
+        "curves": training_curves(run_dir),
+        "scores": score_table(run_dir),
+        "not_scored": not_scored(run_dir),
+        "published": published,
+        "published_notes": notes,
+        "comparison": comparison_table([run_dir] + [Path(p) for p in cfg.compare]),
+    }
 
 
 def run(cfg: ReportConfig) -> dict:
-    """Gather the run's tables and figures and write ``report.html`` and ``scores.csv`` atomically."""
+    """Write ``report.html`` (self-contained) and ``scores.csv`` atomically; return the tables and the path."""
     import matplotlib.pyplot as plt
 
-    run_dir, out_dir = Path(cfg.run_dir), Path(cfg.out_dir)
-    stages, curves = stage_table(run_dir), training_curves(run_dir)
-    scores = with_reference(score_table(run_dir), cfg.reference)
+    from tulu_kit import plots
+
+    report = build(cfg)
     figures = {}
-    if curves:
-        figures["training"] = plot_curves(curves)
-    if not scores.empty:
-        figures["scores"] = plot_scores(scores)
-    images = {name: _png(fig) for name, fig in figures.items()}
+    if report["curves"]:
+        figures["training"] = plots.training_curves(report["curves"])
+    comparison = report["comparison"]
+    if not comparison.empty:
+        figures["scores"] = plots.score_bars(comparison[[c for c in comparison if not c.startswith("Δ")]])
+    images = {name: plots.png_base64(fig) for name, fig in figures.items()}
     for fig in figures.values():
         plt.close(fig)
-    parts = [
-        f"<h1>Run report: {html.escape(str(run_dir))}</h1>",
-        "<h2>Stages</h2>",
-        stages.to_html(index=False),
-    ]
-    parts += ["<h2>Benchmarks</h2>", scores.to_html(index=False, float_format="%.1f")]
-    if cfg.reference:
-        parts.append(
-            f"<p>{html.escape(cfg.reference)}: published, see tulu_kit/report.py for the source.</p>"
-        )
-    parts += [f'<h2>{name}</h2><img src="data:image/png;base64,{data}">' for name, data in images.items()]
-    atomic_write_text(out_dir / "report.html", "<html><body>" + "\n".join(parts) + "</body></html>\n")
-    atomic_write_text(out_dir / "scores.csv", scores.to_csv(index=False))
-    return {"stages": stages, "scores": scores, "curves": curves, "report": str(out_dir / "report.html")}
+    out_dir = Path(cfg.out_dir)
+    atomic_write_text(out_dir / "report.html", render_html(report, images))
+    atomic_write_text(out_dir / "scores.csv", report["scores"].to_csv(index=False))
+    return {**report, "report": str((out_dir / "report.html").resolve())}

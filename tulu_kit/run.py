@@ -1,7 +1,8 @@
 """Run a recipe: each stage is a notebook executed by papermill into one run folder.
 
 ``<run_dir>/`` receives ``config.yaml`` (the resolved recipe), ``run.json`` (status of every stage),
-``notebooks/NN_<stage>.ipynb`` (executed copies, partial ones kept on failure) and one folder per stage.
+``notebooks/`` (executed copies under the notebook's own name, ``04_dpo.ipynb``, ``gsm8k.ipynb``; with the stage
+name added when several stages run one notebook; partial ones kept on failure) and one folder per stage.
 A stage that completed with the same parameters is skipped on a re-run; once a stage runs again, every later
 stage runs again too, since its inputs may have changed. ``force`` re-runs everything. One run at a time holds
 a run folder (an advisory lock on ``<run_dir>/.lock``); a second one into it stops at once.
@@ -9,6 +10,7 @@ a run folder (an advisory lock on ``<run_dir>/.lock``); a second one into it sto
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -16,6 +18,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +32,13 @@ from tulu_kit.io import atomic_write_json, atomic_write_text
 logger = logging.getLogger(__name__)
 
 KERNEL = "python3"  # jupyter_client starts it with this interpreter (sys.executable), so the venv is used
+# A headless stage's notebook has no one watching its progress bars: at most one update every 30 s keeps the
+# executed notebook readable (papermill's own bar shows progress cell by cell). Set them to override.
+QUIET_ENV = {
+    "TQDM_MININTERVAL": "30",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
 
 
 def params_hash(stage: Stage) -> str:
@@ -115,21 +125,64 @@ def _print_failure(stage: Stage, error, output: Path) -> None:
     print("\n".join(lines), file=sys.stderr)
 
 
+def executed_path(recipe: Recipe, stage: Stage) -> Path:
+    """``notebooks/<the notebook's own name>``, or ``<stem>.<stage>.ipynb`` when several stages run it."""
+    shared = sum(s.notebook == stage.notebook for s in recipe.stages) > 1
+    name = f"{stage.notebook.stem}.{stage.name}.ipynb" if shared else stage.notebook.name
+    return recipe.run_dir / "notebooks" / name
+
+
+@contextlib.contextmanager
+def _kernel_options(log_path: Path):
+    """How papermill starts the kernel: its own stderr to ``log_path``, IPC sockets instead of TCP (POSIX).
+
+    The kernel's stderr carries only the kernel's own log (a cell's output reaches the notebook over ZMQ), so
+    it goes to a file beside the executed notebook, kept when not empty: the terminal keeps to the stage's
+    progress and a Ctrl-C no longer ends in the kernel's traceback about a closed socket. IPC sockets in a
+    private temporary folder keep the traffic off the network stack and silence the "running over TCP
+    without encryption" warning every stage printed.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+
+    class StageKernelManager(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            env = dict(kw.get("env") or os.environ)
+            for key, value in QUIET_ENV.items():
+                env.setdefault(key, value)  # the kernel and what it launches only, not papermill's own bar
+            with open(log_path, "ab") as log:
+                return await super()._async_launch_kernel(kernel_cmd, **{**kw, "stderr": log, "env": env})
+
+    options: dict = {"kernel_manager_class": StageKernelManager}
+    try:
+        with tempfile.TemporaryDirectory(prefix="tulu-kit-kernel-") as folder:
+            if os.name != "nt":
+                from traitlets.config import Config
+
+                ipc = {"transport": "ipc", "ip": os.path.join(folder, "k")}
+                options["config"] = Config({"KernelManager": ipc})
+            yield options
+    finally:
+        if log_path.is_file() and log_path.stat().st_size == 0:
+            log_path.unlink()
+
+
 def execute_stage(stage: Stage, output: Path, log_output: bool = False, progress_bar: bool = True) -> None:
     """Execute one stage's notebook with its parameters; papermill saves ``output`` after every cell."""
     import papermill as pm
 
     output.parent.mkdir(parents=True, exist_ok=True)
     Path(stage.config.out_dir).mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(
-        str(stage.notebook),
-        str(output),
-        parameters=stage.params,
-        kernel_name=KERNEL,
-        cwd=str(stage.notebook.parent),
-        progress_bar=progress_bar,
-        log_output=log_output,
-    )
+    with _kernel_options(output.with_suffix(".kernel.log")) as options:
+        pm.execute_notebook(
+            str(stage.notebook),
+            str(output),
+            parameters=stage.params,
+            kernel_name=KERNEL,
+            cwd=str(stage.notebook.parent),
+            progress_bar=progress_bar,
+            log_output=log_output,
+            **options,
+        )
 
 
 def run_recipe(recipe: Recipe, force: bool = False, log_output: bool = False) -> int:
@@ -154,10 +207,13 @@ def _run_stages(recipe: Recipe, force: bool, log_output: bool) -> int:
         tag = f"[{i + 1}/{total}] {stage.name}"
         if not rerun_rest and stage_completed(recipe, stage):
             print(f"{tag}: completed earlier with the same parameters, skipped", flush=True)
-            status.set(stage.name, status="skipped")
+            earlier = json.loads(_marker(recipe, stage).read_text()).get("seconds")
+            status.set(
+                stage.name, status="skipped", seconds=earlier, notebook=str(executed_path(recipe, stage))
+            )
             continue
         rerun_rest = True
-        output = recipe.run_dir / "notebooks" / f"{i:02d}_{stage.name}.ipynb"
+        output = executed_path(recipe, stage)
         print(
             f"{tag}: running {stage.notebook.relative_to(stage.notebook.parents[1])} -> {output}", flush=True
         )

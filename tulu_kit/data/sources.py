@@ -11,6 +11,7 @@ A source is written ``[format:]name[@split]`` (notebook 01, the ``data`` stage):
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 from dataclasses import dataclass
@@ -58,9 +59,13 @@ def parse_source(spec: str) -> Source:
     for f in FORMATS.values():
         if f.hub_id == rest:
             return Source(spec, f.name, rest, split)
-    known = ", ".join([*FORMATS, *SYNTHETIC])
+    known = [*FORMATS, *SYNTHETIC]
+    typo = fmt if colon else rest
+    guess = difflib.get_close_matches(typo, known, n=1) if colon or not set("./") & set(rest) else []
+    if guess:  # a misspelt format, not a file or Hub id
+        raise ValueError(f"data source '{spec}': unknown format '{typo}' (did you mean '{guess[0]}'?)")
     raise ValueError(
-        f"data source '{spec}': cannot tell its format; write it as FORMAT:{rest} (formats: {known})"
+        f"data source '{spec}': cannot tell its format; write it as FORMAT:{rest} (formats: {', '.join(known)})"
     )
 
 

@@ -63,6 +63,7 @@ __all__ = [
     "read_predictions",
     "require_file",
     "resolve_model",
+    "with_demo_data",
     "score_file",
     "write_json_atomic",
     "write_jsonl_atomic",
@@ -73,9 +74,7 @@ __all__ = [
 class EvalConfig:
     """Settings shared by every benchmark; a benchmark may subclass it to add its own fields."""
 
-    model: str = (
-        "../runs/quickstart/quickstart/model"  # model folder, run folder (its last model/), or Hub id
-    )
+    model: str = "../runs/lab"  # model folder, stage folder, run folder (its last model/), or Hub id
     out_dir: str = "runs/eval"  # predictions.jsonl, metrics.json and eval_config.json go here
     backend: Literal["hf", "vllm"] = "hf"  # hf: transformers generate; vllm: GPU engine (optional extra)
     chat: bool = False  # wrap each prompt in the model's chat template as one user turn
@@ -90,29 +89,56 @@ class EvalConfig:
 
 
 # ---------------------------------------------------------------------------------------------- model + backend
+def _is_model_dir(path: Path) -> bool:
+    """A transformers checkpoint: its ``config.json`` names a ``model_type`` (a stage's own config does not)."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "model_type" in config
+
+
+def _looks_like_path(model: str) -> bool:
+    """A name that can only be a local path: never sent to the Hub (which would be slow, then a traceback)."""
+    if model.startswith((".", "/", "~")) or "\\" in model or model.count("/") > 1:
+        return True
+    first = model.split("/", 1)[0]
+    return "/" in model and Path(first).is_dir()  # runs/x where ./runs exists: a path, not a Hub org
+
+
 def resolve_model(model: str | Path) -> str:
     """A model folder as is; a stage folder -> its `model/`; a run folder -> the last stage with a `model/`.
 
-    The stage order of a run folder comes from its resolved `config.yaml` (`stages:` mapping) when present,
-    else the most recently written `*/model/`. Anything that is not a local folder is passed on (a Hub id).
+    A folder is a model when its `config.json` has a `model_type` (a stage folder's own `config.json` is the
+    stage's settings, not a model's). The stage order of a run folder comes from its resolved `config.yaml`
+    (`stages:` mapping) when present, else the most recently written `*/model/`. A name that is not a local
+    folder is passed on as a Hub id, unless it can only be a path (`runs/x/sft`, `./m`): then it is an error.
     """
     p = Path(model).expanduser()
     if not p.is_dir():
-        if p.exists() or str(model).startswith((".", "/", "~")):
-            raise FileNotFoundError(f"model {model!r}: no such folder")
+        if p.exists():
+            raise FileNotFoundError(f"model {model!r}: a file, not a model folder")
+        if _looks_like_path(str(model)):
+            raise FileNotFoundError(f"model {model!r}: no such folder (looked in {Path.cwd()})")
         return str(model)
-    if (p / "config.json").is_file():
+    if _is_model_dir(p):
         return str(p)
-    if (p / "model" / "config.json").is_file():
+    if _is_model_dir(p / "model"):
         return str(p / "model")
-    candidates = [d.parent.parent for d in p.glob("*/model/config.json")]  # stage folders
+    candidates = [d.parent for d in p.glob("*/model") if _is_model_dir(d)]  # stage folders
     if not candidates:
-        raise FileNotFoundError(f"model {model!r}: neither a model folder (config.json) nor a run folder")
+        raise FileNotFoundError(
+            f"model {model!r}: neither a model folder (config.json with a model_type), a stage folder with "
+            "model/, nor a run folder with */model/"
+        )
     order = _stage_order(p)
     ranked = [c for c in candidates if c.name in order]
     if ranked:
-        return str(max(ranked, key=lambda c: order.index(c.name)) / "model")
-    return str(max(candidates, key=lambda c: (c / "model" / "config.json").stat().st_mtime) / "model")
+        chosen = max(ranked, key=lambda c: order.index(c.name))
+    else:
+        chosen = max(candidates, key=lambda c: (c / "model" / "config.json").stat().st_mtime)
+    log.info("model %s: the run folder's last stage with a model, %s", model, chosen / "model")
+    return str(chosen / "model")
 
 
 def _stage_order(run_dir: Path) -> list[str]:
@@ -123,6 +149,30 @@ def _stage_order(run_dir: Path) -> list[str]:
 
     stages = (yaml.safe_load(cfg.read_text()) or {}).get("stages") or {}
     return list(stages) if isinstance(stages, dict) else []
+
+
+DEMO_NOTE = (
+    "DEMO ITEMS: no benchmark data is configured (data_dir is None, $TULU_KIT_DATA is unset and {root} is "
+    "empty), so this runs on a few hand-written items shipped in tulu_kit/assets/eval_demo. They are not the "
+    "benchmark: the score means nothing. Set data_dir (or $TULU_KIT_DATA) to a folder with the benchmark files "
+    "(`tulu-kit data prepare-eval`) to run the real benchmark."
+)
+
+
+def with_demo_data(cfg: EvalConfig) -> EvalConfig:
+    """`cfg` as is when benchmark data is configured; else a copy on the shipped demo items, said loudly.
+
+    "Configured" means `data_dir` is set, or `$TULU_KIT_DATA` is, or the default root holds anything. The
+    eval notebooks call this so they run with their defaults on a fresh clone; `metrics.json` then records
+    `"demo_data": true`. The CLI does not: there a missing file stays an error naming it.
+    """
+    if cfg.data_dir is not None or os.environ.get("TULU_KIT_DATA"):
+        return cfg
+    root = data_root(None)
+    if root.is_dir() and any(root.iterdir()):
+        return cfg
+    log.warning(DEMO_NOTE.format(root=root))
+    return dataclasses.replace(cfg, data_dir="demo")
 
 
 def open_backend(cfg: EvalConfig) -> Backend:
@@ -438,6 +488,11 @@ class Scored:
 def finish(cfg: EvalConfig, scored: Scored) -> dict:
     """Write metrics.json (+ the resolved model and config) atomically under cfg.out_dir; return it."""
     metrics = {**scored.metrics, "model": cfg.model, "config": dataclasses.asdict(cfg)}
+    metrics["demo_data"] = str(cfg.data_dir) == "demo"  # hand-written items, not the benchmark
+    try:  # the model actually evaluated: a run folder given as `model` names its last stage's model/
+        metrics["model_dir"] = resolve_model(cfg.model)
+    except FileNotFoundError:  # scored from saved predictions after the model was moved
+        metrics["model_dir"] = None
     write_jsonl_atomic(Path(cfg.out_dir) / "results.jsonl", scored.verdicts)
     write_json_atomic(Path(cfg.out_dir) / "metrics.json", metrics)
     if metrics["score"] is None:  # nothing scored (no judge / classifier): "%.4f" % None would fail
@@ -560,16 +615,30 @@ def read_predictions(path: str | Path, benchmark: str = "") -> list[dict]:
 
 
 def score_file(
-    benchmark: str, predictions: str | Path, out_dir: str | Path | None = None, data_dir: str | None = None
+    benchmark: str,
+    predictions: str | Path,
+    out_dir: str | Path | None = None,
+    data_dir: str | None = None,
+    **options: Any,
 ) -> dict:
-    """Score a predictions JSONL made anywhere; with `out_dir` write metrics.json and results.jsonl there."""
+    """Score a predictions JSONL made anywhere; with `out_dir` write metrics.json and results.jsonl there.
+
+    `options` go to the benchmark's `score_predictions` (e.g. IFEval's `skip_unmatched`); one it does not
+    take is an error naming it.
+    """
+    import inspect
+
     mod = get_benchmark(benchmark)
+    accepted = inspect.signature(mod.score_predictions).parameters
+    for name in options:
+        if name not in accepted:
+            raise ValueError(f"{benchmark}: scoring has no option {name!r}")
     key = ALIASES.get(benchmark.lower(), benchmark.lower())
     preds = read_predictions(predictions, key)
     if not preds:
         raise PredictionError(f"{predictions}: no predictions")
     try:
-        scored = mod.score_predictions(preds, data_dir=data_dir)
+        scored = mod.score_predictions(preds, data_dir=data_dir, **options)
     except PredictionError:
         raise
     except KeyError as e:

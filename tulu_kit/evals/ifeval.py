@@ -19,6 +19,7 @@ Predictions use the official format: JSONL of {"prompt", "response"}.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from tulu_kit.evals.core import (
 )
 from tulu_kit.evals.data import MissingDataError, require_file
 from tulu_kit.io import iter_jsonl, write_jsonl
+
+log = logging.getLogger(__name__)
 
 NAME = "ifeval"
 FILE = "ifeval/input_data.jsonl"
@@ -76,16 +79,23 @@ CONFIG = IFEvalConfig
 
 
 # ---------------------------------------------------------------------------------------------- checkers
-def ensure_punkt(nltk_data: str | None = None) -> None:
-    """Make NLTK find punkt_tab (`nltk_data`, $NLTK_DATA, or <data root>/nltk_data, where prepare-eval puts it),
-    or raise a MissingDataError that says how."""
+def _nltk_paths(nltk_data: str | None, data_dir: str | None) -> None:
+    """Put `nltk_data`, $NLTK_DATA and <data root>/nltk_data (where prepare-eval puts it) on NLTK's path."""
     import nltk
 
     from tulu_kit.evals.data import data_root
 
-    for folder in (nltk_data, os.environ.get("NLTK_DATA"), str(data_root() / "nltk_data")):
+    for folder in (str(data_root(data_dir) / "nltk_data"), os.environ.get("NLTK_DATA"), nltk_data):
         if folder and folder not in nltk.data.path:
             nltk.data.path.insert(0, folder)
+
+
+def ensure_punkt(nltk_data: str | None = None, data_dir: str | None = None) -> None:
+    """Make NLTK find punkt_tab (`nltk_data`, $NLTK_DATA, or <data_dir>/nltk_data, where prepare-eval puts it),
+    or raise a MissingDataError that says how."""
+    import nltk
+
+    _nltk_paths(nltk_data, data_dir)
     try:
         nltk.data.find("tokenizers/punkt_tab/english/")
     except LookupError:
@@ -100,26 +110,35 @@ def needs_punkt(inputs: list[dict]) -> bool:
     return any(i in PUNKT_INSTRUCTIONS for r in inputs for i in r["instruction_id_list"])
 
 
-def checkers(nltk_data: str | None = None, punkt: bool = True):
-    """lm-eval's IFEval module. `punkt`: require punkt_tab first. Its import-time `nltk.download` is disabled:
-    nothing is fetched at run time (`tulu-kit data prepare-eval` does that)."""
+def checkers(nltk_data: str | None = None, punkt: bool = True, data_dir: str | None = None):
+    """lm-eval's IFEval module. `punkt`: require punkt_tab first. Its import-time `nltk.download` is disabled
+    (nothing is fetched at run time: `tulu-kit data prepare-eval` does that), and so is the "Downloaded
+    punkt_tab" it would print after that non-download."""
+    import contextlib
+    import io
+
     if punkt:
-        ensure_punkt(nltk_data)
+        ensure_punkt(nltk_data, data_dir)
+    else:
+        _nltk_paths(nltk_data, data_dir)
     import langdetect
     import nltk
 
     langdetect.DetectorFactory.seed = 0
     download, nltk.download = nltk.download, lambda *a, **k: False
     try:
-        from lm_eval.tasks.ifeval import utils
+        with contextlib.redirect_stdout(io.StringIO()):
+            from lm_eval.tasks.ifeval import utils
     finally:
         nltk.download = download
     return utils
 
 
-def check(inp: dict, response: str, nltk_data: str | None = None) -> tuple[list[bool], list[bool]]:
+def check(
+    inp: dict, response: str, nltk_data: str | None = None, data_dir: str | None = None
+) -> tuple[list[bool], list[bool]]:
     """(strict, loose) verdict per instruction of one input row for `response`."""
-    utils = checkers(nltk_data, punkt=needs_punkt([inp]))
+    utils = checkers(nltk_data, punkt=needs_punkt([inp]), data_dir=data_dir)
     example = utils.InputExample(
         key=inp["key"],
         instruction_id_list=inp["instruction_id_list"],
@@ -157,13 +176,15 @@ def score_predictions(
     data_dir: str | None = None,
     nltk_data: str | None = None,
     inputs: list[dict] | None = None,
+    skip_unmatched: bool = False,
 ) -> Scored:
     """Score {"prompt", "response"} rows (a "output" field is accepted for "response"); prompts are matched
-    exactly, as the official scorer does."""
+    exactly, as the official scorer does. `skip_unmatched`: leave out (and count) rows whose prompt is not an
+    input prompt, instead of stopping: the official GPT-4 response file has one such row."""
     inputs = inputs if inputs is not None else load_inputs(data_dir)
     by_prompt = {r["prompt"]: r for r in inputs}
     values: dict[str, list[float]] = {m: [] for m in METRICS}
-    verdicts = []
+    verdicts, unmatched = [], []
     for row, p in enumerate(preds, 1):
         if "prompt" not in p:
             raise ValueError(f"prediction {row}: missing field 'prompt' (format: {{prompt, response}})")
@@ -171,11 +192,15 @@ def score_predictions(
         if not isinstance(response, str):
             raise ValueError(f"prediction {row}: missing string field 'response'")
         inp = by_prompt.get(p["prompt"])
+        if inp is None and skip_unmatched:
+            unmatched.append(row)
+            continue
         if inp is None:
             raise ValueError(
-                f"prediction {row}: prompt {p['prompt'][:80]!r}... is not an IFEval input prompt"
+                f"prediction {row}: prompt {p['prompt'][:80]!r}... is not an IFEval input prompt "
+                "(prompts must match exactly; --skip-unmatched leaves such rows out and counts them)"
             )
-        strict, loose = check(inp, response, nltk_data)
+        strict, loose = check(inp, response, nltk_data, data_dir)
         values["prompt_level_strict_acc"].append(float(all(strict)))
         values["prompt_level_loose_acc"].append(float(all(loose)))
         values["inst_level_strict_acc"] += [float(x) for x in strict]
@@ -191,9 +216,15 @@ def score_predictions(
             }
         )
     extra = {m: sum(v) / len(v) if v else float("nan") for m, v in values.items()}
+    if unmatched:
+        extra["unmatched_rows"] = unmatched
+        log.warning(
+            "%d prediction(s) skipped: prompt not an IFEval input (rows %s)", len(unmatched), unmatched
+        )
     metrics = make_metrics(
         NAME, "prompt_level_loose_acc", values["prompt_level_loose_acc"], PROTOCOL, extra=extra
     )
+    metrics["counts"]["unmatched"] = len(unmatched)
     return Scored(metrics, verdicts)
 
 
@@ -201,10 +232,11 @@ def run(cfg: IFEvalConfig, backend=None) -> dict:
     """Generate responses, save them in the official format (responses.jsonl), score strict and loose."""
     inputs = take(load_inputs(cfg.data_dir), cfg.max_examples, cfg.seed)
     if needs_punkt(inputs):
-        ensure_punkt(cfg.nltk_data)  # fail before generating, not after
+        ensure_punkt(cfg.nltk_data, cfg.data_dir)  # fail before generating, not after
     examples = [{"id": str(r["key"]), "text": r["prompt"]} for r in inputs]
     params = GenParams(max_new_tokens=cfg.max_new_tokens or 2048)
     preds = generate_predictions(cfg, examples, lambda e, chat: (e["text"], ""), params, backend)
     official = [{"prompt": p["text"], "response": p["output"]} for p in preds]
     write_jsonl(Path(cfg.out_dir) / "responses.jsonl", official)
-    return finish(cfg, score_predictions(official, nltk_data=cfg.nltk_data, inputs=inputs))
+    scored = score_predictions(official, cfg.data_dir, nltk_data=cfg.nltk_data, inputs=inputs)
+    return finish(cfg, scored)

@@ -1,0 +1,95 @@
+"""Point by point, the command line answers a user's mistake with one line, or just works."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+
+import pytest
+
+from tulu_kit.cli import main
+from tulu_kit.config import apply_overrides, parse_value
+
+
+def _fails(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tulu-kit: ") and "Traceback" not in err
+    return err
+
+
+def test_empty_override_is_the_empty_string():
+    assert parse_value("") == "" and parse_value("null") is None
+    raw = apply_overrides({"stages": {"sft": {"eval_file": "x"}}}, ["sft.eval_file="], "r.yaml")
+    assert raw["stages"]["sft"]["eval_file"] == ""
+
+
+def test_eval_model_paths_fail_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    err = _fails(capsys, ["eval", "gsm8k", "--model", "runs/x/sft", "--data-dir", "demo"])
+    assert "model 'runs/x/sft': no such folder" in err
+
+
+def test_ties_without_base_and_prepare_eval_offline(tmp_path, monkeypatch, capsys):
+    err = _fails(capsys, ["merge", "models", "a", "b", "--method", "ties", "--out", str(tmp_path / "m")])
+    assert "--method ties adds task vectors to a base model: give --base-model" in err
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    err = _fails(capsys, ["data", "prepare-eval", "--only", "gsm8k", "--data-dir", str(tmp_path / "d")])
+    assert "could not download" in err and "name resolution" in err and "needs a network" in err
+
+
+def test_format_typo_says_did_you_mean(tmp_path, capsys):
+    err = _fails(capsys, ["data", "mix", "--sft", "alpca:x.json", "1.0", "--out", str(tmp_path / "o")])
+    assert "unknown format 'alpca' (did you mean 'alpaca'?)" in err
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["score", "--help"], ['"task_id", "completion"', "--skip-unmatched", "ifeval"]),
+        (["merge", "diff", "--help"], ["the fine-tuned model folder", "example: tulu-kit merge diff"]),
+        (["merge", "recover", "--help"], ["the diff folder written by `merge diff`"]),
+        (["data", "mix", "--help"], ["preference formats: ", "ultrafeedback", "synthetic_sft", "AMOUNT"]),
+    ],
+)
+def test_help_lists_what_a_command_accepts(argv, expected, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and all(e in out for e in expected), out
+
+
+def test_ifeval_official_responses_skip_and_count_the_unmatched_row(tmp_path, shared_data, capsys):
+    pytest.importorskip("lm_eval")
+    data = tmp_path / "data"
+    (data / "ifeval").mkdir(parents=True)
+    inputs = (shared_data / "ifeval" / "input_data.jsonl").read_text().splitlines()
+    responses = (shared_data / "ifeval" / "input_response_data_gpt4_20231107_145030.jsonl").read_text()
+    (data / "ifeval" / "input_data.jsonl").write_text("\n".join(inputs[:40]) + "\n")
+    (data / "nltk_data").symlink_to(shared_data / "nltk_data")  # punkt_tab under --data-dir is found
+    kept = [
+        r
+        for r in responses.splitlines()
+        if json.loads(r)["prompt"] in {json.loads(i)["prompt"] for i in inputs[:40]}
+    ]
+    preds = tmp_path / "p.jsonl"
+    preds.write_text(
+        "\n".join(kept[:10] + [json.dumps({"prompt": "not an IFEval prompt", "response": "x"})]) + "\n"
+    )
+    err = _fails(capsys, ["score", "ifeval", "--predictions", str(preds), "--data-dir", str(data)])
+    assert "prediction 11" in err and "--skip-unmatched" in err
+    args = ["score", "ifeval", "--predictions", str(preds), "--data-dir", str(data), "--skip-unmatched"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    metrics = json.loads(captured.out)
+    assert (
+        metrics["counts"]["unmatched"] == 1
+        and metrics["counts"]["n"] == 10
+        and metrics["unmatched_rows"] == [11]
+    )
+    assert "Downloaded punkt_tab" not in captured.out + captured.err
