@@ -172,8 +172,10 @@ def train(cfg: DPOConfig, callbacks=None) -> dict:
 
     # ---- save: model, metrics plot, result
     model_dir = training.save_model(trainer, cfg)
-    if trainer.accelerator.is_main_process:
-        plot_metrics(trainer.state.log_history, Path(cfg.out_dir) / "metrics.png")
+    if trainer.accelerator.is_main_process:  # saved, and closed so that a notebook does not show it here too
+        import matplotlib.pyplot as plt
+
+        plt.close(plot_metrics(trainer.state.log_history, Path(cfg.out_dir) / "metrics.png"))
     return training.finish(
         trainer, cfg, "dpo", model_dir, runtime, loss_type=cfg.loss_type, reference=cfg.reference, **info,
         eval_before=_pref_metrics(before), eval_after=_pref_metrics(after),

@@ -120,6 +120,31 @@ def _rows(pairs: list[dict], tokenizer, max_length: int, source: str) -> tuple[l
     return full, stats.summary()
 
 
+def _load_reward_model(cfg: RewardConfig):
+    """The SFT backbone with a new scalar head. transformers' load report (which flags the new head as missing)
+    is replaced by a check: the head must be the only weights not loaded, else a clear error."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            cfg.model,
+            num_labels=1,
+            dtype=torch.bfloat16 if cfg.bf16 else torch.float32,
+            attn_implementation=models.resolve_attention(cfg.attn_implementation),
+            output_loading_info=True,
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = [k for k in info.get("missing_keys", ()) if not k.startswith("score.")]
+    if missing:
+        raise ValueError(f"{cfg.model}: weights missing beyond the new reward head: {sorted(missing)[:5]}")
+    logger.info("reward head 'score' initialised fresh; every other weight loaded from %s", cfg.model)
+    return model
+
+
 def trl_args(cfg: RewardConfig, has_eval: bool):
     """Our config -> TRL's RewardConfig (TrainingArguments)."""
     from trl import RewardConfig as TRLRewardConfig
@@ -132,7 +157,7 @@ def trl_args(cfg: RewardConfig, has_eval: bool):
 def train(cfg: RewardConfig, callbacks=None) -> dict:
     """Train in this process (one rank of a launched job, or alone); rank 0 writes the model and the result."""
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, set_seed
+    from transformers import set_seed
     from trl import RewardTrainer
 
     from tulu_kit.data.pairs import split_pairs
@@ -147,12 +172,7 @@ def train(cfg: RewardConfig, callbacks=None) -> dict:
 
     # ---- model: the SFT backbone with a new scalar head (its weights are the only ones not loaded)
     args = trl_args(cfg, has_eval=bool(eval_rows))
-    model = AutoModelForSequenceClassification.from_pretrained(
-        cfg.model,
-        num_labels=1,
-        dtype=torch.bfloat16 if cfg.bf16 else torch.float32,
-        attn_implementation=models.resolve_attention(cfg.attn_implementation),
-    )
+    model = _load_reward_model(cfg)
     model.config.pad_token_id = tokenizer.pad_token_id
     trainer = RewardTrainer(
         model=model,

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import types
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ from tulu_kit import losses
 from tulu_kit.io import atomic_path
 
 logger = logging.getLogger(__name__)
+# TRL 1.16 reads `model.is_gradient_checkpointing`, which transformers 5 deprecates: the warning is TRL's, not the
+# user's to act on.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 # (class path, attribute) for every private TRL name this module overrides, calls or reads.
 PRIVATE_SURFACE: list[tuple[str, str]] = [

@@ -273,7 +273,7 @@ def training_arguments(cfg: TrainingFields, trl_config_cls: type, has_eval: bool
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         per_device_eval_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing=cfg.gradient_checkpointing,  # transformers 5's name for it
         bf16=cfg.bf16,
         use_cpu=not torch.cuda.is_available(),
         seed=cfg.seed,
