@@ -218,8 +218,8 @@ def template_name(tokenizer) -> str | None:
 
 
 def template_hash(tokenizer) -> str | None:
-    """sha256 (first 16 hex digits) of the tokenizer's chat template text, or None without one."""
-    template = getattr(tokenizer, "chat_template", None)
+    """sha256 (first 16 hex digits) of a chat template: the tokenizer's, or a template text; None without one."""
+    template = tokenizer if isinstance(tokenizer, str) else getattr(tokenizer, "chat_template", None)
     if not isinstance(template, str):
         return None
     return hashlib.sha256(template.encode("utf-8")).hexdigest()[:16]
