@@ -45,7 +45,7 @@ def test_an_eval_result_records_what_the_score_depends_on(tiny_model, tmp_path):
     assert m["decoding"]["temperature"] == 0.0
     assert m["batch_size"] == 4 and m["backend"] == "hf"
     assert m["data"]["path"] == "gsm8k/test.jsonl" and m["data"]["sha256"] == _demo_gsm8k_hash()
-    assert m["n_examples"] == n == result["counts"]["n"]
+    assert m["n_examples"] == n == result["counts"]["n"] and m["n_predictions"] == n
 
 
 def test_manifest_diff_names_every_setting_that_differs(tiny_model, tmp_path):
@@ -70,6 +70,6 @@ def test_score_file_records_data_and_count_but_no_generation_settings(tmp_path):
     written = read_json(tmp_path / "out" / "metrics.json")
     assert written["manifest"] == metrics["manifest"]
     m = metrics["manifest"]
-    assert m["n_examples"] == 2 and m["data"]["sha256"] == _demo_gsm8k_hash()
+    assert m["n_examples"] == m["n_predictions"] == 2 and m["data"]["sha256"] == _demo_gsm8k_hash()
     assert m["chat_template"] == {"sha256": None, "applied": None} and m["decoding"] is None
     assert "transformers" in m["versions"]

@@ -411,7 +411,9 @@ def finish(cfg: EvalConfig, scored: Scored, params: GenParams | None = None) -> 
         f"eval_{metrics['benchmark']}",
         model_dir=_model_dir(cfg.model),
         **metrics,
-        manifest=eval_manifest(metrics["benchmark"], scored.metrics, cfg, params),
+        manifest=eval_manifest(
+            metrics["benchmark"], scored.metrics, cfg, params, n_predictions=len(scored.verdicts)
+        ),
     )
     if metrics["score"] is None:  # nothing scored (no judge / classifier): "%.4f" % None would fail
         log.info("%s: %s not scored", metrics["benchmark"], metrics["metric"])
@@ -480,6 +482,7 @@ def eval_manifest(
     cfg: EvalConfig | None = None,
     params: GenParams | None = None,
     data_dir: str | None = None,
+    n_predictions: int | None = None,
 ) -> dict:
     """What an eval score depends on beyond the library versions (which ``results.manifest`` adds).
 
@@ -491,7 +494,8 @@ def eval_manifest(
 
     protocol = metrics.get("protocol") or {}
     out: dict = {
-        "n_examples": (metrics.get("counts") or {}).get("n"),
+        "n_examples": (metrics.get("counts") or {}).get("n"),  # what the score averages over
+        "n_predictions": n_predictions,  # records scored (samples for the code benchmarks)
         "data": _data_fingerprint(
             benchmark, cfg.data_dir if cfg else data_dir, getattr(cfg, "version", None)
         ),
@@ -565,7 +569,7 @@ def score_file(
 
     key = ALIASES.get(benchmark.lower(), benchmark.lower())
     fields = {**scored.metrics, "predictions": str(predictions)}
-    extra = eval_manifest(key, scored.metrics, data_dir=data_dir)
+    extra = eval_manifest(key, scored.metrics, data_dir=data_dir, n_predictions=len(preds))
     if out_dir is None:
         return {**fields, "manifest": manifest(**extra)}
     write_jsonl_atomic(Path(out_dir) / "results.jsonl", scored.verdicts)
