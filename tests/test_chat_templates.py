@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tulu_kit.data.masks import assistant_token_masks, prepare_messages, template_profile
 from tulu_kit.data.packing import PackingCollator
 from tulu_kit.data.templates import (
     CHAT_TEMPLATES,
@@ -25,13 +26,7 @@ from tulu_kit.data.templates import (
     template_name,
     trl_templates,
 )
-from tulu_kit.data.tokenize import (
-    IGNORE_INDEX,
-    assistant_token_masks,
-    template_profile,
-    tokenize_preference,
-    tokenize_sft,
-)
+from tulu_kit.data.tokenize import IGNORE_INDEX, tokenize_preference, tokenize_sft
 from tulu_kit.models import load_model, load_tokenizer
 
 ASSETS = Path(__file__).parent / "assets"
@@ -253,8 +248,6 @@ def test_the_generation_prompt_is_how_training_text_starts(tokenizers, name, dat
     messages = data.draw(conversations(thinking=name in THINKING))
     if _refused(name, messages):
         return
-    from tulu_kit.data.tokenize import prepare_messages
-
     prepared = prepare_messages(messages, template_profile(tok))
     prompt = tok.apply_chat_template(prepared[:-1], tokenize=False, add_generation_prompt=True)
     assert tok.apply_chat_template(prepared, tokenize=False).startswith(prompt)

@@ -9,6 +9,12 @@ BOS: a template begins with ``{{ bos_token }}`` when the tokenizer adds BOS on a
 so the rendered text carries exactly one BOS and must be tokenized with ``add_special_tokens=False`` -- which is
 what ``apply_chat_template(tokenize=True)``, TRL and vLLM do (and what the HF docs ask of a separate tokenize
 step). ``encode_chat`` does it for you. Used by notebooks 00 and 01 and by every training and eval stage.
+
+By name (:func:`set_chat_template`): the kit's ``tulu``, ``tulu_thinker`` and ``olmo`` (open-instruct's templates of
+those names, rendering the same text, with generation marks added), ``chatml``, ``llama3``, ``zephyr``; and each
+of TRL's training templates as ``trl/<model>`` (``trl/qwen3``, ``trl/gemma3``, ...: TRL's
+``chat_templates/*_training.jinja``, used verbatim). Whether a template trains exactly what it should is not
+taken on trust: ``tulu_kit.data.tokenize.template_profile`` probes it and every tokenized row is checked.
 """
 
 from __future__ import annotations
