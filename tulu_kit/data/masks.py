@@ -82,9 +82,8 @@ class TemplateProfile:
 
     name: str  # how errors name the template
     merge_system: bool  # the template refuses a system turn: it is merged into the first user turn
-    content_parts: (
-        bool  # the template reads [{"type": "text", "text": ...}] content (vision-language templates)
-    )
+    # the template reads only [{"type": "text", "text": ...}] content (vision-language templates)
+    content_parts: bool
     decorations: tuple[tuple[str, str], tuple[str, str]]  # (before, after) the reply: (non-final, final turn)
     reply_prefix: str  # what the generation prompt already holds that every reply must open with ("<think>")
 
