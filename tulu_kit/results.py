@@ -56,6 +56,27 @@ def manifest(**extra: Any) -> dict:
     return {"versions": library_versions(), **extra}
 
 
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def manifest_diff(a: dict, b: dict) -> dict:
+    """What differs between two manifests: ``{"versions.trl": ("1.16.0", "1.17.0"), ...}`` (empty: comparable).
+
+    ``a`` and ``b`` are manifests or whole results (their ``manifest`` is compared); nested keys are dotted, and
+    a key that only one side records shows ``None`` on the other.
+    """
+    fa = _flatten(a["manifest"] if isinstance(a.get("manifest"), dict) else a)
+    fb = _flatten(b["manifest"] if isinstance(b.get("manifest"), dict) else b)
+    return {k: (fa.get(k), fb.get(k)) for k in sorted(fa.keys() | fb.keys()) if fa.get(k) != fb.get(k)}
+
+
 def write_result(out_dir: str | Path, stage: str, model_dir: str | Path | None = None, **fields: Any) -> dict:
     """Write ``<out_dir>/metrics.json`` atomically and return what was written.
 

@@ -6,9 +6,8 @@ content plus the eos that ends it, i.e. the ``{% generation %}`` spans) and are 
 open-instruct's ``sft_tulu_tokenize_and_truncate``. Sequences are cut from the right at ``max_length``; an example
 left with no trainable token is dropped and counted (it would give a 0/0 = NaN loss).
 
-A template without ``{% generation %}`` marks (a tokenizer's own) falls back to open-instruct's Tulu 2 method:
-the assistant span of turn i runs from the end of ``render(messages[:i], add_generation_prompt=True)`` to the end
-of ``render(messages[:i+1])``.
+Masks and their checks live in :mod:`tulu_kit.data.masks` (a template is probed once and every row is checked:
+a template that would train the wrong tokens stops with a :class:`ChatTemplateError` naming it).
 
 Preference: ``prompt_ids`` is the rendered shared prompt with the generation prompt, ``chosen_ids`` /
 ``rejected_ids`` the tokens that follow it in the rendered full conversations (TRL's ``DataCollatorForPreference``
@@ -18,11 +17,20 @@ layout), so prompt, chosen and rejected use one template.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from tulu_kit.data.templates import encode_chat, has_generation_marks
+from tulu_kit.data.masks import (  # noqa: F401  (re-exported: the mask API of tokenization)
+    ChatTemplateError,
+    TemplateProfile,
+    apply_template_conventions,
+    assistant_token_masks,
+    check_masks,
+    prepare_messages,
+    template_profile,
+)
+from tulu_kit.data.templates import encode_chat
 from tulu_kit.data.validate import BadRowError, validate_messages, validate_preference
 
 logger = logging.getLogger(__name__)
@@ -68,35 +76,6 @@ def _conversation(item: Any, index: int, source: str) -> list[dict]:
     return validate_messages(item, source=source, row=index)
 
 
-def _masks_by_prefix(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
-    """Tulu 2's prefix method, for templates without ``{% generation %}`` marks."""
-    ids = encode_chat(tokenizer, messages)
-    mask = [0] * len(ids)
-    for i, msg in enumerate(messages):
-        if msg["role"] != "assistant":
-            continue
-        start = len(encode_chat(tokenizer, messages[:i], add_generation_prompt=True))
-        end = min(len(encode_chat(tokenizer, messages[: i + 1])), len(ids))
-        # a template may put a separator after the turn's eos (ChatML's "\n"): the reply ends at its eos
-        eos_at = [t for t in range(start, end) if ids[t] == tokenizer.eos_token_id]
-        end = eos_at[-1] + 1 if eos_at else end
-        for t in range(start, end):
-            mask[t] = 1
-    return ids, mask
-
-
-def assistant_token_masks(
-    tokenizer, conversations: Sequence[list[dict]]
-) -> list[tuple[list[int], list[int]]]:
-    """``(input_ids, mask)`` per conversation; mask is 1 on assistant content + eos tokens."""
-    if not has_generation_marks(tokenizer):
-        return [_masks_by_prefix(tokenizer, conv) for conv in conversations]
-    out = tokenizer.apply_chat_template(
-        list(conversations), tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-    )
-    return [(list(ids), list(mask)) for ids, mask in zip(out["input_ids"], out["assistant_masks"])]
-
-
 def _keep_last_span(mask: list[int]) -> list[int]:
     out = [0] * len(mask)
     i = len(mask) - 1
@@ -115,11 +94,13 @@ def tokenize_sft(
     *,
     train_on: Literal["all_assistant", "last_assistant"] = "all_assistant",
     source: str = "<sft>",
+    check: bool = True,
 ) -> tuple[list[dict], TokenizeStats]:
     """Tokenize conversations (rows with ``messages`` or bare message lists) into ``input_ids``/``labels`` rows.
 
     Returns the kept rows and a :class:`TokenizeStats`. Every assistant turn is trained (``train_on="all_assistant"``,
-    Tulu's default) or only the last one.
+    Tulu's default) or only the last one. With ``check`` (the default) every row's mask is checked before it is
+    cut (:func:`check_masks`): a template that would train the wrong tokens stops with a :class:`ChatTemplateError`.
     """
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2, got {max_length}")
@@ -130,7 +111,12 @@ def tokenize_sft(
         convs = [
             _conversation(item, start + j, source) for j, item in enumerate(items[start : start + _BATCH])
         ]
-        for j, (ids, mask) in enumerate(assistant_token_masks(tokenizer, convs)):
+        encoded = assistant_token_masks(tokenizer, convs)
+        if check:
+            check_masks(
+                tokenizer, template_profile(tokenizer), convs, encoded, source=source, first_row=start
+            )
+        for j, (ids, mask) in enumerate(encoded):
             if train_on == "last_assistant":
                 mask = _keep_last_span(mask)
             if len(ids) > max_length:
@@ -181,10 +167,12 @@ def tokenize_preference(
     items = list(pairs)
     stats = TokenizeStats(n_input=len(items))
     rows: list[dict] = []
+    profile = template_profile(tokenizer)
     for i, item in enumerate(items):
         pair = validate_preference(item, source=source, index=i)
-        prompt = encode_chat(tokenizer, pair["chosen"][:-1], add_generation_prompt=True)
-        full = {k: encode_chat(tokenizer, pair[k]) for k in ("chosen", "rejected")}
+        convs = {k: prepare_messages(pair[k], profile) for k in ("chosen", "rejected")}
+        prompt = encode_chat(tokenizer, convs["chosen"][:-1], add_generation_prompt=True)
+        full = {k: encode_chat(tokenizer, v) for k, v in convs.items()}
         n_prompt = min(_common_prefix(prompt, full["chosen"]), _common_prefix(prompt, full["rejected"]))
         if n_prompt < len(prompt):
             logger.warning("%s: row %d: rendered prompt is not a prefix of the full conversation", source, i)

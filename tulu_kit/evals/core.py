@@ -485,16 +485,25 @@ class Scored:
     verdicts: list[dict] = field(default_factory=list)
 
 
-def finish(cfg: EvalConfig, scored: Scored) -> dict:
-    """Write metrics.json (+ the resolved model and config) atomically under cfg.out_dir; return it."""
+def finish(cfg: EvalConfig, scored: Scored, params: GenParams | None = None) -> dict:
+    """Write metrics.json (with the config and a manifest) and results.jsonl under cfg.out_dir; return metrics.
+
+    The manifest (:func:`eval_manifest`) records what the score depends on, so two numbers can be compared.
+    """
+    from tulu_kit.results import write_result
+
     metrics = {**scored.metrics, "model": cfg.model, "config": dataclasses.asdict(cfg)}
     metrics["demo_data"] = str(cfg.data_dir) == "demo"  # hand-written items, not the benchmark
-    try:  # the model actually evaluated: a run folder given as `model` names its last stage's model/
-        metrics["model_dir"] = resolve_model(cfg.model)
-    except FileNotFoundError:  # scored from saved predictions after the model was moved
-        metrics["model_dir"] = None
     write_jsonl_atomic(Path(cfg.out_dir) / "results.jsonl", scored.verdicts)
-    write_json_atomic(Path(cfg.out_dir) / "metrics.json", metrics)
+    metrics = write_result(
+        cfg.out_dir,
+        f"eval_{metrics['benchmark']}",
+        model_dir=_model_dir(cfg.model),  # the model actually evaluated (a run folder names its last model/)
+        **metrics,
+        manifest=eval_manifest(
+            metrics["benchmark"], scored.metrics, cfg, params, n_predictions=len(scored.verdicts)
+        ),
+    )
     if metrics["score"] is None:  # nothing scored (no judge / classifier): "%.4f" % None would fail
         log.info("%s: %s not scored", metrics["benchmark"], metrics["metric"])
     else:
@@ -506,6 +515,99 @@ def finish(cfg: EvalConfig, scored: Scored) -> dict:
             metrics["stderr"],
         )
     return metrics
+
+
+def _model_dir(model: str) -> str:
+    try:
+        return resolve_model(model)
+    except (FileNotFoundError, OSError):
+        return str(model)
+
+
+def _chat_template_text(model: str) -> str | None:
+    """The chat template saved with a local model (chat_template.jinja or tokenizer_config.json), or None."""
+    folder = Path(_model_dir(model))
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    config = folder / "tokenizer_config.json"
+    if config.is_file():
+        template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+        return template if isinstance(template, str) else None
+    return None
+
+
+# benchmark -> the data its score depends on, under the data root (when the module's FILE does not say)
+_DATA = {"mmlu": "mmlu", "bbh": "bbh", "tydiqa": "tydiqa_goldp", "toxigen": "toxigen/prompts"}
+
+
+def _data_fingerprint(benchmark: str, data_dir: str | None, version: str | None = None) -> dict:
+    """sha256 (16 hex digits) over the benchmark's data file(s): each relative path and its bytes."""
+    import hashlib
+
+    try:
+        rel = getattr(get_benchmark(benchmark), "FILE", None)
+    except ValueError:
+        return {"path": None, "sha256": None}
+    if benchmark == "truthfulqa":
+        rel = f"truthfulqa/{version or 'v1_817'}/TruthfulQA.csv"
+    elif benchmark == "alpaca_eval":
+        rel = "alpaca_eval/results"
+    elif not isinstance(rel, str) or "{" in rel:
+        rel = _DATA.get(benchmark, benchmark)
+    root = data_root(data_dir)
+    path = root / rel
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for f in files:
+        if not f.is_file():
+            return {"path": rel, "sha256": None}
+        digest.update(str(f.relative_to(root)).encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+    return {"path": rel, "sha256": digest.hexdigest()[:16]}  # no root: the same data anywhere compares equal
+
+
+def eval_manifest(
+    benchmark: str,
+    metrics: dict,
+    cfg: EvalConfig | None = None,
+    params: GenParams | None = None,
+    data_dir: str | None = None,
+    n_predictions: int | None = None,
+) -> dict:
+    """What an eval score depends on beyond the library versions (which ``results.manifest`` adds).
+
+    Chat template (hash of the model's template, and whether prompts went through it), decoding settings,
+    batch size, backend, the data file's hash and the number of examples scored. Without ``cfg`` (scoring a
+    predictions file made elsewhere) the generation side is unknown and recorded as ``None``.
+    """
+    from tulu_kit.data.templates import template_hash
+
+    protocol = metrics.get("protocol") or {}
+    out: dict = {
+        "n_examples": (metrics.get("counts") or {}).get("n"),  # what the score averages over
+        "n_predictions": n_predictions,  # records scored (samples for the code benchmarks)
+        "data": _data_fingerprint(
+            benchmark, cfg.data_dir if cfg else data_dir, getattr(cfg, "version", None)
+        ),
+    }
+    if cfg is None:
+        out.update(chat_template={"sha256": None, "applied": None}, decoding=None, batch_size=None)
+        return out
+    decoding = dataclasses.asdict(params) if params else {"max_new_tokens": cfg.max_new_tokens}
+    decoding["protocol"] = protocol.get("decoding")
+    out.update(
+        chat_template={
+            "sha256": template_hash(_chat_template_text(cfg.model)),
+            "applied": cfg.chat,
+        },
+        decoding=decoding,
+        batch_size=cfg.batch_size,
+        backend=cfg.backend,
+        dtype=cfg.dtype,
+        n_shot=cfg.n_shot,
+        seed=cfg.seed,
+        max_examples=cfg.max_examples,
+    )
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- registry
@@ -645,11 +747,14 @@ def score_file(
         raise PredictionError(f"{predictions}: a record lacks the field {e.args[0]!r}") from e
     except (ValueError, TypeError, AttributeError) as e:  # a record the scorer cannot use
         raise PredictionError(f"{predictions}: {e}") from e
-    metrics = {**scored.metrics, "predictions": str(predictions)}
-    if out_dir is not None:
-        write_jsonl_atomic(Path(out_dir) / "results.jsonl", scored.verdicts)
-        write_json_atomic(Path(out_dir) / "metrics.json", metrics)
-    return metrics
+    from tulu_kit.results import manifest, write_result
+
+    fields = {**scored.metrics, "predictions": str(predictions)}
+    extra = eval_manifest(key, scored.metrics, data_dir=data_dir, n_predictions=len(preds))
+    if out_dir is None:
+        return {**fields, "manifest": manifest(**extra)}
+    write_jsonl_atomic(Path(out_dir) / "results.jsonl", scored.verdicts)
+    return write_result(out_dir, f"eval_{key}", model_dir=None, **fields, manifest=extra)
 
 
 def evaluate(benchmark: str, **overrides: Any) -> dict:
