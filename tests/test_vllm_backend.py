@@ -384,3 +384,17 @@ def test_predict_frees_a_backend_it_opened(monkeypatch, tmp_path):
     given = Closable()
     core.predict(dataclasses.replace(cfg, out_dir=str(tmp_path / "b")), examples, lambda be, c: c, given)
     assert Closable.closed == 1  # a backend the caller passed in stays open
+
+
+def test_cli_eval_flags_reach_the_config(tiny_model, tmp_path):
+    from tulu_kit.cli import main
+
+    out = tmp_path / "cli"
+    args = ["eval", "gsm8k", "--model", str(tiny_model), "--data-dir", "demo", "--max-examples", "1"]
+    args += ["--max-new-tokens", "2", "--out", str(out), "--top-k", "7", "--max-model-len", "256"]
+    args += ["--gpu-memory-utilization", "0.5", "--tensor-parallel-size", "2", "--seed", "3"]
+    assert main(args) == 0
+    recorded = json.loads((out / "metrics.json").read_text())["config"]
+    assert (recorded["top_k"], recorded["max_model_len"], recorded["seed"]) == (7, 256, 3)
+    assert (recorded["gpu_memory_utilization"], recorded["tensor_parallel_size"]) == (0.5, 2)
+    assert (recorded["temperature"], recorded["top_p"]) == (0.0, 1.0)  # unset: the benchmark's (greedy)
