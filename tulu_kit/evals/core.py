@@ -94,6 +94,12 @@ class EvalConfig:
     gpu_memory_utilization: float = 0.9  # vLLM: fraction of each GPU for weights + KV cache
     tensor_parallel_size: int = 1  # vLLM: GPUs one model is split across (70B: 4 or 8)
 
+    def sampling(self, params: GenParams) -> GenParams:
+        """A benchmark's `params` (budget, stop strings) with this config's temperature, top_p, top_k, seed."""
+        return dataclasses.replace(
+            params, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, seed=self.seed
+        )
+
 
 # ---------------------------------------------------------------------------------------------- model + backend
 def resolve_model(model: str | Path) -> str:
@@ -353,9 +359,7 @@ def generate_predictions(
 
     Sampling (temperature, top_p, top_k, seed) comes from `cfg`, so what metrics.json records is what ran.
     """
-    params = dataclasses.replace(
-        params, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed
-    )
+    params = cfg.sampling(params)
 
     def compute(be: Backend, chunk: list[dict]) -> list[dict]:
         pairs = [build(e, cfg.chat) for e in chunk]
