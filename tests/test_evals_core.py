@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tulu_kit.evals import core
-from tulu_kit.evals.backends import GenParams, HFBackend, VLLMBackend, cut_at_stop
+from tulu_kit.evals.backends import GenParams, HFBackend, cut_at_stop
 from tulu_kit.evals.data import MissingDataError, data_root, require_file
 
 BENCHMARKS = ["gsm8k", "math", "mmlu", "bbh", "tydiqa", "truthfulqa"]
@@ -69,64 +69,6 @@ def test_choice_logprobs_match_single_token_loglikelihood(backend):
     ll = backend.loglikelihood([("Answer:", " " + c) for c in choices])
     assert lp[0] == pytest.approx([s for s, _ in ll], abs=1e-4)
     assert lp[0] != lp[1]
-
-
-class _FakeOutput:
-    def __init__(self, text, prompt_logprobs):
-        self.outputs = [type("C", (), {"text": text})()]
-        self.prompt_logprobs = prompt_logprobs
-
-
-class FakeLLM:
-    """Quacks like vllm.LLM: text outputs are canned, prompt log-probs come from the HF tiny model."""
-
-    def __init__(self, backend):
-        self.backend, self.calls = backend, []
-
-    def get_tokenizer(self):
-        return self.backend.tokenizer
-
-    def generate(self, prompts, sp, use_tqdm=False):
-        self.calls.append(sp)
-        outs = []
-        for p in prompts:
-            ids = p["prompt_token_ids"]
-            plp = None
-            if sp.prompt_logprobs is not None:
-                with torch.no_grad():
-                    lp = torch.log_softmax(self.backend.model(torch.tensor([ids])).logits[0].float(), -1)
-                plp = [None] + [
-                    {t: type("L", (), {"logprob": lp[i - 1, t].item()})()} for i, t in enumerate(ids) if i
-                ]
-            outs.append(_FakeOutput("answer 42\n\nQ: next", plp))
-        return outs
-
-
-@dataclasses.dataclass
-class FakeSamplingParams:
-    n: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 16
-    stop: list | None = None
-    seed: int | None = None
-    prompt_logprobs: int | None = None
-
-
-def test_vllm_adapter_against_a_fake_engine(backend):
-    engine = FakeLLM(backend)
-    vb = VLLMBackend(engine, FakeSamplingParams)
-    out = vb.generate(["Q: a\nA:"], GenParams(max_new_tokens=7, stop=("\n\n",)))
-    assert out == ["answer 42"]  # cut at the stop string even if the engine returned it
-    sp = engine.calls[-1]
-    assert (sp.max_tokens, sp.temperature, sp.stop, sp.seed) == (7, 0.0, ["\n\n"], None)
-    reqs = [("Question: hi", " there friend"), ("a", "b c")]
-    hf = backend.loglikelihood(reqs)
-    for (v, nv), (h, nh) in zip(vb.loglikelihood(reqs), hf):
-        assert nv == nh and v == pytest.approx(h, abs=1e-4)
-    assert vb.choice_logprobs(["Answer:"], list("ABCD"))[0] == pytest.approx(
-        backend.choice_logprobs(["Answer:"], list("ABCD"))[0], abs=1e-4
-    )
 
 
 def test_chat_prompt_and_few_shot(backend):

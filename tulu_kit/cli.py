@@ -190,6 +190,19 @@ def add_train(sub) -> None:
         p.set_defaults(func=cmd_train)
 
 
+# `tulu-kit eval` flags named after EvalConfig's sampling and engine fields; unset ones keep the config default
+EVAL_ENGINE_FLAGS: dict[str, tuple[type, str]] = {
+    "dtype": (str, "auto (float32 on CPU, bfloat16 on GPU), bfloat16, float16 or float32"),
+    "seed": (int, "picks the --max-examples subset, seeds sampling and the vLLM engine (default 42)"),
+    "temperature": (float, "sampling temperature; 0 = greedy (default: the benchmark's)"),
+    "top_p": (float, "nucleus sampling; 1 = off (default: the benchmark's)"),
+    "top_k": (int, "keep the k most likely tokens, both backends; 0 = off (default 0)"),
+    "max_model_len": (int, "context in tokens; -1 = the model's own, vLLM: the longest that fits (default)"),
+    "gpu_memory_utilization": (float, "vLLM: fraction of each GPU for weights + KV cache (default 0.9)"),
+    "tensor_parallel_size": (int, "vLLM: GPUs one model is split across (default 1)"),
+}
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
@@ -203,6 +216,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         kw["max_new_tokens"] = args.max_new_tokens
     if args.max_examples is not None:  # default: the benchmark's (open-instruct's subset size); 0: all
         kw["max_examples"] = args.max_examples or None
+    for key in EVAL_ENGINE_FLAGS:  # unset: the benchmark's default (the code benchmarks sample at T 0.1)
+        if getattr(args, key) is not None:
+            kw[key] = getattr(args, key)
     metrics = evaluate(args.benchmark, **kw)
     print(json.dumps({k: v for k, v in metrics.items() if k not in ("config", "protocol")}, indent=2))
     return 0
@@ -264,6 +280,8 @@ def add_eval(sub) -> None:
         "--max-new-tokens", type=int, metavar="N", help="generation budget (default: the protocol's)"
     )
     p.add_argument("--batch-size", type=int, default=8)
+    for key, (typ, text) in EVAL_ENGINE_FLAGS.items():
+        p.add_argument("--" + key.replace("_", "-"), type=typ, help=text)
     p.add_argument(
         "--data-dir", help="benchmark data root (default: $TULU_KIT_DATA or ~/.cache/tulu_kit/data)"
     )

@@ -85,7 +85,21 @@ class EvalConfig:
     batch_size: int = 8  # prompts per forward pass / generate call
     data_dir: str | None = None  # benchmark data root; None: $TULU_KIT_DATA or ~/.cache/tulu_kit/data
     dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on GPU
-    seed: int = 42  # picks the max_examples subset; seeds sampling
+    seed: int = 42  # picks the max_examples subset; seeds sampling and the vLLM engine
+    # sampling, identical in both backends (greedy benchmarks keep temperature 0)
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0  # nucleus sampling; 1 = off
+    top_k: int = 0  # keep the k most likely tokens; 0 = off (transformers alone would apply 50)
+    # engine
+    max_model_len: int = -1  # context in tokens; -1: the model's own (vLLM: the longest that fits the GPU)
+    gpu_memory_utilization: float = 0.9  # vLLM: fraction of each GPU for weights + KV cache
+    tensor_parallel_size: int = 1  # vLLM: GPUs one model is split across (70B: 4 or 8)
+
+    def sampling(self, params: GenParams) -> GenParams:
+        """A benchmark's `params` (budget, stop strings) with this config's temperature, top_p, top_k, seed."""
+        return dataclasses.replace(
+            params, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, seed=self.seed
+        )
 
 
 # ---------------------------------------------------------------------------------------------- model + backend
@@ -179,7 +193,16 @@ def open_backend(cfg: EvalConfig) -> Backend:
     """Load the backend `cfg.backend` for `cfg.model` (resolved as a path or run folder)."""
     if not cfg.model:
         raise ValueError("EvalConfig.model is empty: give a model folder, a run folder or a Hub id")
-    return load_backend(resolve_model(cfg.model), cfg.backend, cfg.dtype, batch_size=cfg.batch_size)
+    return load_backend(
+        resolve_model(cfg.model),
+        cfg.backend,
+        cfg.dtype,
+        batch_size=cfg.batch_size,
+        max_model_len=cfg.max_model_len,
+        gpu_memory_utilization=cfg.gpu_memory_utilization,
+        tensor_parallel_size=cfg.tensor_parallel_size,
+        seed=cfg.seed,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- prompts
@@ -332,7 +355,7 @@ class PredictionStore:
 
 
 # ---------------------------------------------------------------------------------------------- running
-_RESUME_IGNORED = {"out_dir", "max_examples", "subset", "batch_size", "data_dir"}
+_RESUME_IGNORED = {"out_dir", "max_examples", "subset", "batch_size", "data_dir", "gpu_memory_utilization"}
 
 
 def _resume_settings(cfg: EvalConfig) -> dict:
@@ -397,6 +420,7 @@ def predict(
     if len(todo) < len(examples):
         log.info("resuming: %d of %d examples already in %s", len(examples) - len(todo), len(examples), out)
     if todo:
+        opened = backend is None
         backend = backend or open_backend(cfg)
         if sort_key:
             todo.sort(key=lambda e: -sort_key(e))
@@ -407,6 +431,8 @@ def predict(
             if [str(r["id"]) for r in records] != [str(e["id"]) for e in chunk]:
                 raise RuntimeError("compute() must return one record per example, in order")
             store.append(records)
+        if opened:  # free the GPU before judges / classifiers load
+            backend.close()
     return [store[e["id"]] for e in examples]
 
 
@@ -417,7 +443,11 @@ def generate_predictions(
     params: GenParams,
     backend: Backend | None = None,
 ) -> list[dict]:
-    """Generation benchmarks: `build(example, chat) -> (user_text, assistant_prefix)`; records get prompt + output."""
+    """Generation benchmarks: `build(example, chat) -> (user_text, assistant_prefix)`; records get prompt + output.
+
+    Sampling (temperature, top_p, top_k, seed) comes from `cfg`, so what metrics.json records is what ran.
+    """
+    params = cfg.sampling(params)
 
     def compute(be: Backend, chunk: list[dict]) -> list[dict]:
         pairs = [build(e, cfg.chat) for e in chunk]

@@ -201,6 +201,7 @@ def sample_completions(
                 max_new_tokens=cfg.max_new_tokens or 512,
                 temperature=cfg.temperature,
                 top_p=cfg.top_p if cfg.temperature > 0 else 1.0,
+                top_k=cfg.top_k,
                 stop=tuple(stops),
                 seed=cfg.seed + j,
             )

@@ -204,7 +204,9 @@ def run(cfg: TydiQAConfig, backend=None) -> dict:
         pool = [d for d in dev if d["id"] != demos[lang]["id"]]
         examples += take(pool, cfg.max_examples, cfg.seed)
     n_shot = 1 if cfg.n_shot is None else cfg.n_shot
-    params = GenParams(max_new_tokens=cfg.max_new_tokens or 50, stop=() if cfg.chat else ("\n",))
+    params = cfg.sampling(
+        GenParams(max_new_tokens=cfg.max_new_tokens or 50, stop=() if cfg.chat else ("\n",))
+    )
 
     def cut(be: Backend, text: str) -> str:
         ids = be.tokenizer(text, add_special_tokens=False)["input_ids"]
