@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
-
 import yaml
 
 from tulu_kit.config import REPO_ROOT
