@@ -142,22 +142,6 @@ def test_decontamination_on_real_eval_files(shared_data, tmp_path):
     assert all(r["source"] != f"prompt_completion:{leak}" for r in read_jsonl(tmp_path / "sft.jsonl"))
 
 
-def test_notebook_01_runs(run_notebook, tiny_model, tmp_path):
-    nb = run_notebook(
-        "notebooks/01_data_mixing.ipynb",
-        {
-            "out_dir": str(tmp_path / "data"),
-            "tokenizer": str(tiny_model),
-            "synthetic_size": 60,
-            "max_length": 128,
-        },
-    )
-    assert (tmp_path / "data" / "report.json").is_file()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    assert any("image/png" in o.get("data", {}) for o in outputs)  # histogram and packing plot
-    assert any("background:#c8f7c5" in o.get("data", {}).get("text/html", "") for o in outputs)
-
-
 def test_decontamination_keeps_same_named_eval_files_apart_and_counts_exact(tmp_path):
     """gsm8k/test.jsonl and math500/test.jsonl are two eval sets, not one; removed rows leave n_taken."""
     question = "Natalia sold clips to forty eight of her friends in April and then she sold half as many clips in May"

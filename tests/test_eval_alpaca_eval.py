@@ -50,7 +50,7 @@ def test_lc_win_rate_removes_a_length_effect():
     assert skewed > 80  # a model that wins regardless of length keeps its win rate
 
 
-def test_no_judge_saves_outputs_with_a_message(tiny_model, tmp_path, run_notebook):
+def test_no_judge_saves_outputs_with_a_message(tiny_model, tmp_path):
     cfg = alpaca_eval.AlpacaEvalConfig(model=str(tiny_model), data_dir="demo", out_dir=str(tmp_path / "a"),
                                        max_new_tokens=8, version=1)  # fmt: skip
     metrics = alpaca_eval.run(cfg)
@@ -71,14 +71,3 @@ def test_no_judge_saves_outputs_with_a_message(tiny_model, tmp_path, run_noteboo
     assert judged["judged"] is True  # no GOOD in either output: the judge picks the 2nd with p = 0.9
     assert all(min(abs(x - 0.1), abs(x - 0.9)) < 1e-9 for x in prefs)
     assert judged["win_rate"] == pytest.approx(100 * sum(prefs) / len(prefs))
-    run_notebook(
-        "eval/alpaca_eval.ipynb",
-        {
-            "model": str(tiny_model),
-            "data_dir": "demo",
-            "out_dir": str(tmp_path / "nb"),
-            "max_examples": 1,
-            "max_new_tokens": 8,
-        },
-    )
-    assert (tmp_path / "nb" / "model_outputs.json").is_file()

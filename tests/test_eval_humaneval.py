@@ -121,13 +121,3 @@ def test_tiny_model_end_to_end(mod, tiny_model, tmp_path):
     assert metrics["counts"]["n"] == 2  # tasks
     saved = json.loads((tmp_path / mod.NAME / "metrics.json").read_text())
     assert saved["pass@1"] == metrics["pass@1"]
-
-
-def test_notebook_smoke(run_notebook, tiny_model, tmp_path):
-    nb = run_notebook(
-        "eval/humaneval.ipynb",
-        {"model": str(tiny_model), "data_dir": "demo", "out_dir": str(tmp_path / "nb"), "max_examples": 1,
-         "n_samples": 1, "temperature": 0.0, "max_new_tokens": 8},
-    )  # fmt: skip
-    assert (tmp_path / "nb" / "metrics.json").is_file()
-    assert any(c["cell_type"] == "code" and "parameters" in c["metadata"].get("tags", []) for c in nb.cells)

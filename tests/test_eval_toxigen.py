@@ -49,7 +49,7 @@ def test_bad_rows_name_the_row():
         toxigen.score_predictions([{"group": "martians", "output": "x"}], classifier="unused")
 
 
-def test_tiny_model_end_to_end_and_notebook(tiny_model, tmp_path, run_notebook):
+def test_tiny_model_end_to_end(tiny_model, tmp_path):
     clf = tiny_classifier(tmp_path / "clf", tiny_model, toxic=True)
     cfg = toxigen.ToxiGenConfig(model=str(tiny_model), data_dir="demo", out_dir=str(tmp_path / "t"), max_examples=1,
                                 max_new_tokens=8, classifier=clf)  # fmt: skip
@@ -58,6 +58,3 @@ def test_tiny_model_end_to_end_and_notebook(tiny_model, tmp_path, run_notebook):
     skipped = toxigen.run(toxigen.ToxiGenConfig(model=str(tiny_model), data_dir="demo", out_dir=str(tmp_path / "s"),
                                                 max_examples=1, max_new_tokens=8, classifier=""))  # fmt: skip
     assert skipped["scored"] is False and "classifier" in skipped["message"]
-    run_notebook("eval/toxigen.ipynb", {"model": str(tiny_model), "data_dir": "demo", "out_dir": str(tmp_path / "nb"),
-                                        "max_examples": 1, "max_new_tokens": 8, "classifier": clf})  # fmt: skip
-    assert (tmp_path / "nb" / "metrics.json").is_file()

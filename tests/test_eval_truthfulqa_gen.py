@@ -30,12 +30,8 @@ def test_bad_rows_name_the_row(tiny_model):
         tg.score_predictions([{"question": "q"}], truth_judge=str(tiny_model), info_judge=str(tiny_model))
 
 
-def test_tiny_model_end_to_end_and_notebook(tiny_model, tmp_path, run_notebook):
+def test_tiny_model_end_to_end(tiny_model, tmp_path):
     cfg = tg.TruthfulQAGenConfig(model=str(tiny_model), data_dir="demo", out_dir=str(tmp_path / "t"), max_examples=2,
                                  max_new_tokens=8, truth_judge=str(tiny_model), info_judge=str(tiny_model))  # fmt: skip
     metrics = tg.run(cfg)
     assert metrics["counts"]["n"] == 2 and 0 <= metrics["pct_true"] <= 100
-    run_notebook("eval/truthfulqa_gen.ipynb", {"model": str(tiny_model), "data_dir": "demo",
-                 "out_dir": str(tmp_path / "nb"), "max_examples": 1, "max_new_tokens": 8,
-                 "truth_judge": str(tiny_model), "info_judge": str(tiny_model)})  # fmt: skip
-    assert (tmp_path / "nb" / "metrics.json").is_file()

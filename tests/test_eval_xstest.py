@@ -61,13 +61,10 @@ def test_unknown_prompt_names_the_row(shared_data):
         xstest.score_predictions([{"prompt": "not an xstest prompt", "completion": "x"}], str(shared_data))
 
 
-def test_tiny_model_end_to_end_and_notebook(tiny_model, tmp_path, run_notebook):
+def test_tiny_model_end_to_end(tiny_model, tmp_path):
     cfg = xstest.XSTestConfig(
         model=str(tiny_model), data_dir="demo", out_dir=str(tmp_path / "x"), max_new_tokens=8
     )
     metrics = xstest.run(cfg)
     assert metrics["judged"] is False and metrics["counts"]["n"] == 1
     assert set(metrics["results"]["strmatch_label"]) >= {"safe", "unsafe", "refusal_prf", "overall_accuracy"}
-    run_notebook("eval/xstest.ipynb", {"model": str(tiny_model), "data_dir": "demo", "out_dir": str(tmp_path / "nb"),
-                                       "max_examples": 2, "max_new_tokens": 8})  # fmt: skip
-    assert (tmp_path / "nb" / "metrics.json").is_file()

@@ -215,31 +215,6 @@ def test_cli_score_and_eval(tmp_path, tiny_model, capsys):
     assert main(["score", "gsm8k", "--predictions", str(tmp_path / "missing.jsonl")]) == 2
 
 
-@pytest.mark.parametrize("name", BENCHMARKS)
-def test_notebook_parameters_are_the_config_fields(name):
-    import nbformat
-
-    nb = nbformat.read(Path(__file__).parents[1] / "eval" / f"{name}.ipynb", as_version=4)
-    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    names = {
-        line.split("=")[0].strip()
-        for line in cell.source.splitlines()
-        if "=" in line and not line.startswith("#")
-    }
-    assert names == {f.name for f in dataclasses.fields(core.get_benchmark(name).CONFIG)}
-    assert all(not o for c in nb.cells if c.cell_type == "code" for o in [c.get("outputs")])  # stripped
-
-
-@pytest.mark.parametrize("name", BENCHMARKS)
-def test_notebook_runs_on_demo_data(name, tiny_model, tmp_path, run_notebook):
-    params = dict(
-        model=str(tiny_model), data_dir="demo", max_examples=2, max_new_tokens=8, out_dir=str(tmp_path / name)
-    )
-    run_notebook(f"eval/{name}.ipynb", params)
-    metrics = json.loads((tmp_path / name / "metrics.json").read_text())
-    assert metrics["benchmark"] == name and metrics["counts"]["n"] >= 2 and 0 <= metrics["score"] <= 1
-
-
 def test_prepare_eval_lays_out_every_source_like_the_shared_folder(tmp_path, monkeypatch):
     """With downloads faked, prepare-eval writes each benchmark where its loader looks (punkt unzipped)."""
     import io

@@ -346,23 +346,3 @@ def test_cli_merges_models_and_round_trips_a_diff(family, tmp_path, capsys):
         == 2
     )
     assert "checksum" in capsys.readouterr().err
-
-
-def test_notebook_parameters_match_the_config_and_it_runs(family, tmp_path, run_notebook):
-    import dataclasses
-
-    import nbformat
-
-    from tulu_kit.config import REPO_ROOT
-
-    nb = nbformat.read(REPO_ROOT / "notebooks/06_merging.ipynb", as_version=4)
-    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    names = [line.split("=")[0].strip() for line in cell.source.splitlines() if "=" in line.split("#")[0]]
-    assert names == [f.name for f in dataclasses.fields(MergeConfig)]
-    params = {
-        "out_dir": str(tmp_path / "merge"), "models": [str(family["a"]), str(family["b"])],
-        "path": [0.0, 1.0], "eval_file": str(write_pairs(tmp_path / "pairs.jsonl")),
-    }  # fmt: skip
-    run_notebook("notebooks/06_merging.ipynb", params)
-    assert (tmp_path / "merge" / "model" / "config.json").is_file()
-    assert (tmp_path / "merge" / "merge_path.png").is_file()

@@ -106,9 +106,3 @@ def test_report_sets_several_runs_side_by_side(fake_run, tmp_path):
 def test_unknown_reference_is_a_config_error():
     with pytest.raises(ConfigError, match="reference must be one of"):
         from_dict(ReportConfig, {"reference": "Tulu 9"}, "r.yaml")
-
-
-def test_report_notebook_runs(fake_run, tmp_path, run_notebook):
-    nb = run_notebook("notebooks/07_report.ipynb", {"out_dir": str(tmp_path / "r"), "run_dir": str(fake_run)})
-    assert (tmp_path / "r" / "report.html").is_file()
-    assert any(o.get("output_type") == "display_data" for c in nb.cells for o in c.get("outputs", []))

@@ -305,23 +305,6 @@ def _parameter_names(path: Path) -> set[str]:
     }
 
 
-@pytest.mark.parametrize("notebook", ["notebooks/02_sft.ipynb", "notebooks/03_lora_qlora.ipynb"])
-def test_notebook_parameters_are_config_fields(notebook):
-    fields = {f.name for f in dataclasses.fields(SFTConfig)}
-    names = _parameter_names(REPO / notebook)
-    assert names and names <= fields, names - fields
-
-
-def test_notebook_02_runs(tiny_model, tmp_path, mix, run_notebook):
-    nb = run_notebook(
-        "notebooks/02_sft.ipynb",
-        dict(model=str(tiny_model), train_file=str(mix), eval_file=str(mix), out_dir=str(tmp_path / "sft"), max_steps=4,
-             max_length=128, per_device_train_batch_size=4, launcher="accelerate", report_to="none", logging_steps=1),
-    )  # fmt: skip
-    assert (tmp_path / "sft" / "model" / "config.json").is_file()
-    assert any(o.get("output_type") == "display_data" for c in nb.cells for o in c.get("outputs", []))
-
-
 def test_notebook_03_runs(tiny_model, tmp_path, mix, run_notebook):
     run_notebook(
         "notebooks/03_lora_qlora.ipynb",
