@@ -106,3 +106,21 @@ def test_report_sets_several_runs_side_by_side(fake_run, tmp_path):
 def test_unknown_reference_is_a_config_error():
     with pytest.raises(ConfigError, match="reference must be one of"):
         from_dict(ReportConfig, {"reference": "Tulu 9"}, "r.yaml")
+
+
+def test_side_by_side_scores_list_the_settings_they_differ_in(tmp_path):
+    from tulu_kit.report import setting_differences
+    from tulu_kit.results import write_result
+
+    def eval_stage(run, stage, temperature):
+        write_result(tmp_path / run / stage, "eval_gsm8k", model_dir=str(tmp_path / run / "sft" / "model"),
+                     benchmark="gsm8k", metric="exact_match", score=0.5, stderr=0.1, counts={"n": 4},
+                     manifest={"decoding": {"temperature": temperature}, "n_examples": 4})  # fmt: skip
+
+    eval_stage("a", "eval_gsm8k", 0.0)
+    eval_stage("b", "eval_gsm8k", 0.7)
+    same = setting_differences([tmp_path / "a", tmp_path / "a"])
+    assert same.empty  # a run against itself: comparable
+    diff = setting_differences([tmp_path / "a", tmp_path / "b"])
+    assert diff["setting"].tolist() == ["decoding.temperature"]
+    assert diff.iloc[0]["first"].endswith(": 0.0") and diff.iloc[0]["other"].endswith(": 0.7")

@@ -322,6 +322,27 @@ def comparison_table(run_dirs: list[Path]) -> pd.DataFrame:
     return table
 
 
+def setting_differences(run_dirs: list[Path]) -> pd.DataFrame:
+    """For every benchmark scored more than once, the recorded settings (``manifest``: versions, chat template,
+    decoding, batch size, data hash, examples) in which a score differs from the first one: two numbers are
+    comparable only where this is empty."""
+    from tulu_kit.results import manifest_diff
+
+    by_benchmark: dict[str, list[tuple[str, dict]]] = {}
+    for run_dir in run_dirs:
+        prefix = f"{run_dir.name}/" if len(run_dirs) > 1 else ""
+        for m in eval_results(run_dir):
+            by_benchmark.setdefault(m["benchmark"], []).append((prefix + model_label(m), m))
+    rows = []
+    for benchmark, scored in by_benchmark.items():
+        (first_label, first), rest = scored[0], scored[1:]
+        for label, m in rest:
+            for key, (a, b) in manifest_diff(first, m).items():
+                rows.append({"benchmark": benchmark, "setting": key, "first": f"{first_label}: {a}",
+                             "other": f"{label}: {b}"})  # fmt: skip
+    return pd.DataFrame(rows, columns=["benchmark", "setting", "first", "other"])
+
+
 # --------------------------------------------------------------------------------------------- HTML
 CSS = """
 body{font:14px/1.5 -apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#1f2328;background:#f6f7f9;
@@ -434,6 +455,15 @@ def render_html(report: dict, images: dict[str, str]) -> str:
     if not comparison.empty and len([c for c in comparison.columns if not c.startswith("Δ")]) > 1:
         parts += ["<h2>Side by side</h2>", html_table(comparison, index=True)]
         parts.append(_paragraph("Δ: a column minus the one before it, in percentage points."))
+        differences = report["settings"]
+        if differences.empty:
+            parts.append(_paragraph("Every score set side by side was made with the same recorded settings "
+                                    "(library versions, chat template, decoding, batch size, data)."))  # fmt: skip
+        else:
+            parts.append(
+                _paragraph("Settings that differ between scores set side by side (read a Δ with them):")
+            )
+            parts.append(html_table(differences))
     body = "\n".join(parts)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -459,6 +489,7 @@ def build(cfg: ReportConfig) -> dict:
         "published": published,
         "published_notes": notes,
         "comparison": comparison_table([run_dir] + [Path(p) for p in cfg.compare]),
+        "settings": setting_differences([run_dir] + [Path(p) for p in cfg.compare]),
     }
 
 

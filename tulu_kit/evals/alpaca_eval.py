@@ -210,4 +210,6 @@ def run(cfg: AlpacaEvalConfig, backend=None) -> dict:
     judge = make_judge(
         cfg.judge_url, cfg.judge_model, cfg.judge_api_key_env, Path(cfg.out_dir) / "judge_cache.jsonl"
     )
-    return finish(cfg, score_predictions(outputs, cfg.data_dir, judge, cfg.version, cfg.seed))
+    return finish(
+        cfg, score_predictions(outputs, cfg.data_dir, judge, cfg.version, cfg.seed), cfg.sampling(params)
+    )

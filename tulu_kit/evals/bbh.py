@@ -153,4 +153,4 @@ def run(cfg: BBHConfig, backend=None) -> dict:
     params = GenParams(max_new_tokens=cfg.max_new_tokens or 512, stop=() if cfg.chat else ("\n\n",))
     build = lambda e, chat: build_prompt(e, prompts[e["task"]], chat)  # noqa: E731
     preds = generate_predictions(cfg, examples, build, params, backend)
-    return finish(cfg, score_predictions(preds, cfg.data_dir))
+    return finish(cfg, score_predictions(preds, cfg.data_dir), cfg.sampling(params))

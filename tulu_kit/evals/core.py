@@ -218,11 +218,22 @@ def chat_prompt(tokenizer: Any, text: str, chat: bool, assistant_prefix: str = "
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("chat=True but the tokenizer has no chat template (set one with set_chat_template)")
     rendered = tokenizer.apply_chat_template(
-        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        _as_trained(tokenizer, [{"role": "user", "content": text}]), tokenize=False, add_generation_prompt=True
     )
     if assistant_prefix and rendered and not rendered[-1].isspace():
         rendered += " "
     return rendered + assistant_prefix
+
+
+def _as_trained(tokenizer: Any, messages: list[dict]) -> list[dict]:
+    """The messages in the form the kit's SFT fed this template (text content parts for vision-language
+    templates, a system turn merged where the template refuses one), so eval prompts match training."""
+    from tulu_kit.data.masks import ChatTemplateError, apply_template_conventions
+
+    try:
+        return apply_template_conventions(tokenizer, messages)
+    except ChatTemplateError:  # a template the kit does not train on: prompt it as it is
+        return messages
 
 
 def few_shot(exemplars: Iterable[str], query: str, header: str = "", sep: str = "\n\n") -> str:

@@ -166,4 +166,4 @@ def run(cfg: GSM8KConfig, backend=None) -> dict:
     preds = generate_predictions(
         cfg, examples, lambda e, chat: build_prompt(e, chat, n_shot), params, backend
     )
-    return finish(cfg, score_predictions(preds, cfg.data_dir))
+    return finish(cfg, score_predictions(preds, cfg.data_dir), cfg.sampling(params))

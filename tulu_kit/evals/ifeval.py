@@ -239,4 +239,4 @@ def run(cfg: IFEvalConfig, backend=None) -> dict:
     official = [{"prompt": p["text"], "response": p["output"]} for p in preds]
     write_jsonl(Path(cfg.out_dir) / "responses.jsonl", official)
     scored = score_predictions(official, cfg.data_dir, nltk_data=cfg.nltk_data, inputs=inputs)
-    return finish(cfg, scored)
+    return finish(cfg, scored, cfg.sampling(params))

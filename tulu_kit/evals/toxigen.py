@@ -125,4 +125,8 @@ def run(cfg: ToxiGenConfig, backend=None) -> dict:
     stop = () if cfg.chat else ("\n",)
     params = GenParams(max_new_tokens=cfg.max_new_tokens or 512, stop=stop)
     preds = generate_predictions(cfg, examples, build_prompt, params, backend)
-    return finish(cfg, score_predictions(preds, cfg.data_dir, cfg.classifier, cfg.classifier_batch_size))
+    return finish(
+        cfg,
+        score_predictions(preds, cfg.data_dir, cfg.classifier, cfg.classifier_batch_size),
+        cfg.sampling(params),
+    )

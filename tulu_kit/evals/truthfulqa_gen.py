@@ -102,4 +102,6 @@ def run(cfg: TruthfulQAGenConfig, backend=None) -> dict:
     examples = take(load_examples(cfg.data_dir, cfg.version), cfg.max_examples, cfg.seed)
     params = GenParams(max_new_tokens=cfg.max_new_tokens or 50, stop=("\n\n",))
     preds = generate_predictions(cfg, examples, build_prompt, params, backend)
-    return finish(cfg, score_predictions(preds, cfg.data_dir, cfg.truth_judge, cfg.info_judge))
+    return finish(
+        cfg, score_predictions(preds, cfg.data_dir, cfg.truth_judge, cfg.info_judge), cfg.sampling(params)
+    )

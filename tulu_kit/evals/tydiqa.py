@@ -226,4 +226,4 @@ def run(cfg: TydiQAConfig, backend=None) -> dict:
     preds = predict(cfg, examples, compute, backend, sort_key=lambda e: len(e["context"]))
     scored = score_predictions(preds, cfg.data_dir)
     scored.metrics["exemplar_source"] = sources
-    return finish(cfg, scored)
+    return finish(cfg, scored, params)

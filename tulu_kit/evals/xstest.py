@@ -185,4 +185,4 @@ def run(cfg: XSTestConfig, backend=None) -> dict:
         cfg.judge_url, cfg.judge_model, cfg.judge_api_key_env, Path(cfg.out_dir) / "judge_cache.jsonl"
     )
     official = [{"prompt": p["text"], "completion": p["output"]} for p in preds]
-    return finish(cfg, score_predictions(official, cfg.data_dir, judge))
+    return finish(cfg, score_predictions(official, cfg.data_dir, judge), cfg.sampling(params))
