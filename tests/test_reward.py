@@ -93,3 +93,21 @@ def test_zero3_two_processes_score_heldout_pairs(tiny_model, tmp_path):
     assert result["train_steps"] == 2 and result["n_eval"] == 8
     for when in ("eval_before", "eval_after"):
         assert set(result[when]) >= {"accuracy", "margin", "loss"} and result[when]["loss"] > 0
+
+
+def test_cli_trains_the_stage_from_a_flat_config(tiny_model, tmp_path, capsys):
+    """`tulu-kit reward CONFIG --set key=value`: the per-node command every training stage shares."""
+    import yaml
+
+    from tulu_kit.cli import main
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", synthetic_preference(12, seed=1))
+    cfg = tmp_path / "rm.yaml"
+    cfg.write_text(yaml.safe_dump({"model": str(tiny_model), "train_file": str(data), "out_dir": str(tmp_path / "rm"),
+                                   "max_length": 64, "per_device_train_batch_size": 4}))  # fmt: skip
+    assert main(["reward", str(cfg), "--set", "max_steps=2", "--set", "eval_fraction=0.25"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(tmp_path / "rm" / "reward_model")
+    result = json.loads((tmp_path / "rm" / "metrics.json").read_text())
+    assert result["stage"] == "reward" and result["train_steps"] == 2 and result["n_eval"] == 3
+    assert main(["reward", str(cfg), "--set", "learning_rate=-1"]) == 2  # checked before any work
+    assert "learning_rate must be > 0" in capsys.readouterr().err
