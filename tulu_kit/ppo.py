@@ -456,8 +456,11 @@ def save_checkpoint(cfg: PPOConfig, accelerator, iteration: int, state: dict) ->
 def _accelerator(cfg: PPOConfig):
     from accelerate import Accelerator
 
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                              mixed_precision="bf16" if cfg.bf16 else "no")  # fmt: skip
+    accelerator = Accelerator(  # cpu: without it several CPU processes would not form a (gloo) group
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        mixed_precision="bf16" if cfg.bf16 else "no",
+        cpu=not torch.cuda.is_available(),
+    )
     plugin = accelerator.state.deepspeed_plugin
     if plugin is not None:  # no DataLoader is prepared, so DeepSpeed's "auto" batch sizes are set here
         ds = plugin.deepspeed_config
