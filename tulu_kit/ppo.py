@@ -78,7 +78,9 @@ class PPOConfig(LoRAFields):
     prompts. ``max_length`` bounds prompt + response: longer prompts are dropped (and counted)."""
 
     model: str = "../runs/lab/dpo/model"  # the policy's start: an SFT or DPO model
-    train_file: str = "synthetic_arithmetic"  # JSONL of RLVR rows {"messages", "ground_truth", "dataset"}, or
+    train_file: str = (
+        "synthetic_arithmetic"  # RLVR rows {"messages", "ground_truth", "dataset"} (JSONL, Hub id), or
+    )
     # "synthetic_arithmetic": the offline toy task (tulu_kit.data.synthetic), synthetic_size rows
     synthetic_size: int = 256  # rows of the synthetic_arithmetic toy task
     out_dir: str = "../runs/lab/ppo"  # final policy in <out_dir>/model, checkpoints in <out_dir>/checkpoints
@@ -109,8 +111,9 @@ class PPOConfig(LoRAFields):
     cliprange_value: float = 0.2  # value clip around the rollout's values
     num_ppo_epochs: int = 4  # passes over each rollout batch (open-instruct num_epochs: 4)
     n_samples_logged: int = 4  # rollouts kept per iteration in samples.jsonl (first and last iterations)
-    # --- defaults PPO changes
+    # --- defaults PPO changes (max_steps counts iterations; eval_file and eval_steps are not used)
     learning_rate: float = 3e-7  # peak learning rate (Tulu 3 8B PPO: 3e-7)
+    weight_decay: float = 0.01  # AdamW weight decay (open-instruct's PPO: torch's default, 0.01)
     per_device_train_batch_size: int = 2  # rollouts per micro-batch (Tulu 3: 2)
     gradient_accumulation_steps: int = 8  # micro-batches per mini-batch (one optimizer step); Tulu 3: 16 / 2
     max_length: int = 4096  # prompt + response tokens (Tulu 3: 2048 + 2048)
@@ -175,7 +178,11 @@ def _rlvr_rows(cfg: PPOConfig):
         from tulu_kit.data.synthetic import synthetic_arithmetic
 
         return enumerate(synthetic_arithmetic(cfg.synthetic_size, seed=cfg.seed), 1)
-    return iter_jsonl(cfg.train_file)
+    if Path(cfg.train_file).is_file() or cfg.train_file.endswith((".jsonl", ".json", ".gz")):
+        return iter_jsonl(cfg.train_file)
+    from tulu_kit.io import read_rows
+
+    return enumerate(read_rows(cfg.train_file, cfg.train_split), 1)  # a Hub dataset id
 
 
 def batch_indices(n: int, iteration: int, batch: int, rank: int, world: int, seed: int) -> list[int]:
@@ -362,8 +369,8 @@ def rollout(cfg: PPOConfig, accelerator, model, reference, reward_model, tokeniz
     kl = kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator) * fmask
     token_rewards, non_score = ppo_rewards(score, kl, fmask, cfg.beta)
     values = values * fmask
-    advantages, returns = gae(token_rewards, values, fmask, cfg.gamma, cfg.lam)
-    advantages = masked_whiten(advantages, fmask)
+    raw_advantages, returns = gae(token_rewards, values, fmask, cfg.gamma, cfg.lam)
+    advantages = masked_whiten(raw_advantages, fmask)
     stats = {
         "verifiable_reward": verified.mean(),
         "score": score.mean(),
@@ -379,7 +386,7 @@ def rollout(cfg: PPOConfig, accelerator, model, reference, reward_model, tokeniz
                 "ground_truth": r["ground_truth"], "verifiable_reward": float(v), "score": float(sc)}
                for r, t, v, sc in zip(rows, texts, verified, score)][: cfg.n_samples_logged]  # fmt: skip
     batch = dict(ids=ids, attn=attn, mask=fmask, logprobs=logprobs, values=values, advantages=advantages,
-                 returns=returns)  # fmt: skip
+                 returns=returns, rewards=token_rewards, raw_advantages=raw_advantages, kl=kl)  # fmt: skip
     return {"batch": batch, "context": context, "stats": stats, "samples": samples}
 
 
@@ -415,6 +422,33 @@ def update(cfg: PPOConfig, accelerator, model, optimizer, scheduler, data: dict,
                 sums[key] += float(value.detach())
             count += 1
     return {k: v / count for k, v in sums.items()}
+
+
+def inspect_rollout(cfg: PPOConfig, model: str = "", n: int = 4) -> dict:
+    """One rollout of ``n`` prompts in this process, for notebook 08's by-hand cell: the policy has the weights of
+    ``model`` (a trained policy; default ``cfg.model``), the reference is ``cfg.model``. ``batch`` holds per-token
+    ``rewards``, ``values``, ``mask``, ``raw_advantages`` (GAE before whitening), ``advantages`` and ``returns``;
+    ``samples`` the decoded responses."""
+    from dataclasses import replace
+
+    from transformers import set_seed
+
+    from tulu_kit import models
+
+    cfg = replace(cfg, rollout_batch_size=n, per_device_train_batch_size=n, gradient_accumulation_steps=1,
+                  offload_models=False, n_samples_logged=n)  # fmt: skip
+    set_seed(cfg.seed)
+    accelerator = _accelerator(cfg)
+    tokenizer = training.load_tokenizer(cfg)
+    rows, _ = load_prompts(cfg, tokenizer)
+    policy_value, reference, reward_model = load_models(cfg, tokenizer.pad_token_id)
+    if model and not cfg.use_lora:
+        policy_value.policy.load_state_dict(models.load_model(model, cfg.dtype).state_dict())
+    for m in (policy_value, reference, reward_model):
+        if m is not None:
+            m.to(accelerator.device)
+    data = rollout(cfg, accelerator, policy_value, reference, reward_model, tokenizer, rows[:n])
+    return data
 
 
 def _mean_over_ranks(accelerator, stats: dict) -> dict:
@@ -488,6 +522,9 @@ def train(cfg: PPOConfig, callbacks=None) -> dict:
     accelerator = _accelerator(cfg)
     rank, world = accelerator.process_index, accelerator.num_processes
     set_seed(cfg.seed)  # the value head's init: the same on every rank
+    from tulu_kit import rewards
+
+    rewards.failure_counts(reset=True)  # odd outputs (no number, ...) scored 0, counted for the result
 
     # ---- data and models
     tokenizer = training.load_tokenizer(cfg)
@@ -497,12 +534,11 @@ def train(cfg: PPOConfig, callbacks=None) -> dict:
     mini_batches = cfg.rollout_batch_size // (
         cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
     )
-    optimizer = torch.optim.AdamW(
+    optimizer = torch.optim.AdamW(  # OI L692/L740: torch's AdamW defaults (eps 1e-8, weight decay 0.01)
         [p for p in model.parameters() if p.requires_grad],
         lr=cfg.learning_rate,
         weight_decay=cfg.weight_decay,
-        eps=1e-5,
-    )  # fmt: skip  (OI L740: eps 1e-5)
+    )
     optimizer_steps = iterations * cfg.num_ppo_epochs * mini_batches  # OI L693
     scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, int(cfg.warmup_ratio * optimizer_steps),
                               optimizer_steps)  # fmt: skip
@@ -603,7 +639,7 @@ def finish(
     cfg: PPOConfig, accelerator, model, model_dir: Path, state: dict, runtime_s: float, **numbers
 ) -> dict:
     """Rank 0 writes log_history.jsonl, samples.jsonl, config.json, metrics.png and the result (metrics.json)."""
-    from tulu_kit import models
+    from tulu_kit import models, rewards
 
     out, history = Path(cfg.out_dir), state["log_history"]
     trainable, total = models.count_parameters(accelerator.unwrap_model(model).policy)
@@ -618,7 +654,7 @@ def finish(
         trainable_params=trainable, total_params=total, world_size=accelerator.num_processes,
         peak_memory_mb=round(training.peak_memory_mb(), 1), train_runtime_s=round(runtime_s, 3),
         steps_per_second=round(len(history) / runtime_s, 4) if runtime_s > 0 and history else 0.0,
-        kl_estimator=cfg.kl_estimator, **numbers,
+        kl_estimator=cfg.kl_estimator, reward_failures=rewards.failure_counts(), **numbers,
     )  # fmt: skip
     result = {"stage": "ppo", "model_dir": str(model_dir), **fields}
     if accelerator.is_main_process:
