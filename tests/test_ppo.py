@@ -143,11 +143,13 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def test_two_processes_end_with_identical_weights(tiny_model, tmp_path):
-    cfg = _cfg(tiny_model, tmp_path / "ddp", max_steps=2, rollout_batch_size=8, per_device_train_batch_size=4,
-               num_ppo_epochs=1, launcher="accelerate", num_processes=2, main_process_port=29561)  # fmt: skip
+@pytest.mark.parametrize("deepspeed", ["", "recipes/deepspeed/zero2.json"], ids=["ddp", "zero2"])
+def test_two_processes_end_with_identical_weights(tiny_model, tmp_path, deepspeed):
+    cfg = _cfg(tiny_model, tmp_path / "run", max_steps=2, rollout_batch_size=8, per_device_train_batch_size=4,
+               num_ppo_epochs=1, launcher="accelerate", num_processes=2, main_process_port=29561,
+               deepspeed=deepspeed)  # fmt: skip
     result = ppo.run(cfg)
-    assert result["world_size"] == 2
+    assert result["world_size"] == 2 and result["zero_stage"] == (2 if deepspeed else 0)
     checksums = result["rank_checksums"]
     assert len(checksums) == 2 and checksums[0] == checksums[1]
     from safetensors.torch import load_file

@@ -214,6 +214,7 @@ class PolicyAndValue(torch.nn.Module):
     def __init__(self, policy, value):
         super().__init__()
         self.policy, self.value = policy, value
+        self.config = policy.config  # read by accelerate to fill DeepSpeed's "auto" bucket sizes
 
     def forward(self, input_ids, attention_mask, context: int, temperature: float):
         """Per-token (log-prob of the response token, value of the state before it) for positions context..end."""
@@ -488,13 +489,14 @@ def save_checkpoint(cfg: PPOConfig, accelerator, iteration: int, state: dict) ->
 
 
 def _accelerator(cfg: PPOConfig):
-    from accelerate import Accelerator
+    from accelerate import Accelerator, PartialState
 
-    accelerator = Accelerator(  # cpu: without it several CPU processes would not form a (gloo) group
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        mixed_precision="bf16" if cfg.bf16 else "no",
-        cpu=not torch.cuda.is_available(),
-    )
+    cpu = not torch.cuda.is_available()
+    if cpu and cfg.deepspeed:  # DeepSpeed on CPU: without a backend accelerate counts one process
+        PartialState(backend="gloo")
+    # cpu=True forms the gloo group of several CPU processes, but makes accelerate ignore DeepSpeed
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                              mixed_precision="bf16" if cfg.bf16 else "no", cpu=cpu and not cfg.deepspeed)  # fmt: skip
     plugin = accelerator.state.deepspeed_plugin
     if plugin is not None:  # no DataLoader is prepared, so DeepSpeed's "auto" batch sizes are set here
         ds = plugin.deepspeed_config
@@ -604,15 +606,16 @@ def train(cfg: PPOConfig, callbacks=None) -> dict:
 
 
 def weight_checksums(accelerator, model) -> list[str]:
-    """A SHA-256 of this rank's trainable weights, gathered from every rank (under ZeRO each rank's shard)."""
+    """A SHA-256 of this rank's policy and value weights (ZeRO-3: gathered), one per rank."""
     import hashlib
 
     from accelerate.utils import gather_object
 
-    digest = hashlib.sha256()
-    for name, param in accelerator.unwrap_model(model).named_parameters():
-        digest.update(name.encode())
-        digest.update(param.detach().float().cpu().numpy().tobytes())
+    digest, unwrapped = hashlib.sha256(), accelerator.unwrap_model(model)
+    with gathered(unwrapped):  # ZeRO-3: the full weights on every rank
+        for name, param in unwrapped.named_parameters():
+            digest.update(name.encode())
+            digest.update(param.detach().float().cpu().numpy().tobytes())
     return gather_object([digest.hexdigest()[:16]])
 
 
@@ -654,6 +657,7 @@ def finish(
         trainable_params=trainable, total_params=total, world_size=accelerator.num_processes,
         peak_memory_mb=round(training.peak_memory_mb(), 1), train_runtime_s=round(runtime_s, 3),
         steps_per_second=round(len(history) / runtime_s, 4) if runtime_s > 0 and history else 0.0,
+        zero_stage=accelerator.state.deepspeed_plugin.zero_stage if accelerator.state.deepspeed_plugin else 0,
         kl_estimator=cfg.kl_estimator, reward_failures=rewards.failure_counts(), **numbers,
     )  # fmt: skip
     result = {"stage": "ppo", "model_dir": str(model_dir), **fields}
