@@ -27,9 +27,12 @@ off by default this equals OI's two optimizers with the same learning rate. With
 and reward models wait on the CPU while the policy trains (a GPU memory saver; a no-op on CPU).
 
 Launching: `launcher: accelerate` on 1..N processes: DDP (gloo on CPU), or DeepSpeed ZeRO-2 (`deepspeed:
-recipes/deepspeed/zero2.json`, Tulu 3's `--deepspeed_stage 2`). Under ZeRO-3 the policy/value weights are sharded
-and gathered for each `generate` call (slow, but it runs); the reference and reward models are not sharded (a full
-copy per process), so ZeRO-3 saves optimizer and training-weight memory only. Every process seeds its sampling
+recipes/deepspeed/zero2.json`, Tulu 3's `--deepspeed_stage 2`), or ZeRO-3: policy, value, reference and reward
+model are all sharded (the frozen ones in a DeepSpeed engine without optimizer, gathered layer by layer for their
+forward), but HF `generate` gathers the whole policy for each rollout (one full copy per process while it
+generates, and slow: the reason open-instruct generated with vLLM); `offload_models` has no effect on ZeRO-3
+shards. DDP, ZeRO-2 and ZeRO-3 on 2 processes end with the same weights (within 2e-6 on the tiny model, fp32).
+Every process seeds its sampling
 from (seed, iteration, rank), so a run resumed from a checkpoint (`save_steps`, `resume`) repeats the same
 rollouts and ends with the uninterrupted run's weights (`tests/test_ppo.py`).
 """
@@ -282,10 +285,32 @@ def load_models(cfg: PPOConfig, pad_id: int):
     return PolicyAndValue(policy, value), reference, reward_model
 
 
+def _sharded(model) -> bool:
+    return any(hasattr(p, "ds_id") for p in model.parameters())  # DeepSpeed ZeRO-3 parameters
+
+
+def zero3_frozen(model, accelerator):
+    """Under ZeRO-3 a frozen model (reference, reward) loads as shards (``zero.Init``): give it a DeepSpeed engine
+    without optimizer, whose hooks gather each layer's weights for its forward (as TRL's ``prepare_deepspeed``).
+    Returns the model (with the hooks); a no-op for any other setup."""
+    plugin = accelerator.state.deepspeed_plugin
+    if model is None or plugin is None or plugin.zero_stage != 3:
+        return model
+    import copy
+
+    import deepspeed
+
+    config = copy.deepcopy(plugin.deepspeed_config)
+    config.pop("optimizer", None)
+    config.pop("scheduler", None)
+    return deepspeed.initialize(model=model, config=config)[0].module.eval()
+
+
 @contextlib.contextmanager
 def on_device(model, device, offload: bool):
-    """``model`` on ``device`` inside the block; with ``offload`` it goes back to the CPU after (GPU only)."""
-    if model is None or not offload or device.type == "cpu":
+    """``model`` on ``device`` inside the block; with ``offload`` it goes back to the CPU after (GPU only; not
+    under ZeRO-3, whose shards stay where DeepSpeed put them)."""
+    if model is None or not offload or device.type == "cpu" or _sharded(model):
         yield model
         return
     model.to(device)
@@ -299,13 +324,12 @@ def on_device(model, device, offload: bool):
 @contextlib.contextmanager
 def gathered(model):
     """Full weights inside the block under DeepSpeed ZeRO-3 (for ``generate``); a no-op otherwise."""
-    params = [p for p in model.parameters() if hasattr(p, "ds_id")]
-    if not params:
+    if not _sharded(model):
         yield
         return
     import deepspeed
 
-    with deepspeed.zero.GatheredParameters(params):
+    with deepspeed.zero.GatheredParameters(list(model.parameters())):
         yield
 
 
@@ -546,10 +570,10 @@ def train(cfg: PPOConfig, callbacks=None) -> dict:
                               optimizer_steps)  # fmt: skip
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    if reference is not None and not cfg.offload_models:
-        reference.to(accelerator.device)
-    if reward_model is not None and not cfg.offload_models:
-        reward_model.to(accelerator.device)
+    reference, reward_model = zero3_frozen(reference, accelerator), zero3_frozen(reward_model, accelerator)
+    for frozen in (reference, reward_model):
+        if frozen is not None and not cfg.offload_models and not _sharded(frozen):
+            frozen.to(accelerator.device)
 
     # ---- resume from the last complete checkpoint of this run
     state = {"iteration": 0, "log_history": [], "samples": []}
