@@ -114,17 +114,18 @@ def test_toy_reward_rises_with_kl_bounded_and_rewards_are_the_scorers(warm_model
     from tulu_kit.evals import gsm8k
 
     torch.set_num_threads(1)
-    result = ppo.run(_cfg(warm_model, tmp_path / "ppo", train_file=toy_file, max_steps=24))
+    kw = dict(train_file=toy_file, max_steps=20, rollout_batch_size=32, per_device_train_batch_size=16)
+    result = ppo.run(_cfg(warm_model, tmp_path / "ppo", **kw))
     history = read_jsonl(tmp_path / "ppo" / "log_history.jsonl")
-    assert [h["step"] for h in history] == list(range(1, 25))
-    start = sum(h["verifiable_reward"] for h in history[:6]) / 6
-    end = sum(h["verifiable_reward"] for h in history[-6:]) / 6
-    assert end > start, (start, end)
-    assert abs(history[-1]["kl"]) < 20.0  # summed over the response: the policy stays near the reference
-    assert result["train_steps"] == 24 and Path(result["model_dir"], "config.json").is_file()
+    assert [h["step"] for h in history] == list(range(1, 21))
+    start = sum(h["verifiable_reward"] for h in history[:5]) / 5  # share of correct answers, iterations 1-5
+    end = sum(h["verifiable_reward"] for h in history[-5:]) / 5  # and 16-20
+    assert end >= start + 0.1, (start, end)
+    assert abs(history[-1]["kl"]) < 5.0  # summed over the response: the policy stays near the reference
+    assert result["train_steps"] == 20 and Path(result["model_dir"], "config.json").is_file()
     # every logged reward is the GSM8K eval scorer's verdict on the sampled text, times verification_reward
     samples = read_jsonl(tmp_path / "ppo" / "samples.jsonl")
-    assert {s["step"] for s in samples} == {1, 24}
+    assert {s["step"] for s in samples} == {1, 20}
     for s in samples:
         pred = gsm8k.extract_answer(s["response"])
         verdict = float(pred is not None and gsm8k.is_correct(pred, s["ground_truth"]))
@@ -192,3 +193,21 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(warm_model, tmp_pat
         name
     ) in a:  # tolerance 0: every rollout is seeded by (seed, iteration, rank), the optimizer state restored
         assert torch.equal(a[name], b[name]), name
+
+
+def test_lora_policy_uses_its_base_as_reference_and_saves_merged(warm_model, tmp_path):
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    cfg = _cfg(warm_model, tmp_path / "lora", max_steps=2, rollout_batch_size=8, per_device_train_batch_size=4,
+               num_ppo_epochs=1, use_lora=True, lora_r=8, lora_target_modules="q_proj,v_proj")  # fmt: skip
+    result = ppo.run(cfg)
+    history = read_jsonl(tmp_path / "lora" / "log_history.jsonl")
+    assert history[0]["kl"] == 0.0 and history[1]["kl"] != 0.0  # adapter on vs off: KL appears after a step
+    assert 0 < result["trainable_params"] < result["total_params"]
+    merged, base = (
+        load_file(Path(result["model_dir"]) / "model.safetensors"),
+        load_file(warm_model / "model.safetensors"),
+    )
+    assert merged.keys() == base.keys()  # adapters merged into plain weights
+    assert any(not torch.equal(merged[k], base[k]) for k in base)

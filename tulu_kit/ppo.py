@@ -613,6 +613,9 @@ def train(cfg: PPOConfig, callbacks=None) -> dict:
             save_checkpoint(cfg, accelerator, it + 1, state)
     runtime = time.perf_counter() - start
     checksums = weight_checksums(accelerator, model)  # one per rank: equal when the ranks stayed in sync
+    from tulu_kit import models
+
+    trainable, total = models.count_parameters(accelerator.unwrap_model(model).policy)  # before LoRA merges
 
     # ---- save: the policy (adapters merged), curves, samples, result
     model_dir = save_policy(cfg, accelerator, model, tokenizer)
@@ -626,6 +629,8 @@ def train(cfg: PPOConfig, callbacks=None) -> dict:
         n_prompts=len(rows),
         dropped=dropped,
         rank_checksums=checksums,
+        trainable_params=trainable,
+        total_params=total,
     )
 
 
@@ -666,10 +671,9 @@ def finish(
     cfg: PPOConfig, accelerator, model, model_dir: Path, state: dict, runtime_s: float, **numbers
 ) -> dict:
     """Rank 0 writes log_history.jsonl, samples.jsonl, config.json, metrics.png and the result (metrics.json)."""
-    from tulu_kit import models, rewards
+    from tulu_kit import rewards
 
     out, history = Path(cfg.out_dir), state["log_history"]
-    trainable, total = models.count_parameters(accelerator.unwrap_model(model).policy)
     first, last = (history[0], history[-1]) if history else ({}, {})
     steps = state["iteration"]
     fields = dict(
@@ -678,7 +682,7 @@ def finish(
         first_score=first.get("score"), last_score=last.get("score"), last_kl=last.get("kl"),
         rollout_share=(sum(h["rollout_s"] for h in history) / max(sum(h["rollout_s"] + h["train_s"]
                        for h in history), 1e-9)) if history else None,
-        trainable_params=trainable, total_params=total, world_size=accelerator.num_processes,
+        world_size=accelerator.num_processes,
         peak_memory_mb=round(training.peak_memory_mb(), 1), train_runtime_s=round(runtime_s, 3),
         steps_per_second=round(len(history) / runtime_s, 4) if runtime_s > 0 and history else 0.0,
         zero_stage=accelerator.state.deepspeed_plugin.zero_stage if accelerator.state.deepspeed_plugin else 0,
