@@ -622,7 +622,6 @@ def train(cfg: PPOConfig, callbacks=None) -> dict:
     return finish(
         cfg,
         accelerator,
-        model,
         model_dir,
         state,
         runtime,
@@ -667,9 +666,7 @@ def save_policy(cfg: PPOConfig, accelerator, model, tokenizer) -> Path:
     return target
 
 
-def finish(
-    cfg: PPOConfig, accelerator, model, model_dir: Path, state: dict, runtime_s: float, **numbers
-) -> dict:
+def finish(cfg: PPOConfig, accelerator, model_dir: Path, state: dict, runtime_s: float, **numbers) -> dict:
     """Rank 0 writes log_history.jsonl, samples.jsonl, config.json, metrics.png and the result (metrics.json)."""
     from tulu_kit import rewards
 
