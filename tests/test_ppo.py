@@ -211,3 +211,13 @@ def test_lora_policy_uses_its_base_as_reference_and_saves_merged(warm_model, tmp
     )
     assert merged.keys() == base.keys()  # adapters merged into plain weights
     assert any(not torch.equal(merged[k], base[k]) for k in base)
+
+
+def test_reward_model_score_is_the_reward_and_starts_the_value_model(warm_model, tmp_path):
+    torch.set_num_threads(1)
+    cfg = _cfg(warm_model, tmp_path / "rm", max_steps=1, rollout_batch_size=8, per_device_train_batch_size=4,
+               num_ppo_epochs=1, reward_model=str(warm_model), reward_model_multiplier=2.0,
+               verification_reward=0.0, non_stop_penalty=False)  # fmt: skip
+    ppo.run(cfg)
+    (log,) = read_jsonl(tmp_path / "rm" / "log_history.jsonl")
+    assert log["rm_score"] != 0.0 and log["score"] == pytest.approx(2.0 * log["rm_score"], rel=1e-5)
