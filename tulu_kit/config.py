@@ -45,6 +45,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "dpo": ("notebooks/04_dpo.ipynb", "tulu_kit.dpo:DPOConfig"),
     "reward": ("notebooks/05_reward_model.ipynb", "tulu_kit.reward:RewardConfig"),
     "merge": ("notebooks/06_merging.ipynb", "tulu_kit.merge:MergeConfig"),
+    "ppo": ("notebooks/08_ppo.ipynb", "tulu_kit.ppo:PPOConfig"),
     "report": ("notebooks/07_report.ipynb", "tulu_kit.report:ReportConfig"),
 }
 # every benchmark is a stage `eval_<name>`: the notebook eval/<name>.ipynb and the module tulu_kit.evals.<name>,

@@ -117,3 +117,33 @@ def synthetic_preference(n: int, seed: int = 42, off_format: float = 0.5) -> lis
             }
         )
     return rows
+
+
+def synthetic_arithmetic(n: int, seed: int = 42, max_answer: int = 9) -> list[dict]:
+    """``n`` RLVR rows ``{"messages", "ground_truth", "dataset": "gsm8k"}``: "What is a plus/minus b?" with an
+    answer in ``[0, max_answer]``, asked as the SFT data asks it and scored by the GSM8K scorer (last number).
+
+    The toy task of the RL stages (PPO, GRPO; notebooks 08 and 09): small answers make a correct one likely
+    enough from the start for a reward signal, and the SFT warm-up's "The answer is N." gives the format.
+    """
+    if n < 0 or max_answer < 0:
+        raise ValueError(f"n and max_answer must be >= 0, got {n}, {max_answer}")
+    rng = random.Random(f"arithmetic-{seed}")
+    rows = []
+    for _ in range(n):
+        if rng.random() < 0.5:
+            ans = rng.randint(0, max_answer)
+            a = rng.randint(0, ans)
+            question = f"What is {a} plus {ans - a}?"
+        else:
+            a = rng.randint(0, max_answer)
+            b = rng.randint(0, a)
+            question, ans = f"What is {a} minus {b}?", a - b
+        rows.append(
+            {
+                "messages": [{"role": "user", "content": question}],
+                "ground_truth": str(ans),
+                "dataset": "gsm8k",
+            }
+        )
+    return rows

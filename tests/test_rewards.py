@@ -1,0 +1,156 @@
+"""Verifiable rewards (tulu_kit.rewards): the eval scorers themselves, 0 and counted on odd output, never raising."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tulu_kit import rewards
+from tulu_kit.data.synthetic import synthetic_arithmetic
+from tulu_kit.evals import gsm8k, ifeval, sandbox
+from tulu_kit.evals import math as math_eval
+
+
+@pytest.fixture(autouse=True)
+def _fresh_failures():
+    rewards.FAILURES.clear()
+    yield
+    rewards.FAILURES.clear()
+
+
+def row(dataset, ground_truth, prompt="q"):
+    return {
+        "messages": [{"role": "user", "content": prompt}],
+        "ground_truth": ground_truth,
+        "dataset": dataset,
+    }
+
+
+def test_gsm8k_reward_is_the_eval_scorer():
+    cases = ["The answer is 7.", "7 apples, then 8", "It is 1,234.", "-3", "So the answer is 7.0 dollars"]
+    for text in cases:
+        want = float(gsm8k.is_correct(gsm8k.extract_answer(text), "7"))
+        assert rewards.verifiable_reward(row("gsm8k", "7"), text) == want
+    assert [rewards.verifiable_reward(row("gsm8k", gt), t) for gt, t in
+            [("7", "The answer is 7."), ("7", "The answer is 8."), ("1234", "It is 1,234."),
+             ("72", "#### 72 ... so 72"), ("#### 72", "the answer is 72")]] == [1.0, 0.0, 1.0, 1.0, 1.0]  # fmt: skip
+
+
+def test_rewards_call_the_eval_modules_not_copies(monkeypatch):
+    # a wrong answer scores 1 once the *eval's* function says so: the reward goes through the same object
+    monkeypatch.setattr(gsm8k, "is_correct", lambda pred, gold: True)
+    assert rewards.verifiable_reward(row("gsm8k", "7"), "The answer is 8.") == 1.0
+    monkeypatch.setattr(math_eval, "is_equiv", lambda pred, gold: True)
+    assert rewards.verifiable_reward(row("math", "2"), "\\boxed{3}") == 1.0
+    monkeypatch.setattr(ifeval, "check", lambda inp, resp: ([True, False, False, False], []))
+    gt = {"instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}
+    assert rewards.verifiable_reward(row("ifeval", gt), "a, b") == 0.25
+    seen = []
+    monkeypatch.setattr(
+        sandbox, "run_program", lambda prog, limits: seen.append(prog) or sandbox.ExecResult("passed")
+    )
+    assert rewards.verifiable_reward(row("code", "assert f() == 1"), "def f():\n    return 2") == 1.0
+    assert seen == ["def f():\n    return 2\n\nassert f() == 1\n"]
+
+
+def test_math_reward():
+    assert rewards.verifiable_reward(row("math", "\\frac{1}{2}"), "so \\boxed{\\frac12}") == 1.0
+    assert rewards.verifiable_reward(row("math", "\\frac{1}{2}"), "so \\boxed{0.5}") == 1.0
+    assert (
+        rewards.verifiable_reward(
+            row("math", "3"), "Final Answer: The final answer is $4$. I hope it is correct."
+        )
+        == 0.0
+    )
+    assert rewards.verifiable_reward(row("math", "3"), "no answer here") == 0.0
+    assert rewards.FAILURES == {"math/no_answer": 1}
+
+
+def test_ifeval_reward_share_of_instructions_followed():
+    gt = {
+        "instruction_id_list": ["punctuation:no_comma", "detectable_format:title"],
+        "kwargs": [{}, {}],
+    }
+    assert rewards.verifiable_reward(row("ifeval", gt), "<<a title>> and no commas") == 1.0
+    assert rewards.verifiable_reward(row("ifeval", json.dumps(gt)), "<<a title>> with a comma, here") == 0.5
+    assert rewards.verifiable_reward(row("ifeval", gt), "no title, and a comma") == 0.0
+    # open-instruct's IFEvalG form: a one-element list with "instruction_id"
+    alt = json.dumps([{"instruction_id": ["punctuation:no_comma"], "kwargs": [None]}])
+    assert rewards.verifiable_reward(row("ifeval", alt), "fine") == 1.0
+    assert rewards.FAILURES == {}
+
+
+def test_code_reward_runs_in_the_sandbox():
+    tests = "assert add(1, 2) == 3\nassert add(-1, 1) == 0"
+    good = "Here:\n```python\ndef add(a, b):\n    return a + b\n```\nDone."
+    assert rewards.verifiable_reward(row("code", tests), good) == 1.0
+    assert rewards.verifiable_reward(row("code", [tests]), "def add(a, b):\n    return a - b") == 0.0
+    # forging a verdict: exiting "successfully" before the tests run is a failure in the sandbox
+    forged = "import os\nos._exit(0)\ndef add(a, b):\n    return 0"
+    assert rewards.verifiable_reward(row("code", tests), forged) == 0.0
+    assert rewards.verifiable_reward(row("code", tests), "import sys\nsys.exit(0)") == 0.0
+    gt = {"prefix": "def add(a, b):\n", "tests": tests}
+    assert rewards.verifiable_reward(row("code", gt), "    return a + b") == 1.0
+
+
+def test_odd_output_scores_zero_and_is_counted():
+    odd = [
+        (row("gsm8k", "7"), "no number at all"),
+        (row("gsm8k", "7"), None),
+        (row("gsm8k", "7"), 12),
+        (row("nope", "7"), "7"),
+        (row("ifeval", "{not json"), "text"),
+        ({"dataset": "gsm8k"}, "7"),
+        ("not a row", "7"),
+    ]
+    assert [rewards.verifiable_reward(r, c) for r, c in odd] == [0.0] * len(odd)
+    assert rewards.FAILURES == {
+        "gsm8k/no_answer": 1,
+        "gsm8k/not_text": 2,
+        "nope/unknown_dataset": 1,
+        "ifeval/error:JSONDecodeError": 1,
+        "gsm8k/error:KeyError": 1,
+        "?/unknown_dataset": 1,
+    }
+    assert rewards.failure_counts(reset=True)["gsm8k/not_text"] == 2 and not rewards.FAILURES
+
+
+def test_trl_reward_funcs_scale_and_conversational_completions():
+    (func,) = rewards.trl_reward_funcs(scale=10.0)
+    assert func.__name__ == "verifiable"
+    prompts = [[{"role": "user", "content": "What is 2 plus 3?"}]] * 3
+    completions = [
+        [{"role": "assistant", "content": t}] for t in ("The answer is 5.", "The answer is 6.", "?")
+    ]
+    out = func(prompts=prompts, completions=completions, ground_truth=["5"] * 3, dataset=["gsm8k"] * 3,
+               completion_ids=None, trainer_state=None)  # fmt: skip
+    assert out == [10.0, 0.0, 0.0]
+    assert func(prompts=["q"], completions=["7"], ground_truth=["7"], dataset=["gsm8k"]) == [10.0]
+
+
+def test_check_rows_names_line_and_key():
+    good = row("gsm8k", "7")
+    rewards.check_rows(
+        [good, row("ifeval", {"instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]})]
+    )
+    with pytest.raises(ValueError, match=r"rl\.jsonl: line 2: missing key 'ground_truth'"):
+        rewards.check_rows([good, {"messages": good["messages"], "dataset": "gsm8k"}], "rl.jsonl")
+    with pytest.raises(ValueError, match=r"line 1: key 'dataset' is 'gsm9k'"):
+        rewards.check_rows([row("gsm9k", "7")], "rl.jsonl")
+    with pytest.raises(ValueError, match=r"line 1: key 'ground_truth'"):
+        rewards.check_rows([row("ifeval", {"kwargs": []})], "rl.jsonl")
+
+
+def test_synthetic_arithmetic_rows_are_scored_by_gsm8k():
+    rows = synthetic_arithmetic(200, seed=3)
+    assert rows == synthetic_arithmetic(200, seed=3) and rows != synthetic_arithmetic(200, seed=4)
+    rewards.check_rows(rows)
+    for r in rows:
+        q = r["messages"][0]["content"]
+        a, op, b = q.removeprefix("What is ").removesuffix("?").split()
+        assert int(r["ground_truth"]) == (int(a) + int(b) if op == "plus" else int(a) - int(b))
+        assert 0 <= int(r["ground_truth"]) <= 9 and r["dataset"] == "gsm8k"
+        assert rewards.verifiable_reward(r, f"The answer is {r['ground_truth']}.") == 1.0
+        assert rewards.verifiable_reward(r, f"The answer is {int(r['ground_truth']) + 1}.") == 0.0
+    assert {r["messages"][0]["content"].split()[3] for r in rows} == {"plus", "minus"}
