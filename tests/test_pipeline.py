@@ -105,7 +105,13 @@ def test_demo_training_notebooks_leave_their_artifacts_and_learn(demo_run):
         run_dir / "merge" / "merge_path.png"
     ).is_file()
     # every training and merge notebook printed its by-hand value beside the library's
-    for notebook in ("02_sft.ipynb", "04_dpo.ipynb", "05_reward_model.ipynb", "06_merging.ipynb", "08_ppo.ipynb"):
+    for notebook in (
+        "02_sft.ipynb",
+        "04_dpo.ipynb",
+        "05_reward_model.ipynb",
+        "06_merging.ipynb",
+        "08_ppo.ipynb",
+    ):
         outs = _outputs(run_dir, notebook)
         text = "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outs)
         assert "by hand" in text.lower(), notebook

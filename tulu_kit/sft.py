@@ -51,7 +51,9 @@ class SFTConfig(LoRAFields):
     model: str = "../runs/lab/quickstart/model"  # base model: local path or Hub id
     train_file: str = "../runs/lab/data/sft.jsonl"  # JSONL of {"messages": [...]} rows, or a Hub dataset id
     out_dir: str = "../runs/lab/sft"  # final model in <out_dir>/model, checkpoints in <out_dir>/checkpoints
-    chat_template: str = "tulu"  # a name from data.templates.available_templates() ("trl/llama3", ...); "": keep own
+    chat_template: str = (
+        "tulu"  # a name from data.templates.available_templates() ("trl/llama3", ...); "": keep own
+    )
     max_length: int = 4096  # tokens per example; longer ones are cut from the right
     packing: bool = False  # padding-free packing of examples into rows of max_length tokens
     num_train_epochs: float = 2.0  # passes over the data (Tulu 2: 2 epochs; Tulu 3: 2)

@@ -49,7 +49,9 @@ class TrainingFields:
     train_split: str = "train"  # split when train_file is a Hub dataset id
     eval_file: str = ""  # held-out data of the same format ("": the stage's own default)
     max_length: int = 2048  # tokens per example; longer ones are cut from the right
-    chat_template: str = ""  # a name from tulu_kit.data.templates.available_templates(); "": the tokenizer's own
+    chat_template: str = (
+        ""  # a name from tulu_kit.data.templates.available_templates(); "": the tokenizer's own
+    )
     # --- optimisation
     num_train_epochs: float = 1.0  # passes over the data (ignored when max_steps > 0)
     max_steps: int = -1  # optimizer steps; -1: run num_train_epochs

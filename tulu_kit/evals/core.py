@@ -218,7 +218,9 @@ def chat_prompt(tokenizer: Any, text: str, chat: bool, assistant_prefix: str = "
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("chat=True but the tokenizer has no chat template (set one with set_chat_template)")
     rendered = tokenizer.apply_chat_template(
-        _as_trained(tokenizer, [{"role": "user", "content": text}]), tokenize=False, add_generation_prompt=True
+        _as_trained(tokenizer, [{"role": "user", "content": text}]),
+        tokenize=False,
+        add_generation_prompt=True,
     )
     if assistant_prefix and rendered and not rendered[-1].isspace():
         rendered += " "
