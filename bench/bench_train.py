@@ -2,11 +2,16 @@
 
 Each stage is run through its public entry point (``tulu_kit.<stage>.run(cfg)``, in this process) and the bare
 TRL trainer (``SFTTrainer``, ``DPOTrainer``, ``RewardTrainer``) is built on the same rows, model, batch,
-length, steps, optimizer, schedule, clipping and precision; TRL then prepares the rows itself. A step is the wall
-time between two ``on_step_end`` callbacks (data loading, forward, backward, optimizer, logging: everything
-the loop does per step); the first ``--warmup`` steps are left out and the median of the rest is the run's figure.
+length, steps, learning rate, schedule, clipping and precision; TRL then prepares the rows itself (the token
+sequences come out identical). A step is the time between two ``on_step_end`` callbacks (data loading, forward,
+backward, optimizer, logging: everything the loop does per step), wall time on a GPU and this process's CPU
+time with one torch thread on a CPU (``StepClock``); the first ``--warmup`` steps are left out and the median
+of the rest is the run's figure.
 Repeats alternate the order (ours, TRL / TRL, ours) and the ratio is the median of the per-repeat ratios.
 
+What differs between the sides is only what does not change the maths: each keeps its own default optimizer
+implementation, progress bars and metrics. Gradient checkpointing (TRL's configs default to on) and clipping are
+set alike. ``--set optim=adamw_torch_fused`` (any stage config field) measures a change to a stage default.
 The device is detected: CUDA (bf16) when present, else CPU (fp32). ``--profile`` runs cProfile over the timed
 steps of both sides of one stage and prints the functions where the time goes, side by side.
 
@@ -32,6 +37,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_args, interleaved, paired_ratios, row, write_rows  # noqa: E402
@@ -140,6 +146,9 @@ def ours(stage: str, a, work: Path, out: Path) -> None:
         kw.update(train_file=str(work / "pairs.jsonl"), eval_fraction=0.0)
     if stage == "dpo":
         kw.update(loss_type="dpo", beta=0.1, reference="cached")
+    for item in a.set or []:  # e.g. --set optim=adamw_torch_fused, to measure a change to a stage default
+        key, _, value = item.partition("=")
+        kw[key] = yaml.safe_load(value)
     run(cls(**kw))
 
 
@@ -157,7 +166,7 @@ def bare_trl(stage: str, a, work: Path, out: Path) -> None:
 
         rows = Dataset.from_list([{"messages": r["messages"]} for r in read_jsonl(work / "sft.jsonl")])
         cfg = SFTConfig(**args, max_length=a.max_length, assistant_only_loss=True, max_grad_norm=0.0,
-                        optim="adamw_torch", warmup_steps=0)  # fmt: skip
+                        warmup_steps=0)  # fmt: skip
         SFTTrainer(model=load_model(work / "model", dtype), args=cfg, train_dataset=rows,
                    processing_class=tokenizer).train()  # fmt: skip
     elif stage == "dpo":
@@ -232,6 +241,9 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=64, help="tiny-model width (64: the quickstart model)")
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--profile", action="store_true", help="cProfile both sides of the first stage once")
+    p.add_argument(
+        "--set", nargs="+", metavar="KEY=VALUE", help="override fields of the stage configs (ours)"
+    )
     p.add_argument("--profile-dir", help="with --profile: also write the .prof files here")
     p.add_argument(
         "--threads", type=int, default=1, help="torch threads on CPU (1: CPU time is a fair clock)"
