@@ -91,7 +91,7 @@ def main() -> None:
             for m in (("cached", "model") if i % 2 == 0 else ("model", "cached"))
         ]:
             cmd = [sys.executable, __file__, "--mode", mode, "--model", str(model), "--data", str(data),
-                   "--out", f"{tmp}/{mode}", "--steps", str(args.steps), "--batch", str(args.batch),
+                   "--out", f"{tmp}/out_{mode}", "--steps", str(args.steps), "--batch", str(args.batch),
                    "--max-length", str(args.max_length)] + (["--bf16"] if args.bf16 else [])  # fmt: skip
             out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
             line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)

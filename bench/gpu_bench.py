@@ -270,7 +270,7 @@ def main() -> int:
         )
     elif not torch.cuda.is_available():
         print("gpu_bench: skipped, no CUDA device (run it on a GPU machine: python bench/gpu_bench.py)")
-        write_rows(a.json, [row("gpu", "~1B Llama SFT tokens/s, MFU; generation", None, unit="",
+        write_rows(a.json, [row("gpu", "~1B Llama SFT tokens/s, MFU; generation", None, unit="", better="",
                                 note="skipped: no CUDA device on this machine")])  # fmt: skip
         return 0
     logging.disable(logging.WARNING)

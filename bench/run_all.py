@@ -141,7 +141,7 @@ def _num(x) -> str:
         return x
     if x == 0:
         return "0"
-    return f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}"
+    return f"{x:.4g}" if abs(x) < 1000 else f"{x:,.0f}"
 
 
 def table(result: dict) -> str:
