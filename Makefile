@@ -19,7 +19,7 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup dirs demo test lint format lab clean
+.PHONY: setup dirs demo test lint format lab clean bench
 
 setup: $(STAMP)
 
@@ -41,6 +41,11 @@ dirs:
 demo: setup dirs
 	$(VENV)/bin/tulu-kit run recipes/quickstart.yaml --out runs/demo
 	@echo "report: $(CURDIR)/runs/demo/report/report.html"
+
+# Every bench script, median of 3 repeats each: one table (machine and versions in its header) printed and
+# written to runs/bench/<time>_<commit>.txt with the JSON beside it (runs/bench/latest.json: the last run).
+bench: setup dirs
+	$(PY) bench/run_all.py --repeats 3 --out runs/bench
 
 lint: setup
 	$(VENV)/bin/ruff check .

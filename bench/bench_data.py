@@ -10,6 +10,9 @@ template, times (median of ``--repeats``):
 
 Then packing efficiency (real tokens / slots) at max length 2048 and 512: padding-free packing (ours and TRL's)
 against padded batches (pad to the longest row of each batch of ``--batch-size`` rows, and pad to max length).
+The clock is this process's CPU time (both pipelines run in one thread), so other jobs on the machine matter
+less; the two pipelines alternate within each repeat. Without the Alpaca file (``$TULU_KIT_SHARED_DATA/alpaca``,
+or ``--alpaca``) the rows are 2,000 synthetic conversations (``tulu_kit.data.synthetic``), and the table says so.
 Not a test; prints tables.
 
     .venv/bin/python bench/bench_data.py
@@ -22,30 +25,38 @@ import argparse
 import logging
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_args, paired_ratios, row, write_rows  # noqa: E402
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_ALPACA = REPO.parent / "shared" / "data" / "alpaca" / "alpaca_data_sample2000.json"
+# the same place tests/conftest.py reads the real data from
+SHARED_DATA = Path(os.environ.get("TULU_KIT_SHARED_DATA", REPO.parent / "shared" / "data"))
+DEFAULT_ALPACA = SHARED_DATA / "alpaca" / "alpaca_data_sample2000.json"
 
 
-def timed(fn, repeats: int):
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+def timed_pair(fns: dict, repeats: int) -> tuple[dict[str, list[float]], dict]:
+    """CPU seconds of each fn per repeat, alternating their order; and each fn's last result."""
+    times, results = {k: [] for k in fns}, {}
+    for i in range(repeats):
+        for name in list(fns) if i % 2 == 0 else list(fns)[::-1]:
+            start = time.process_time()
+            results[name] = fns[name]()
+            times[name].append(time.process_time() - start)
+    return times, results
 
 
-def ours(raw_rows, tokenizer, max_length):
+def ours(raw_rows, kind, tokenizer, max_length):
     from tulu_kit.data.formats import convert_rows
     from tulu_kit.data.packing import pack_rows
     from tulu_kit.data.tokenize import tokenize_sft
 
-    converted = convert_rows("alpaca", raw_rows).examples
+    converted = convert_rows(kind, raw_rows).examples
     rows, stats = tokenize_sft(converted, tokenizer, max_length)
     packed, pack_stats = pack_rows(rows, max_length)
     return stats, pack_stats
@@ -73,13 +84,23 @@ def trl_prepare(trainer, messages, tokenizer, max_length):
     return trainer._prepare_dataset(dataset, tokenizer, args, True, None, "train")
 
 
+def load_rows(path: str) -> tuple[str, list[dict], str]:
+    """(converter kind, raw rows, description): the Alpaca file when present, else synthetic conversations."""
+    from tulu_kit.data.sources import read_file
+
+    if Path(path).is_file():
+        return "alpaca", read_file(path), f"{Path(path).name} (Alpaca)"
+    from tulu_kit.data.synthetic import synthetic_sft
+
+    return "messages", synthetic_sft(2000, seed=0), "2000 synthetic conversations (no Alpaca file)"
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = add_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     parser.add_argument(
         "--alpaca", default=str(DEFAULT_ALPACA), help="Alpaca JSON (instruction/input/output)"
     )
     parser.add_argument("--model", help="model dir (default: build the tiny model in a temp dir)")
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8, help="rows per padded batch")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
@@ -88,24 +109,29 @@ def main() -> None:
     datasets.disable_progress_bars()
     from tulu_kit.data.formats import convert_rows
     from tulu_kit.data.packing import packing_efficiency, padded_efficiency
-    from tulu_kit.data.sources import read_file
     from tulu_kit.data.templates import set_chat_template
     from tulu_kit.models import build_tiny_model, load_tokenizer
 
     model_dir = args.model or build_tiny_model(Path(tempfile.mkdtemp()) / "model")
     tokenizer = set_chat_template(load_tokenizer(model_dir), "tulu")
-    raw = read_file(args.alpaca)
-    messages = convert_rows("alpaca", raw).examples
+    kind, raw, source = load_rows(args.alpaca)
+    messages = convert_rows(kind, raw).examples
     trainer = trl_trainer(model_dir, tokenizer, messages[0])
-    print(f"{len(raw)} Alpaca rows, tokenizer {model_dir} (vocab {len(tokenizer)}), template tulu\n")
+    print(f"{source}: {len(raw)} rows, tokenizer {model_dir} (vocab {len(tokenizer)}), template tulu; "
+          f"CPU seconds, median of {args.repeats}\n")  # fmt: skip
 
     print(
         f"{'max_len':>7} {'pipeline':<44} {'seconds':>8} {'rows/s':>8} {'tokens/s':>10} {'trained tok':>11}"
     )
-    efficiency, mean_length = {}, {}
+    efficiency, mean_length, out = {}, {}, []
     for max_length in (2048, 512):
-        t_ours, (stats, pack_stats) = timed(lambda m=max_length: ours(raw, tokenizer, m), args.repeats)
-        t_trl, packed = timed(lambda m=max_length: trl_prepare(trainer, messages, tokenizer, m), args.repeats)
+        repeats = args.repeats if max_length == 2048 or not args.quick else 1
+        times, results = timed_pair(
+            {"ours": lambda m=max_length: ours(raw, kind, tokenizer, m),
+             "trl": lambda m=max_length: trl_prepare(trainer, messages, tokenizer, m)}, repeats
+        )  # fmt: skip
+        t_ours, t_trl = statistics.median(times["ours"]), statistics.median(times["trl"])
+        (stats, pack_stats), packed = results["ours"], results["trl"]
         trl_real = sum(len(r["input_ids"]) for r in packed)
         trl_trained = sum(1 for r in packed for lab in r["labels"] if lab != -100)
         label = "ours: convert+template+tokenize+mask+pack"
@@ -114,6 +140,10 @@ def main() -> None:
         label = "TRL: _prepare_dataset (messages, bfd pack)"
         print(f"{max_length:>7} {label:<44} {t_trl:8.2f} {len(raw) / t_trl:8.0f} "
               f"{trl_real / t_trl:10.0f} {trl_trained:>11}")  # fmt: skip
+        ratios = paired_ratios(times["ours"], times["trl"])
+        if repeats == args.repeats:
+            out.append(row("data", f"tokenize+mask+pack at {max_length} vs TRL _prepare_dataset", t_ours, t_trl,
+                           unit="CPU s", ratios=ratios, samples=times, note=source))  # fmt: skip
         lengths = stats.lengths
         mean_length[max_length] = statistics.mean(lengths)
         efficiency[max_length] = {
@@ -125,7 +155,12 @@ def main() -> None:
             ),
             "_rows": (pack_stats.n_bins, len(packed)),
         }
-        print(f"{'':>7} ratio ours/TRL throughput: {t_trl / t_ours:.2f}x\n")
+        print(f"{'':>7} ratio ours/TRL CPU time: {statistics.median(ratios):.3f} "
+              f"(TRL/ours throughput {1 / statistics.median(ratios):.2f}x)\n")  # fmt: skip
+        e = efficiency[max_length]
+        out.append(row("data", f"packing efficiency at {max_length} vs TRL bfd", e["packed (ours, BFD)"],
+                       e["packed (TRL, bfd)"], unit="real/slots", better="higher",
+                       note=f"padded to longest: {e[f'padded to longest, batch {args.batch_size}']:.3f}"))  # fmt: skip
 
     print(f"\npacking efficiency (real tokens / slots); mean length {mean_length[2048]:.0f} tokens")
     print(f"{'layout':<30} {'2048':>8} {'512':>8}")
@@ -134,6 +169,7 @@ def main() -> None:
             print(f"{key:<30} {efficiency[2048][key]:8.3f} {efficiency[512][key]:8.3f}")
     rows = {m: "{}/{}".format(*efficiency[m]["_rows"]) for m in (2048, 512)}
     print(f"{'packed rows (ours / TRL)':<30} {rows[2048]:>8} {rows[512]:>8}")
+    write_rows(args.json, out)
 
 
 if __name__ == "__main__":

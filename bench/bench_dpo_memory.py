@@ -6,16 +6,21 @@ are computed in one pass before training (tulu_kit.dpo) and no second model is l
 TRL keeps a frozen copy of the policy next to it.
 
 Run:  .venv/bin/python bench/bench_dpo_memory.py [--hidden 512 --layers 8 --steps 4]
+``--quick`` (make bench): a 256-wide, 4-layer model, 2 steps; peaks are medians of ``--repeats`` runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_args, row, write_rows  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,7 +63,7 @@ def _setup(tmp: Path, args) -> tuple[Path, Path]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = add_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), repeats=1)
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--steps", type=int, default=4)
@@ -72,31 +77,41 @@ def main() -> None:
     args = p.parse_args()
     if args.mode:
         return worker(args)
+    if args.quick:
+        args.hidden, args.layers, args.steps = 256, 4, 2
     with tempfile.TemporaryDirectory() as tmp:
         model, data = _setup(Path(tmp), args)
         from tulu_kit.models import load_model
 
         n_params = sum(t.numel() for t in load_model(model).parameters())
-        results = {}
-        for mode in ("cached", "model"):
+        results = {"cached": [], "model": []}
+        for mode in [
+            m
+            for i in range(args.repeats)
+            for m in (("cached", "model") if i % 2 == 0 else ("model", "cached"))
+        ]:
             cmd = [sys.executable, __file__, "--mode", mode, "--model", str(model), "--data", str(data),
-                   "--out", f"{tmp}/{mode}", "--steps", str(args.steps), "--batch", str(args.batch),
+                   "--out", f"{tmp}/out_{mode}", "--steps", str(args.steps), "--batch", str(args.batch),
                    "--max-length", str(args.max_length)] + (["--bf16"] if args.bf16 else [])  # fmt: skip
             out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
             line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
             if line is None:
                 sys.exit(f"{mode} run failed:\n{out.stderr[-3000:]}")
-            results[mode] = json.loads(line[7:])
-    cached, model_mb = results["cached"]["peak_mb"], results["model"]["peak_mb"]
+            results[mode].append(json.loads(line[7:]))
+    what = results["cached"][0]["what"]
+    cached, model_mb = (statistics.median(r["peak_mb"] for r in results[m]) for m in ("cached", "model"))
     weights_mb = n_params * (2 if args.bf16 else 4) / 2**20
     print(f"model: {n_params / 1e6:.1f}M parameters ({weights_mb:.0f} MB of weights), batch {args.batch}, "
-          f"max_length {args.max_length}, {args.steps} steps; metric: {results['cached']['what']}")  # fmt: skip
+          f"max_length {args.max_length}, {args.steps} steps; metric: {what}, median of {args.repeats}")  # fmt: skip
     print(f"{'reference':<22}{'peak MB':>10}")
     print(f"{'cached log-probs':<22}{cached:>10.1f}")
     print(f"{'model in memory':<22}{model_mb:>10.1f}")
     print(
         f"saved: {model_mb - cached:.1f} MB ({model_mb / cached:.2f}x); one copy of the weights is {weights_mb:.0f} MB"
     )
+    write_rows(args.json, [row("dpo memory", "cached reference log-probs vs reference model in memory", cached,
+                               model_mb, unit="peak MB", note=f"{what}; {n_params / 1e6:.1f}M params, "
+                               f"weights {weights_mb:.0f} MB")])  # fmt: skip
 
 
 if __name__ == "__main__":

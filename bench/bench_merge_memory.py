@@ -5,7 +5,8 @@ process and samples its memory (/proc/self/status every 2 ms): the peak of anony
 really allocates) and the peak RSS (VmHWM, which also counts file pages read through mmap). Baseline = the
 same imports with no work. "x shard" / "x model" divide the peak (anonymous memory for the streamed rows; the
 larger of the two for the naive row, whose tensors are mmap-backed) by the shard and model sizes. A streamed
-peak that stays flat when the model doubles is the point. Not a test; prints a table.
+peak that stays flat when the model doubles is the point. Each figure is the median of ``--repeats`` runs.
+``--quick`` (make bench): one 8-layer model and the naive, linear and weight-diff paths. Not a test; prints a table.
 
     .venv/bin/python bench/bench_merge_memory.py                  # 130 and 250 MiB models, 20 MB shards
     .venv/bin/python bench/bench_merge_memory.py --layers 16 32 --shard 50MB
@@ -15,10 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_args, row, write_rows  # noqa: E402
 
 CHILD = r"""
 import json, sys, threading, time
@@ -108,39 +113,58 @@ OPS = [
 ]
 
 
-def bench(layers: int, args: argparse.Namespace) -> None:
+def bench(layers: int, args: argparse.Namespace, ops: list[tuple[str, str]]) -> tuple[dict, dict]:
     with tempfile.TemporaryDirectory(prefix="bench_merge_") as tmp:
         root = Path(tmp)
         info = build_family(root, layers, args.hidden, args.vocab, args.shard)
         print(
             f"\n{layers} layers: model {info['model_mb']:.0f} MiB fp32 in {info['shards']} shards of <= "
-            f"{info['shard_mb']:.0f} MiB; largest tensor {info['largest_tensor_mb']:.0f} MiB"
+            f"{info['shard_mb']:.0f} MiB; largest tensor {info['largest_tensor_mb']:.0f} MiB; median of {args.repeats}"
         )
         print(
             f"{'operation':<32}{'peak anon MiB':>14}{'peak RSS MiB':>14}{'x shard':>9}{'x model':>9}{'s':>7}"
         )
-        for op, label in OPS:
-            cmd = [sys.executable, "-c", CHILD, op, str(root), args.shard]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode:
-                sys.exit(f"{op} failed:\n{proc.stderr[-3000:]}")
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
-            peak = max(r["anon"], r["hwm"]) if op.startswith("naive") else r["anon"]
+        results = {}
+        for op, label in ops:
+            runs = []
+            for _ in range(args.repeats):
+                cmd = [sys.executable, "-c", CHILD, op, str(root), args.shard]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode:
+                    sys.exit(f"{op} failed:\n{proc.stderr[-3000:]}")
+                runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            r = {k: statistics.median(x[k] for x in runs) for k in ("anon", "hwm", "s")}
+            r["peak"] = max(r["anon"], r["hwm"]) if op.startswith("naive") else r["anon"]
+            results[op] = r
             print(
-                f"{label:<32}{r['anon']:>14.0f}{r['hwm']:>14.0f}{peak / info['shard_mb']:>9.1f}"
-                f"{peak / info['model_mb']:>9.2f}{r['s']:>7.1f}"
+                f"{label:<32}{r['anon']:>14.0f}{r['hwm']:>14.0f}{r['peak'] / info['shard_mb']:>9.1f}"
+                f"{r['peak'] / info['model_mb']:>9.2f}{r['s']:>7.1f}"
             )
+    return info, results
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = add_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), repeats=1)
     ap.add_argument("--layers", type=int, nargs="+", default=[8, 16], help="model depths to compare")
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--shard", default="20MB", help="shard size of inputs and outputs")
     args = ap.parse_args()
+    ops = OPS
+    if args.quick:
+        args.layers = args.layers[:1]
+        ops = [o for o in OPS if o[0] in ("naive_linear", "linear", "make_diff")]
+    rows = []
     for layers in args.layers:
-        bench(layers, args)
+        info, res = bench(layers, args, ops)
+        size = f"{layers} layers, {info['model_mb']:.0f} MiB model, {info['shard_mb']:.0f} MiB shards"
+        naive = res["naive_linear"]["peak"]
+        for op, label in ops:
+            if op == "naive_linear":
+                continue
+            rows.append(row("merge memory", f"{label} vs whole models (naive)", res[op]["peak"], naive,
+                            unit="peak MiB", note=f"{size}; {res[op]['peak'] / info['model_mb']:.2f}x model"))  # fmt: skip
+    write_rows(args.json, rows)
 
 
 if __name__ == "__main__":
