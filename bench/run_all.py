@@ -195,7 +195,7 @@ def main() -> int:
     scripts = SCRIPTS + [s for s in OPTIONAL if (BENCH / s).is_file()]
     if a.only:
         scripts = [s for s in scripts if any(w in s for w in a.only)]
-    stamp = dt.datetime.now(dt.timezone.utc)
+    stamp = dt.datetime.now(dt.UTC)
     out = Path(a.out)
     info = machine()
     name = f"{stamp:%Y%m%d-%H%M%S}_{info['commit'].replace('+', '-')}"
