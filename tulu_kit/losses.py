@@ -1,7 +1,7 @@
-"""Preference losses: DPO and its variants, and the Bradley–Terry reward-model loss.
+"""Preference losses (DPO and its variants, the Bradley–Terry reward-model loss) and the RL math (PPO, GRPO).
 
-Used by `tulu_kit.dpo` (notebook `notebooks/04_dpo.ipynb`) and `tulu_kit.reward`
-(`notebooks/05_reward_model.ipynb`). Every function works on per-example sequence log-probabilities
+Used by `tulu_kit.dpo` (notebook `notebooks/04_dpo.ipynb`), `tulu_kit.reward`
+(`notebooks/05_reward_model.ipynb`), `tulu_kit.ppo` (`notebooks/08_ppo.ipynb`) and the GRPO notebook. Every function works on per-example sequence log-probabilities
 (shape `(batch,)`), so each one can be checked by hand on fixed numbers (`tests/test_losses.py`).
 
 Loss types follow open-instruct's `DPOLossType` (`open_instruct/dpo_utils.py`), plus IPO:
@@ -209,3 +209,149 @@ def preference_loss(
         ref_rejected / rejected_lengths,
         beta,
     )
+
+
+# --------------------------------------------------------------------------- RL: PPO and GRPO
+# Per-token tensors have shape (batch, response_length) and a mask that is 1 on response tokens (up to and
+# including the EOS) and 0 on padding. Names and formulas follow open-instruct's `ppo_vllm_thread_ray_gtrl.py`
+# (commit 9502f163, lines 470-503 and 1288-1390), where Tulu 3's PPO ran.
+
+KL_ESTIMATORS = ("kl1", "kl2", "kl3")
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of `x` over the positions where `mask` is 1 (all of them, or along `dim`)."""
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """`(x - mean) / sqrt(var + 1e-8)` over the masked positions, variance with Bessel's correction, as
+    open-instruct's `masked_whiten` (L470-503); `shift_mean=False` adds the mean back. Padding comes out 0."""
+    mean = masked_mean(x, mask)
+    n = mask.to(x.dtype).sum()
+    var = masked_mean((x - mean) ** 2, mask) * n / (n - 1).clamp(min=1)
+    whitened = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask.to(x.dtype)
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "kl1") -> torch.Tensor:
+    """Per-token estimate of KL(π ‖ π_ref) on tokens sampled from π (Schulman 2020, "Approximating KL
+    Divergence", http://joschu.net/blog/kl-approx.html), with `d = log π - log π_ref`:
+
+    * `kl1` (k1) = d: unbiased, high variance, can be negative on one token (open-instruct's default);
+    * `kl2` (k2) = d²/2: biased, low variance, never negative;
+    * `kl3` (k3) = (e^{-d} - 1) + d: unbiased and never negative (Tulu 3.1 GRPO).
+    """
+    d = logprobs - ref_logprobs
+    if estimator == "kl1":
+        return d
+    if estimator == "kl2":
+        return d**2 / 2
+    if estimator == "kl3":
+        return torch.expm1(-d) + d
+    raise ValueError(f"unknown KL estimator {estimator!r}; expected one of {KL_ESTIMATORS}")
+
+
+def ppo_rewards(
+    scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards: `-β·kl` on every response token, plus the sequence's score on its last token.
+
+    (open-instruct L1302-1307 adds the score one position *after* the last token, inside its value mask; here it
+    lands on the last token itself, the EOS when there is one, which the value and GAE masks both cover.)
+    Returns (rewards, non-score reward per sequence).
+    """
+    mask = mask.to(kl.dtype)
+    rewards = -beta * kl * mask
+    non_score = rewards.sum(1)
+    last = (mask.sum(1).long() - 1).clamp(min=0)
+    rewards = rewards.clone()
+    rewards[torch.arange(rewards.shape[0]), last] += scores
+    return rewards * mask, non_score
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation (Schulman et al. 2016, arXiv 1506.02438, eq. 16), open-instruct L1314-1323:
+
+    `δ_t = r_t + γ V_{t+1} - V_t`, `A_t = δ_t + γλ A_{t+1}`, with V and A zero after the last token.
+    Returns (advantages, returns = advantages + values), both 0 on padding.
+    """
+    mask = mask.to(values.dtype)
+    rewards, values = rewards * mask, values * mask
+    advantages = torch.zeros_like(values)
+    last = torch.zeros_like(values[:, 0])
+    for t in reversed(range(values.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < values.shape[1] else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = (delta + gamma * lam * last) * mask[:, t]
+        advantages[:, t] = last
+    return advantages, (advantages + values) * mask
+
+
+def ppo_policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange: float = 0.2,
+) -> tuple[torch.Tensor, dict]:
+    """PPO's clipped surrogate (Schulman et al. 2017, arXiv 1707.06347, eq. 7), open-instruct L1372-1382:
+
+    `mean_t max(-A_t ρ_t, -A_t clip(ρ_t, 1-ε, 1+ε))` with `ρ_t = π(a_t|s_t) / π_old(a_t|s_t)`.
+    Returns (loss, {"clipfrac": share of tokens where the clipped term is larger, "approxkl": ½ mean (log ρ)²}).
+    """
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    loss = masked_mean(torch.max(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = {
+            "clipfrac": masked_mean((clipped > unclipped).to(logprobs.dtype), mask),
+            "approxkl": 0.5 * masked_mean(log_ratio**2, mask),
+            "ratio": masked_mean(ratio, mask),
+        }
+    return loss, stats
+
+
+def ppo_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange_value: float = 0.2,
+) -> tuple[torch.Tensor, dict]:
+    """Clipped value loss, open-instruct L1356-1363: `½ mean_t max((V - R)², (clip(V, V_old ± ε_v) - R)²)`.
+
+    Returns (loss, {"clipfrac": share of tokens where the clipped error is larger}).
+    """
+    clipped = torch.clamp(values, old_values - cliprange_value, old_values + cliprange_value)
+    err, err_clipped = (values - returns) ** 2, (clipped - returns) ** 2
+    loss = 0.5 * masked_mean(torch.max(err, err_clipped), mask)
+    with torch.no_grad():
+        stats = {"clipfrac": masked_mean((err_clipped > err).to(values.dtype), mask)}
+    return loss, stats
+
+
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, scale: bool = True, eps: float = 1e-4
+) -> torch.Tensor:
+    """GRPO's advantage (Shao et al. 2024, arXiv 2402.03300, section 4.1.2): each completion's reward minus the mean
+    of its group (the `group_size` completions of one prompt, consecutive in `rewards`), divided by the group's
+    standard deviation (unbiased) + `eps` when `scale`, as TRL's `GRPOTrainer` (`scale_rewards="group"`) does;
+    `scale=False` is Dr. GRPO's unscaled advantage (Liu et al. 2025, arXiv 2503.20783)."""
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    grouped = rewards.view(-1, group_size)
+    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale:
+        std = grouped.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(grouped[:, :1])
+        centred = centred / (std + eps)
+    return centred.reshape(rewards.shape)
