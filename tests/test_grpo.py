@@ -42,6 +42,10 @@ def test_trl_args_carry_the_fields(tmp_path):
     assert (args.num_generations, args.max_completion_length, args.num_iterations) == (4, 8, 2)
     assert args.temperature == 0.7 and args.generation_batch_size == 8 and not args.use_vllm
     assert grpo.trl_args(_cfg("m", tmp_path)).epsilon_high is None  # 0: TRL then uses epsilon for both
+    from trl import RLOOConfig
+
+    rloo = grpo.trl_args(_cfg("m", tmp_path, algorithm="rloo", scale_rewards="none", beta=0.05))
+    assert type(rloo) is RLOOConfig and not rloo.normalize_advantages and rloo.beta == 0.05
 
 
 def test_generation_switch(tmp_path, monkeypatch):
@@ -78,7 +82,7 @@ def test_prompt_dataset_drops_long_prompts_and_keeps_columns(tiny_model):
     from tulu_kit.models import load_tokenizer
 
     rows = synthetic_arithmetic(4, seed=0)
-    rows[1] = {**rows[1], "messages": [{"role": "user", "content": "word " * 80}]}
+    rows[1] = {**rows[1], "messages": [{"role": "user", "content": " ".join(str(i) for i in range(100))}]}
     rows[2] = {**rows[2], "dataset": "ifeval", "ground_truth": {"instruction_id_list": ["x"], "kwargs": [{}]}}
     ds, dropped = grpo.prompt_dataset(rows, load_tokenizer(tiny_model), 40)
     assert dropped == 1 and len(ds) == 3 and ds.column_names == ["prompt", "ground_truth", "dataset"]

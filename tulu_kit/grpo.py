@@ -55,22 +55,18 @@ class GRPOConfig(LoRAFields):
     max_completion_length: int = 2048  # new tokens per completion (Tulu 3.1: 2048)
     temperature: float = 1.0  # sampling temperature (Tulu 3.1: 1.0)
     top_p: float = 1.0  # nucleus sampling
-    generation: Literal["auto", "hf", "vllm"] = (
-        "auto"  # vllm: vLLM; hf: model.generate; auto: vllm on a GPU if installed
-    )
-    vllm_mode: Literal["colocate", "server"] = (
-        "colocate"  # vLLM in the training processes, or `trl vllm-serve`
-    )
+    generation: Literal["auto", "hf", "vllm"] = "auto"  # hf: model.generate; auto: vllm if there and a GPU
+    vllm_mode: Literal["colocate", "server"] = "colocate"  # vLLM inside training, or a `trl vllm-serve`
     vllm_server_host: str = "0.0.0.0"  # server mode: the host running `trl vllm-serve`
     vllm_server_port: int = 8000  # server mode: its port
     vllm_gpu_memory_utilization: float = 0.3  # colocate mode: share of each GPU vLLM may hold
+    # --- the algorithm
+    algorithm: Literal["grpo", "rloo"] = "grpo"  # rloo: TRL's RLOOTrainer (leave-one-out baseline)
     # --- rewards and advantages
-    reward_scale: float = (
-        1.0  # reward = reward_scale × verifiable reward (open-instruct verification_reward: 10)
-    )
-    scale_rewards: Literal["group", "batch", "none"] = "group"  # divide advantages by the group's/batch's std
+    reward_scale: float = 1.0  # multiplies the verifiable reward (open-instruct: 10)
+    scale_rewards: Literal["group", "batch", "none"] = "group"  # divide advantages by the group/batch std
     # --- the policy loss (TRL's GRPOTrainer)
-    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo"] = "dapo"  # how token losses are averaged
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo"] = "dapo"  # token-loss averaging
     beta: float = 0.01  # KL coefficient β against the reference (Tulu 3.1: 0.01; 0: no reference model)
     epsilon: float = 0.2  # clip range ε of the ratio
     epsilon_high: float = 0.0  # upper clip ε_high (DAPO: 0.28); 0: same as epsilon
@@ -181,24 +177,28 @@ def use_vllm(cfg: GRPOConfig) -> bool:
 
 
 def trl_args(cfg: GRPOConfig, has_eval: bool = False):
-    """Our config -> TRL's GRPOConfig (TrainingArguments)."""
+    """Our config -> TRL's GRPOConfig, or RLOOConfig for ``algorithm: rloo`` (TrainingArguments)."""
     from trl import GRPOConfig as TRLGRPOConfig
+    from trl import RLOOConfig
 
     vllm = use_vllm(cfg)
+    if cfg.algorithm == "rloo":  # RLOO's advantage is r_i minus the mean of the other G-1; no loss_type
+        own = dict(normalize_advantages=cfg.scale_rewards != "none")
+    else:
+        own = dict(loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards)
     return training.training_arguments(
         cfg,
-        TRLGRPOConfig,
+        RLOOConfig if cfg.algorithm == "rloo" else TRLGRPOConfig,
         has_eval,
+        **own,
         num_generations=cfg.num_generations,
         max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature,
         top_p=cfg.top_p,
         beta=cfg.beta,
-        loss_type=cfg.loss_type,
         epsilon=cfg.epsilon,
         epsilon_high=cfg.epsilon_high or None,
         num_iterations=cfg.num_iterations,
-        scale_rewards=cfg.scale_rewards,
         mask_truncated_completions=cfg.mask_truncated_completions,
         log_completions=cfg.log_completions,
         num_completions_to_print=0,
@@ -212,15 +212,17 @@ def trl_args(cfg: GRPOConfig, has_eval: bool = False):
 
 
 def build_trainer(cfg: GRPOConfig, callbacks=None, trainer_cls=None):
-    """Tokenizer, prompt dataset, policy and TRL ``GRPOTrainer`` (or ``trainer_cls``) for ``cfg``; (trainer, info)."""
-    from trl import GRPOTrainer
+    """Tokenizer, prompt dataset, policy and TRL's ``GRPOTrainer`` (``RLOOTrainer``, or ``trainer_cls``) for ``cfg``;
+    returns (trainer, info)."""
+    from trl import GRPOTrainer, RLOOTrainer
 
     rows = load_rows(cfg)
     tokenizer = training.load_tokenizer(cfg)
     dataset, dropped = prompt_dataset(rows, tokenizer, cfg.max_length - cfg.max_completion_length)
     args = trl_args(cfg)  # before the model: under ZeRO-3 it shards while loading
     model = training.load_policy(cfg)
-    trainer = (trainer_cls or GRPOTrainer)(
+    trainer_cls = trainer_cls or (RLOOTrainer if cfg.algorithm == "rloo" else GRPOTrainer)
+    trainer = trainer_cls(
         model=model,
         reward_funcs=rewards.trl_reward_funcs(cfg.reward_scale),
         args=args,
@@ -332,7 +334,7 @@ def train(cfg: GRPOConfig, callbacks=None) -> dict:
     if trainer.accelerator.is_main_process:
         plot_curves(trainer.state.log_history, Path(cfg.out_dir) / "metrics.png")
     return training.finish(
-        trainer, cfg, "grpo", model_dir, runtime, loss_type=cfg.loss_type, beta=cfg.beta,
+        trainer, cfg, "grpo", model_dir, runtime, algorithm=cfg.algorithm, loss_type=cfg.loss_type, beta=cfg.beta,
         num_generations=cfg.num_generations, **reward_curve(trainer.state.log_history), **info,
         reward_failures=rewards.failure_counts(),
     )  # fmt: skip
