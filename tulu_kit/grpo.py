@@ -140,11 +140,11 @@ def prompt_dataset(rows: list[dict], tokenizer, max_prompt_tokens: int):
 
     kept = []
     for row in rows:
-        messages = [m for m in row["messages"]]
+        messages = list(row["messages"])
         if messages[-1].get("role") == "assistant":  # a reference answer in the row is not part of the prompt
             messages = messages[:-1]
         ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
-        ids = ids["input_ids"] if isinstance(ids, dict) else ids
+        ids = ids if isinstance(ids, list) else ids["input_ids"]  # transformers 5: a BatchEncoding
         if len(ids) <= max_prompt_tokens:
             gt = row["ground_truth"]  # one Arrow type for the column: mappings and lists travel as JSON text
             kept.append({"prompt": messages, "ground_truth": gt if isinstance(gt, str) else json.dumps(gt),
