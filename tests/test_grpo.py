@@ -114,7 +114,7 @@ def warm_model(tiny_model, tmp_path_factory) -> Path:
 def toy_run(warm_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("grpo")
     cfg = _cfg(warm_model, out, num_generations=8, per_device_train_batch_size=32, gradient_accumulation_steps=2,
-               max_steps=24, learning_rate=5e-4, lr_scheduler_type="constant", beta=0.05, synthetic_size=512,
+               max_steps=24, learning_rate=2e-3, lr_scheduler_type="constant", beta=0.05, synthetic_size=512,
                seed=0)  # fmt: skip
     return cfg, grpo.run(cfg)
 
@@ -149,3 +149,13 @@ def test_group_advantages_equal_a_hand_computation(toy_run):
             assert group["advantage"].to_list() == pytest.approx(by_hand, abs=1e-5)
             informative += std > 0
     assert informative > 0  # some groups disagreed, so the check is not all zeros
+
+
+def test_notebook_runs_and_its_by_hand_cell_meets_trl(warm_model, tmp_path, run_notebook):
+    out = tmp_path / "grpo"
+    nb = run_notebook("notebooks/09_grpo.ipynb", {"model": str(warm_model), "out_dir": str(out), "max_steps": 2,
+                      "num_generations": 4, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1})  # fmt: skip
+    assert json.loads((out / "metrics.json").read_text())["train_steps"] == 2
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    gap = float(printed.split("max |TRL - by hand|:")[1].split()[0])
+    assert gap < 1e-5
