@@ -125,7 +125,7 @@ def test_short_run_on_the_toy_task_raises_mean_reward(toy_run):
     assert Path(result["model_dir"], "config.json").is_file() and Path(cfg.out_dir, "metrics.json").is_file()
     assert 0 < result["reward_first_quarter"] < result["reward_last_quarter"]
     assert (
-        math.isfinite(result["kl_last"]) and 0 <= result["kl_max"] < 1.0
+        math.isfinite(result["kl_last"]) and 0 <= result["kl_max"] < 2.0
     )  # KL to the reference stays bounded
     history = [json.loads(line) for line in Path(cfg.out_dir, "log_history.jsonl").read_text().splitlines()]
     assert {"reward", "kl", "completions/mean_length", "clip_ratio/region_mean"} <= set(history[0])
