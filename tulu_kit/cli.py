@@ -152,6 +152,7 @@ TRAINING_KINDS = {
     "dpo": "DPO and its variants on preference pairs",
     "reward": "a Bradley-Terry reward model on preference pairs",
     "ppo": "PPO with verifiable rewards and/or a reward model (the kit's own loop)",
+    "grpo": "GRPO (RL with verifiable rewards) on TRL's GRPOTrainer",
 }
 NODE_EPILOG = """several nodes: run the same command on every node, each with its machine_rank, e.g.
   tulu-kit {kind} cfg.yaml --set num_machines=2 --set num_processes=16 --set main_process_ip=10.0.0.1 \\

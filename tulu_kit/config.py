@@ -47,6 +47,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "merge": ("notebooks/06_merging.ipynb", "tulu_kit.merge:MergeConfig"),
     "ppo": ("notebooks/08_ppo.ipynb", "tulu_kit.ppo:PPOConfig"),
     "report": ("notebooks/07_report.ipynb", "tulu_kit.report:ReportConfig"),
+    "grpo": ("notebooks/09_grpo.ipynb", "tulu_kit.grpo:GRPOConfig"),
 }
 # every benchmark is a stage `eval_<name>`: the notebook eval/<name>.ipynb and the module tulu_kit.evals.<name>,
 # whose CONFIG is its config class (derived from the notebooks, so a benchmark is listed in one place)

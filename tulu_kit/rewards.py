@@ -103,7 +103,7 @@ def code_program(completion: str, ground_truth) -> str:
     """The program the sandbox runs: [prefix +] the completion's code (first fenced block, else all) + tests."""
     gt = (
         json.loads(ground_truth)
-        if isinstance(ground_truth, str) and ground_truth.lstrip()[:1] in "{["
+        if isinstance(ground_truth, str) and ground_truth.lstrip()[:1] in ("{", "[")
         else ground_truth
     )
     prefix = ""
@@ -144,11 +144,13 @@ def verifiable_reward(row: dict, completion: str) -> float:
     if verifier is None:
         return _fail(dataset or "?", "unknown_dataset")
     try:
-        reward = verifier(_text(completion), row["ground_truth"], row)
-    except NoAnswer:
-        return _fail(dataset, "no_answer")
+        text = _text(completion)
     except TypeError:
         return _fail(dataset, "not_text")
+    try:
+        reward = verifier(text, row["ground_truth"], row)
+    except NoAnswer:
+        return _fail(dataset, "no_answer")
     except Exception as exc:  # a policy's output must never stop a run; the count shows it happened
         logger.debug("%s verifier failed: %r", dataset, exc)
         return _fail(dataset, f"error:{type(exc).__name__}")

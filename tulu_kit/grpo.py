@@ -1,0 +1,354 @@
+"""GRPO stage: RL with verifiable rewards on TRL's ``GRPOTrainer`` (notebook ``notebooks/09_grpo.ipynb``).
+
+Group Relative Policy Optimization (Shao et al. 2024, "DeepSeekMath", arXiv 2402.03300): for each prompt sample a
+group of G completions, score each with a verifiable reward r_i (:mod:`tulu_kit.rewards`: the eval scorers), and
+use the group-normalised advantage of every token of completion i
+
+    A_i = (r_i - mean(r_1..r_G)) / (std(r_1..r_G) + 1e-4)         (scale_rewards: "group"; "batch": std of the
+                                                                   whole batch; "none": no division, Dr. GRPO)
+
+in the clipped objective  min(ρ_t A_i, clip(ρ_t, 1-ε, 1+ε_high) A_i) − β KL_t,  with ρ_t = π_θ/π_old per token and
+KL_t Schulman's k3 estimator  exp(q−p) − (q−p) − 1  against the frozen reference (β = 0: no reference model).
+``loss_type`` picks how token losses are averaged (TRL's names): ``grpo`` (per sequence, then over sequences),
+``dr_grpo`` (over a constant: max_completion_length), ``dapo`` (over all tokens of the accumulated batch), ``bnpo``
+(over the tokens of the local batch), ``cispo`` (clipped importance weights).
+
+Generation (``generation``): ``hf`` samples with ``model.generate``; ``vllm`` with vLLM, in the training
+processes (``vllm_mode: colocate``) or from a ``trl vllm-serve`` server (``server``: several nodes, README);
+``auto`` takes vLLM when it is installed and a GPU is present, else ``hf``. ``run(cfg)`` reads top to bottom:
+rows checked, prompts tokenized and filtered by length, the trainer built, trained, the model saved, the result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from tulu_kit import rewards, training
+from tulu_kit.io import atomic_path
+from tulu_kit.training import LoRAFields
+
+logger = logging.getLogger(__name__)
+
+TOY_TASK = "synthetic_arithmetic"  # train_file naming the offline toy task (tulu_kit.data.synthetic)
+CURVES = ("reward", "kl", "completions/mean_length", "clip_ratio/region_mean", "entropy", "reward_std")
+
+
+@dataclass
+class GRPOConfig(LoRAFields):
+    """One GRPO run: the shared training fields (:class:`tulu_kit.training.TrainingFields`), LoRA's, and GRPO's."""
+
+    model: str = "../runs/lab/dpo/model"  # the policy to start from (SFT or DPO model); also the reference
+    train_file: str = (
+        TOY_TASK  # JSONL of RLVR rows {messages, ground_truth, dataset}, Hub id, or the toy task
+    )
+    out_dir: str = "../runs/lab/grpo"  # final model in <out_dir>/model, checkpoints in <out_dir>/checkpoints
+    synthetic_size: int = 512  # prompts of the toy task (train_file: synthetic_arithmetic)
+    max_train_samples: int = 0  # keep the first N prompts; 0: all
+    # --- rollouts
+    num_generations: int = 16  # group size G: completions per prompt (Tulu 3.1: 16)
+    max_completion_length: int = 2048  # new tokens per completion (Tulu 3.1: 2048)
+    temperature: float = 1.0  # sampling temperature (Tulu 3.1: 1.0)
+    top_p: float = 1.0  # nucleus sampling
+    generation: Literal["auto", "hf", "vllm"] = "auto"  # hf: model.generate; auto: vllm if there and a GPU
+    vllm_mode: Literal["colocate", "server"] = "colocate"  # vLLM inside training, or a `trl vllm-serve`
+    vllm_server_host: str = "0.0.0.0"  # server mode: the host running `trl vllm-serve`
+    vllm_server_port: int = 8000  # server mode: its port
+    vllm_gpu_memory_utilization: float = 0.3  # colocate mode: share of each GPU vLLM may hold
+    # --- the algorithm
+    algorithm: Literal["grpo", "rloo"] = "grpo"  # rloo: TRL's RLOOTrainer (leave-one-out baseline)
+    # --- rewards and advantages
+    reward_scale: float = 1.0  # multiplies the verifiable reward (open-instruct: 10)
+    scale_rewards: Literal["group", "batch", "none"] = "group"  # divide advantages by the group/batch std
+    # --- the policy loss (TRL's GRPOTrainer)
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo"] = "dapo"  # token-loss averaging
+    beta: float = 0.01  # KL coefficient β against the reference (Tulu 3.1: 0.01; 0: no reference model)
+    epsilon: float = 0.2  # clip range ε of the ratio
+    epsilon_high: float = 0.0  # upper clip ε_high (DAPO: 0.28); 0: same as epsilon
+    num_iterations: int = 1  # policy updates per generated batch (μ)
+    mask_truncated_completions: bool = False  # drop completions cut at max_completion_length from the loss
+    log_completions: bool = True  # write every step's prompts, completions, rewards, advantages (parquet)
+    # --- defaults GRPO changes
+    learning_rate: float = 5e-7  # peak learning rate (Tulu 3.1 8B GRPO: 5e-7)
+    gradient_accumulation_steps: int = 16  # micro-batches per step: prompts per step × G / processes / batch
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.num_generations < 2:
+            raise ValueError(f"num_generations must be at least 2 (a group), got {self.num_generations}")
+        per_step = self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_processes
+        if per_step % self.num_generations:
+            raise ValueError(
+                f"per_device_train_batch_size × gradient_accumulation_steps × num_processes = {per_step} "
+                f"completions per step must be a multiple of num_generations {self.num_generations} (whole groups)"
+            )
+        for name in ("beta", "reward_scale", "epsilon", "epsilon_high", "temperature", "top_p"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise ValueError(
+                f"temperature must be > 0 and top_p in (0, 1], got {self.temperature}, {self.top_p}"
+            )
+        if self.max_completion_length < 1 or self.max_completion_length >= self.max_length:
+            raise ValueError(f"max_completion_length must be in [1, max_length {self.max_length}), "
+                             f"got {self.max_completion_length}")  # fmt: skip
+        if self.num_iterations < 1 or self.synthetic_size < 1 or self.max_train_samples < 0:
+            raise ValueError("num_iterations and synthetic_size must be >= 1, max_train_samples >= 0")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ValueError(
+                f"vllm_gpu_memory_utilization must be in (0, 1], got {self.vllm_gpu_memory_utilization}"
+            )
+
+    @property
+    def prompts_per_step(self) -> int:
+        return (
+            self.per_device_train_batch_size
+            * self.gradient_accumulation_steps
+            * self.num_processes
+            // (self.num_generations)
+        )
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_rows(cfg: GRPOConfig) -> list[dict]:
+    """The RLVR rows to train on (the toy task, a JSONL file or a Hub dataset), checked before any work."""
+    from tulu_kit.data.synthetic import synthetic_arithmetic
+    from tulu_kit.io import read_rows
+
+    if cfg.train_file == TOY_TASK:
+        rows = synthetic_arithmetic(cfg.synthetic_size, seed=cfg.seed)
+    else:
+        rows = read_rows(cfg.train_file, cfg.train_split)
+    rows = rows[: cfg.max_train_samples] if cfg.max_train_samples else rows
+    rewards.check_rows(rows, cfg.train_file)
+    if not rows:
+        raise ValueError(f"{cfg.train_file}: no RLVR rows")
+    return rows
+
+
+def prompt_dataset(rows: list[dict], tokenizer, max_prompt_tokens: int):
+    """TRL's conversational prompt dataset (``prompt``, ``ground_truth``, ``dataset``), without prompts longer
+    than ``max_prompt_tokens`` (open-instruct drops them too); returns (dataset, number dropped)."""
+    from datasets import Dataset
+
+    kept = []
+    for row in rows:
+        messages = list(row["messages"])
+        if messages[-1].get("role") == "assistant":  # a reference answer in the row is not part of the prompt
+            messages = messages[:-1]
+        ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+        ids = ids if isinstance(ids, list) else ids["input_ids"]  # transformers 5: a BatchEncoding
+        if len(ids) <= max_prompt_tokens:
+            gt = row["ground_truth"]  # one Arrow type for the column: mappings and lists travel as JSON text
+            kept.append({"prompt": messages, "ground_truth": gt if isinstance(gt, str) else json.dumps(gt),
+                         "dataset": str(row["dataset"]).lower()})  # fmt: skip
+    if not kept:
+        raise ValueError(
+            f"every prompt is longer than max_length - max_completion_length = {max_prompt_tokens}"
+        )
+    return Dataset.from_list(kept), len(rows) - len(kept)
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+def use_vllm(cfg: GRPOConfig) -> bool:
+    """Whether rollouts come from vLLM: ``generation: vllm`` (vLLM must be installed), or ``auto`` on a GPU."""
+    import importlib.util
+
+    import torch
+
+    installed = importlib.util.find_spec("vllm") is not None
+    if cfg.generation == "vllm" and not installed:
+        raise RuntimeError(
+            "generation: vllm, but vLLM is not installed: pip install vllm (a CUDA GPU machine; TRL 1.16 supports "
+            "vllm 0.22-0.31), or set generation: hf (model.generate) or auto"
+        )
+    if cfg.generation == "vllm" and cfg.vllm_mode == "colocate" and not torch.cuda.is_available():
+        raise RuntimeError("generation: vllm with vllm_mode: colocate needs a CUDA GPU; set generation: hf")
+    return cfg.generation == "vllm" or (cfg.generation == "auto" and installed and torch.cuda.is_available())
+
+
+def trl_args(cfg: GRPOConfig, has_eval: bool = False):
+    """Our config -> TRL's GRPOConfig, or RLOOConfig for ``algorithm: rloo`` (TrainingArguments)."""
+    from trl import GRPOConfig as TRLGRPOConfig
+    from trl import RLOOConfig
+
+    vllm = use_vllm(cfg)
+    if cfg.algorithm == "rloo":  # RLOO's advantage is r_i minus the mean of the other G-1; no loss_type
+        own = dict(normalize_advantages=cfg.scale_rewards != "none")
+    else:
+        own = dict(loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards)
+    return training.training_arguments(
+        cfg,
+        RLOOConfig if cfg.algorithm == "rloo" else TRLGRPOConfig,
+        has_eval,
+        **own,
+        num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        beta=cfg.beta,
+        epsilon=cfg.epsilon,
+        epsilon_high=cfg.epsilon_high or None,
+        num_iterations=cfg.num_iterations,
+        mask_truncated_completions=cfg.mask_truncated_completions,
+        log_completions=cfg.log_completions,
+        num_completions_to_print=0,
+        use_vllm=vllm,
+        vllm_mode=cfg.vllm_mode,
+        vllm_server_host=cfg.vllm_server_host,
+        vllm_server_port=cfg.vllm_server_port,
+        vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        vllm_max_model_length=cfg.max_length if vllm else None,
+    )
+
+
+def build_trainer(cfg: GRPOConfig, callbacks=None, trainer_cls=None):
+    """Tokenizer, prompt dataset, policy and TRL's ``GRPOTrainer`` (``RLOOTrainer``, or ``trainer_cls``) for ``cfg``;
+    returns (trainer, info)."""
+    from trl import GRPOTrainer, RLOOTrainer
+
+    rows = load_rows(cfg)
+    tokenizer = training.load_tokenizer(cfg)
+    dataset, dropped = prompt_dataset(rows, tokenizer, cfg.max_length - cfg.max_completion_length)
+    args = trl_args(cfg)  # before the model: under ZeRO-3 it shards while loading
+    model = training.load_policy(cfg)
+    trainer_cls = trainer_cls or (RLOOTrainer if cfg.algorithm == "rloo" else GRPOTrainer)
+    trainer = trainer_cls(
+        model=model,
+        reward_funcs=rewards.trl_reward_funcs(cfg.reward_scale),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=training.lora_config(cfg),  # LoRA: the reference is the base with the adapter disabled
+        callbacks=training.callbacks(cfg, callbacks),
+    )
+    info = {
+        "n_prompts": len(dataset),
+        "dropped_long_prompts": dropped,
+        "generation": "vllm" if args.use_vllm else "hf",
+    }
+    return trainer, info
+
+
+# --------------------------------------------------------------------------- curves, rollouts, advantages
+
+
+def history_table(log_history: list[dict]):
+    """One row per logged step: reward, KL, completion length, clip ratio, entropy, loss, ..."""
+    import pandas as pd
+
+    df = pd.DataFrame([h for h in log_history if "reward" in h or "loss" in h])
+    return df.groupby("step", as_index=False).first() if "step" in df else df
+
+
+def plot_curves(log_history: list[dict], path: str | Path | None = None):
+    """Reward, KL, mean completion length, clip ratio, entropy and reward std over steps."""
+    import matplotlib.pyplot as plt
+
+    df = history_table(log_history)
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(3.3 * len(CURVES), 3.0))
+    for ax, key in zip(axes, CURVES):
+        if key in df:
+            ax.plot(df["step"], df[key], marker=".")
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    if path is not None:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+    return fig
+
+
+def rollouts(out_dir: str | Path):
+    """Every logged rollout (step, prompt, completion, reward, advantage) from ``log_completions``' parquet files."""
+    import pandas as pd
+
+    files = sorted((Path(out_dir) / "checkpoints" / "completions").glob("completions_*.parquet"))
+    if not files:
+        return pd.DataFrame(columns=["step", "prompt", "completion", "verifiable", "advantage"])
+    df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    df["prompt"] = [_last_content(p) for p in df["prompt"]]
+    df["completion"] = [_last_content(c) for c in df["completion"]]
+    return df
+
+
+def _last_content(x) -> str:
+    if isinstance(x, str):
+        return x
+    return str(list(x)[-1]["content"]) if len(x) else ""
+
+
+def group_table(df, num_generations: int, step: int | None = None, group: int = 0):
+    """One group of G rollouts of a logged step (the first by default): prompt, completion, reward, advantage."""
+    step = int(df["step"].min()) if step is None else step
+    rows = df[df["step"] == step].reset_index(drop=True)
+    return rows.iloc[group * num_generations : (group + 1) * num_generations]
+
+
+def sample_rollouts(model_dir: str | Path, rows: list[dict], max_new_tokens: int = 32):
+    """Greedy replies of a saved model to RLVR rows, with their verifiable reward (before/after tables)."""
+    import pandas as pd
+
+    from tulu_kit.models import sample_replies
+
+    prompts = [r["messages"][-1]["content"] for r in rows]
+    replies = sample_replies(model_dir, prompts, max_new_tokens)
+    scores = [rewards.verifiable_reward(r, c) for r, c in zip(rows, replies)]
+    return pd.DataFrame({"prompt": prompts, "reply": replies, "ground_truth": [r["ground_truth"] for r in rows],
+                         "reward": scores})  # fmt: skip
+
+
+# --------------------------------------------------------------------------- run
+
+
+def reward_curve(log_history: list[dict]) -> dict:
+    """First and last logged mean reward and KL, and the mean reward of the first and last quarter of steps."""
+    r = [h["reward"] for h in log_history if h.get("reward") is not None]
+    kl = [h["kl"] for h in log_history if h.get("kl") is not None]
+    q = max(1, len(r) // 4)
+    return {
+        "reward_first": r[0] if r else float("nan"),
+        "reward_last": r[-1] if r else float("nan"),
+        "reward_first_quarter": sum(r[:q]) / q if r else float("nan"),
+        "reward_last_quarter": sum(r[-q:]) / q if r else float("nan"),
+        "kl_last": kl[-1] if kl else float("nan"),
+        "kl_max": max(kl) if kl else float("nan"),
+    }
+
+
+def train(cfg: GRPOConfig, callbacks=None) -> dict:
+    """Train in this process (one rank of a launched job, or alone); rank 0 writes the model and the result."""
+    rewards.failure_counts(reset=True)
+    trainer, info = build_trainer(cfg, callbacks)
+    runtime = training.fit(trainer, cfg)
+    model_dir = training.save_model(trainer, cfg)
+    if trainer.accelerator.is_main_process:
+        plot_curves(trainer.state.log_history, Path(cfg.out_dir) / "metrics.png")
+    return training.finish(
+        trainer, cfg, "grpo", model_dir, runtime, algorithm=cfg.algorithm, loss_type=cfg.loss_type, beta=cfg.beta,
+        num_generations=cfg.num_generations, **reward_curve(trainer.state.log_history), **info,
+        reward_failures=rewards.failure_counts(),
+    )  # fmt: skip
+
+
+def run(cfg: GRPOConfig, callbacks=None) -> dict:
+    """The stage: train here (``launcher="none"``) or launch ``train`` on ``num_processes`` processes."""
+    return training.run_stage(cfg, "tulu_kit.grpo", train, callbacks)
+
+
+def main(argv: list[str] | None = None, callbacks=None) -> int:
+    """Entry point of a launched rank: ``python -m tulu_kit.grpo CONFIG.yaml``."""
+    return training.worker_main(GRPOConfig, train, argv, callbacks)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
