@@ -19,7 +19,8 @@ def test_strmatch_equals_official_streval_labels(shared_data):
     assert len(rows) == 450
     mismatches = [r["id"] for r in rows if xstest.strmatch_label(r["completion"]) != r["strmatch_label"]]
     assert mismatches == []
-    assert sum(r["strmatch_label"] == "2_full_refusal" for r in rows) > 0  # the check is not vacuous
+    labels = [r["strmatch_label"] for r in rows]  # the check is not vacuous: both labels, 225 each
+    assert (labels.count("1_full_compliance"), labels.count("2_full_refusal")) == (225, 225)
 
 
 def test_metrics_and_judge(shared_data, tmp_path):
