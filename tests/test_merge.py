@@ -20,7 +20,7 @@ from tulu_kit.results import read_result
 from tulu_kit.weight_diff import DIFF_META, FIXUPS_NAME, make_diff, recover, weight_map
 
 NORM = "model.norm.weight"  # its first 4 entries hold hand-made values in every test model
-NUM_FIXUPS = 22  # measured: make_diff(family base, tuned), float32 diff: 3 hand-made entries + 19 roundings
+NUM_FIXUPS = 22  # measured: make_diff(family base, tuned), float32 diff (hand-made entries and roundings)
 HAND = {"base": [0.0, 0.0, 0.0, 0.0], "a": [1.0, -2.0, 3.0, 0.0], "b": [3.0, 1.0, -1.0, 2.0]}
 
 
