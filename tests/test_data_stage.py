@@ -21,8 +21,10 @@ ASSETS = Path(__file__).parent / "assets" / "data"
 def test_synthetic_data_is_deterministic_and_varied():
     sft = synthetic_sft(300, seed=7)
     assert sft == synthetic_sft(300, seed=7) and sft != synthetic_sft(300, seed=8)
-    assert sum(len(r["messages"]) > 3 for r in sft) > 30  # multi-turn
-    assert sum(r["messages"][0]["role"] == "system" for r in sft) > 30
+    assert sum(len(r["messages"]) > 3 for r in sft) == 77  # multi-turn (measured, seed 7)
+    assert (
+        sum(r["messages"][0]["role"] == "system" for r in sft) == 58
+    )  # with a system turn (measured, seed 7)
     assert {t for r in sft for t in r["task"].split("+")} == {"arithmetic", "capital", "copy", "reverse"}
     pref = synthetic_preference(100, seed=7)
     assert all(p["chosen"][:-1] == p["rejected"][:-1] and p["chosen"] != p["rejected"] for p in pref)
