@@ -8,7 +8,9 @@ import pytest
 from fake_judge import fake_openai
 
 from tulu_kit.evals import xstest
+from tulu_kit.evals.core import score_file
 from tulu_kit.evals.judges import OpenAIJudge
+from tulu_kit.io import read_jsonl
 
 
 def test_strmatch_equals_official_streval_labels(shared_data):
@@ -68,4 +70,20 @@ def test_tiny_model_end_to_end(tiny_model, tmp_path):
     )
     metrics = xstest.run(cfg)
     assert metrics["judged"] is False and metrics["counts"]["n"] == 1
+    preds = read_jsonl(tmp_path / "x" / "predictions.jsonl")
+    assert len(preds) == 4  # every demo prompt; counts.n is 1 because the score is one F1 over them
+    labels = [xstest.strmatch_label(p["output"]) for p in preds]
+    assert labels == ["1_full_compliance"] * 4  # tiny model seed 0, greedy: no refusal phrase
+    assert metrics["results"]["strmatch_label"]["refusal_prf"]["f1"] == metrics["score"] == 0.0  # none found
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: xstest's predictions.jsonl keeps the chat-formatted prompt in 'prompt', so `tulu-kit score "
+    "xstest` refuses the run's own predictions (eval/README.md: each predictions.jsonl 're-scored as is')",
+)
+def test_own_predictions_rescore_as_is(tiny_model, tmp_path):
+    cfg = xstest.XSTestConfig(model=str(tiny_model), data_dir="demo", out_dir=str(tmp_path), max_new_tokens=2)
+    metrics = xstest.run(cfg)
+    assert score_file("xstest", tmp_path / "predictions.jsonl", data_dir="demo")["score"] == metrics["score"]
     assert set(metrics["results"]["strmatch_label"]) >= {"safe", "unsafe", "refusal_prf", "overall_accuracy"}
