@@ -189,7 +189,9 @@ def test_single_process_lowers_loss_and_saves_a_plain_model(tiny_model, tmp_path
         for h in read_jsonl(Path(cfg.out_dir) / "log_history.jsonl")
         if "learning_rate" in h
     ]
-    assert lrs[0] > lrs[-1]  # linear decay
+    # linear decay from 3e-3 to 0 over 16 steps, no warmup; step s logs the rate it trained with: 3e-3 (1 - (s-1)/16)
+    assert lrs == pytest.approx([3e-3 * (1 - (s - 1) / 16) for s in range(1, len(lrs) + 1)], rel=1e-6)
+    assert len(lrs) == 16  # logged every step
     trained = torch.cat([p.flatten() for p in model.parameters()])
     base = torch.cat([p.flatten() for p in AutoModelForCausalLM.from_pretrained(tiny_model).parameters()])
     assert not torch.allclose(trained, base)
