@@ -154,7 +154,7 @@ def test_truncation_drops_rows_with_nothing_to_train(tokenizers):
     )
     assert stats.n_input == 2 and stats.n_dropped_no_labels == 1 and stats.n_kept == 1 and stats.kept == [1]
     assert all(len(r["input_ids"]) <= 20 for r in rows)
-    assert any(lab != IGNORE_INDEX for lab in rows[0]["labels"])
+    assert [tok.decode(s) for s in trained_spans(rows[0])] == ["Hello there, friend.</s>"]  # the whole reply
     # truncation cuts from the right: the kept prefix is the full sequence's prefix
     full, _ = tokenize_sft(
         [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "x " * 40 + "y"}]], tok, 4096
