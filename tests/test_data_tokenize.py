@@ -90,7 +90,9 @@ def test_prefix_fallback_agrees_with_generation_marks(tokenizers, name, messages
 @given(messages=conversations(), data=st.data())
 def test_preference_completions_are_the_last_reply_plus_eos(tokenizers, name, messages, data):
     tok = tokenizers[name]
-    rejected = messages[:-1] + [{"role": "assistant", "content": data.draw(_TEXT)}]
+    chosen_text = messages[-1]["content"].strip()  # a pair with identical replies is refused (no preference)
+    other = data.draw(_TEXT.filter(lambda text: text.strip() != chosen_text))
+    rejected = messages[:-1] + [{"role": "assistant", "content": other}]
     rows, stats = tokenize_preference([{"chosen": messages, "rejected": rejected}], tok, 4096)
     row = rows[0]
     assert row["prompt_ids"] == encode_chat(tok, messages[:-1], add_generation_prompt=True)
