@@ -245,9 +245,9 @@ def test_killed_and_resumed_equals_uninterrupted(tiny_model, tmp_path, mix):
     ).mkdir()  # a checkpoint cut short by the kill: no COMPLETE marker, must be ignored
 
     resumed = run(dataclasses.replace(cfg, resume=True))
-    assert resumed.global_step == 8
-    a = AutoModelForCausalLM.from_pretrained(straight.model_dir).state_dict()
-    b = AutoModelForCausalLM.from_pretrained(resumed.model_dir).state_dict()
+    assert resumed["train_steps"] == straight["train_steps"] == 8
+    a = AutoModelForCausalLM.from_pretrained(straight["model_dir"]).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(resumed["model_dir"]).state_dict()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
 
@@ -340,13 +340,12 @@ def test_notebook_03_runs(tiny_model, tmp_path, mix, run_notebook):
 
 
 def test_compare_runs_scales_the_trainable_share_to_7b():
-    from types import SimpleNamespace
 
     from tulu_kit.models import training_memory_gb
     from tulu_kit.sft import compare_runs
 
-    full = SimpleNamespace(trainable_params=1000, total_params=1000, peak_memory_mb=9.0, last_nll=1.0)
-    lora = SimpleNamespace(trainable_params=10, total_params=1000, peak_memory_mb=5.0, last_nll=1.5)
+    full = dict(trainable_params=1000, total_params=1000, peak_memory_mb=9.0, last_nll=1.0)  # run results
+    lora = dict(trainable_params=10, total_params=1000, peak_memory_mb=5.0, last_nll=1.5)
     table = compare_runs({"full": full, "LoRA": lora}, load_in_4bit=False)
     col = "7B estimate (GB)"
     assert table.loc["full", col] == round(training_memory_gb(7e9, int(7e9), 16)["total"], 1) == 112.0
