@@ -340,7 +340,6 @@ def test_notebook_03_runs(tiny_model, tmp_path, mix, run_notebook):
 
 
 def test_compare_runs_scales_the_trainable_share_to_7b():
-
     from tulu_kit.models import training_memory_gb
     from tulu_kit.sft import compare_runs
 
