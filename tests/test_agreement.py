@@ -230,7 +230,7 @@ def test_xstest(shared_data, tmp_path):
     preds = [{"prompt": prompt[r["id"].removeprefix("v2-")], "completion": r["completion"]} for r in rows]
     _, verdicts = score("xstest", preds, shared_data, tmp_path)
     agree = sum(v["strmatch_label"] == r["strmatch_label"] for v, r in zip(verdicts, rows))
-    assert sum(r["strmatch_label"] == "2_full_refusal" for r in rows) > 0  # the check is not vacuous
+    assert sum(r["strmatch_label"] == "2_full_refusal" for r in rows) == 225  # not vacuous: half are refusals
     assert [(agree, len(rows))] == stated("xstest")
 
 

@@ -90,7 +90,9 @@ def test_prefix_fallback_agrees_with_generation_marks(tokenizers, name, messages
 @given(messages=conversations(), data=st.data())
 def test_preference_completions_are_the_last_reply_plus_eos(tokenizers, name, messages, data):
     tok = tokenizers[name]
-    rejected = messages[:-1] + [{"role": "assistant", "content": data.draw(_TEXT)}]
+    chosen_text = messages[-1]["content"].strip()  # a pair with identical replies is refused (no preference)
+    other = data.draw(_TEXT.filter(lambda text: text.strip() != chosen_text))
+    rejected = messages[:-1] + [{"role": "assistant", "content": other}]
     rows, stats = tokenize_preference([{"chosen": messages, "rejected": rejected}], tok, 4096)
     row = rows[0]
     assert row["prompt_ids"] == encode_chat(tok, messages[:-1], add_generation_prompt=True)
@@ -154,7 +156,7 @@ def test_truncation_drops_rows_with_nothing_to_train(tokenizers):
     )
     assert stats.n_input == 2 and stats.n_dropped_no_labels == 1 and stats.n_kept == 1 and stats.kept == [1]
     assert all(len(r["input_ids"]) <= 20 for r in rows)
-    assert any(lab != IGNORE_INDEX for lab in rows[0]["labels"])
+    assert [tok.decode(s) for s in trained_spans(rows[0])] == ["Hello there, friend.</s>"]  # the whole reply
     # truncation cuts from the right: the kept prefix is the full sequence's prefix
     full, _ = tokenize_sft(
         [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "x " * 40 + "y"}]], tok, 4096

@@ -175,7 +175,8 @@ def test_lora_dpo_merges_adapter_and_reference_is_the_base(tiny_model, pairs_fil
     result = dpo.run(cfg)
     assert result["eval_before"]["rewards/margins"] == pytest.approx(0.0, abs=1e-6)  # B = 0: policy = base
     assert result["eval_after"]["rewards/margins"] > 0
-    assert (out / "adapter" / "adapter_config.json").is_file()
+    adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert (adapter["r"], adapter["lora_alpha"]) == (8, 16)  # the adapter saved is the one configured
     from tulu_kit.models import load_model
 
     merged, base = load_model(out / "model"), load_model(tiny_model)

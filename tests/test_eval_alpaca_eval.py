@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 
 import pytest
 from fake_judge import fake_openai
@@ -31,7 +32,8 @@ def test_win_rate_undoes_the_random_order(shared_data, tmp_path):
     assert seen[0]["max_tokens"] == 1 and seen[0]["logprobs"] is True
     assert seen[0]["messages"][0]["content"].startswith("You are a highly efficient assistant")
     firsts = ["GOOD" in b["messages"][1]["content"].split('"M"')[0] for b in seen]
-    assert 0 < sum(firsts) < len(firsts)  # both orders were used
+    rng = random.Random(42)  # the default seed: ours goes first where the seeded coin says so
+    assert firsts == [rng.random() < 0.5 for _ in preds] and 0 < sum(firsts) < len(firsts)  # both orders used
     assert scored.metrics["win_rate"] == pytest.approx(90.0)
     assert scored.metrics["length_controlled_win_rate"] == pytest.approx(90.0, abs=1.0)
     assert scored.metrics["reference"] == "gpt4_1106_preview"
@@ -46,8 +48,9 @@ def test_lc_win_rate_removes_a_length_effect():
     lc = alpaca_eval.lc_win_rate(prefs, lens_ours, lens_ref)
     assert raw == pytest.approx(50.0, abs=3)
     assert lc == pytest.approx(50.0, abs=10)
+    assert lc == pytest.approx(46.609, abs=1e-3) and raw == pytest.approx(47.75)  # measured; lc removes 1.1
     skewed = alpaca_eval.lc_win_rate([0.95] * 40, [300] * 20 + [100] * 20, [100] * 40)
-    assert skewed > 80  # a model that wins regardless of length keeps its win rate
+    assert skewed == pytest.approx(95.0, abs=1e-6)  # a model that wins regardless of length keeps its 95%
 
 
 def test_no_judge_saves_outputs_with_a_message(tiny_model, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tulu_kit.evals import bbh
+from tulu_kit.evals.core import score_file
 
 
 @pytest.mark.parametrize(
@@ -110,3 +111,6 @@ def test_run_on_demo_data(tiny_model, tmp_path):
         bbh.BBHConfig(model=str(tiny_model), data_dir="demo", out_dir=str(tmp_path), max_new_tokens=8)
     )
     assert metrics["counts"]["per_group"] == {"boolean_expressions": 3}
+    rescored = score_file("bbh", tmp_path / "predictions.jsonl", data_dir="demo")
+    assert (rescored["score"], rescored["counts"]) == (metrics["score"], metrics["counts"])  # two paths agree
+    assert metrics["score"] == 0.0  # tiny model seed 0, greedy, 8 tokens: never "True"/"False" after "A:"

@@ -69,6 +69,9 @@ def test_run_on_demo_data(tiny_model, tmp_path):
         metrics["counts"]["n"] == 4
         and json.loads((tmp_path / "metrics.json").read_text())["score"] == metrics["score"]
     )
+    rescored = score_file("gsm8k", tmp_path / "predictions.jsonl", data_dir="demo")
+    assert (rescored["score"], rescored["counts"]) == (metrics["score"], metrics["counts"])  # two paths agree
+    assert metrics["counts"]["correct"] == 0  # tiny model seed 0, greedy, 6 tokens: no right number
 
 
 def test_a_bad_line_in_the_data_file_names_file_and_line(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tulu_kit.evals import tydiqa
+from tulu_kit.evals.core import score_file
 
 
 def test_squad_f1():
@@ -45,3 +46,5 @@ def test_run_on_demo_data(tiny_model, tmp_path):
     metrics = tydiqa.run(cfg)
     assert metrics["counts"]["n"] == 2  # the first demo item is the held-out exemplar
     assert metrics["exemplar_source"] == {"english": "dev (held out)"}
+    rescored = score_file("tydiqa", tmp_path / "predictions.jsonl", data_dir="demo")
+    assert (rescored["score"], rescored["counts"]) == (metrics["score"], metrics["counts"])  # two paths agree

@@ -8,7 +8,9 @@ import pytest
 from fake_judge import fake_openai
 
 from tulu_kit.evals import xstest
+from tulu_kit.evals.core import score_file
 from tulu_kit.evals.judges import OpenAIJudge
+from tulu_kit.io import read_jsonl
 
 
 def test_strmatch_equals_official_streval_labels(shared_data):
@@ -19,7 +21,8 @@ def test_strmatch_equals_official_streval_labels(shared_data):
     assert len(rows) == 450
     mismatches = [r["id"] for r in rows if xstest.strmatch_label(r["completion"]) != r["strmatch_label"]]
     assert mismatches == []
-    assert sum(r["strmatch_label"] == "2_full_refusal" for r in rows) > 0  # the check is not vacuous
+    labels = [r["strmatch_label"] for r in rows]  # the check is not vacuous: both labels, 225 each
+    assert (labels.count("1_full_compliance"), labels.count("2_full_refusal")) == (225, 225)
 
 
 def test_metrics_and_judge(shared_data, tmp_path):
@@ -67,4 +70,20 @@ def test_tiny_model_end_to_end(tiny_model, tmp_path):
     )
     metrics = xstest.run(cfg)
     assert metrics["judged"] is False and metrics["counts"]["n"] == 1
+    preds = read_jsonl(tmp_path / "x" / "predictions.jsonl")
+    assert len(preds) == 4  # every demo prompt; counts.n is 1 because the score is one F1 over them
+    labels = [xstest.strmatch_label(p["output"]) for p in preds]
+    assert labels == ["1_full_compliance"] * 4  # tiny model seed 0, greedy: no refusal phrase
+    assert metrics["results"]["strmatch_label"]["refusal_prf"]["f1"] == metrics["score"] == 0.0  # none found
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: xstest's predictions.jsonl keeps the chat-formatted prompt in 'prompt', so `tulu-kit score "
+    "xstest` refuses the run's own predictions (eval/README.md: each predictions.jsonl 're-scored as is')",
+)
+def test_own_predictions_rescore_as_is(tiny_model, tmp_path):
+    cfg = xstest.XSTestConfig(model=str(tiny_model), data_dir="demo", out_dir=str(tmp_path), max_new_tokens=2)
+    metrics = xstest.run(cfg)
+    assert score_file("xstest", tmp_path / "predictions.jsonl", data_dir="demo")["score"] == metrics["score"]
     assert set(metrics["results"]["strmatch_label"]) >= {"safe", "unsafe", "refusal_prf", "overall_accuracy"}

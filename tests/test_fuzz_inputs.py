@@ -125,7 +125,11 @@ def test_gsm8k_predictions_are_scored_in_full_or_refused_naming_the_file(records
     assert len(
         {json.dumps({k: v for k, v in r.items() if k != "output"}, sort_keys=True) for r in records}
     ) == len(records)
-    assert metrics["counts"]["n"] == len(records) and 0.0 <= metrics["score"] <= 1.0
+    assert metrics["counts"]["n"] == len(records)
+    assert metrics["score"] == metrics["counts"]["correct"] / len(records)
+    assert (
+        0 <= metrics["counts"]["correct"] <= sum(r["output"].strip() != "" for r in records)
+    )  # empty is wrong
 
 
 @FUZZ

@@ -40,7 +40,8 @@ def test_an_eval_result_records_what_the_score_depends_on(tiny_model, tmp_path):
     for lib in ("tulu-kit", "torch", "transformers", "trl"):
         assert m["versions"][lib] == importlib.metadata.version(lib)
     assert m["chat_template"] == {"sha256": template_hash(load_tokenizer(tiny_model)), "applied": True}
-    assert m["chat_template"]["sha256"] is not None
+    template = load_tokenizer(tiny_model).chat_template
+    assert m["chat_template"]["sha256"] == hashlib.sha256(template.encode()).hexdigest()[:16]  # by hand
     assert m["decoding"]["max_new_tokens"] == 64 and m["decoding"]["stop"] == ["\n"]
     assert m["decoding"]["temperature"] == 0.0
     assert m["batch_size"] == 4 and m["backend"] == "hf"

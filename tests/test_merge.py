@@ -16,10 +16,17 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tulu_kit.config import ConfigError, from_dict
 from tulu_kit.merge import MergeConfig, check_compatible, merge_models, run
 from tulu_kit.models import merge_lora
+from tulu_kit.results import read_result
 from tulu_kit.weight_diff import DIFF_META, FIXUPS_NAME, make_diff, recover, weight_map
 
 NORM = "model.norm.weight"  # its first 4 entries hold hand-made values in every test model
+NUM_FIXUPS = 22  # measured: make_diff(family base, tuned), float32 diff (hand-made entries and roundings)
 HAND = {"base": [0.0, 0.0, 0.0, 0.0], "a": [1.0, -2.0, 3.0, 0.0], "b": [3.0, 1.0, -1.0, 2.0]}
+
+
+def state_file(file: Path) -> dict[str, torch.Tensor]:
+    with safe_open(file, framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
 
 
 def state(path: Path) -> dict[str, torch.Tensor]:
@@ -64,7 +71,10 @@ def test_linear_is_the_normalised_weighted_average(family, sd, tmp_path):
     for k, v in merged.items():
         torch.testing.assert_close(v, (sd["a"][k] + 3 * sd["b"][k]) / 4, rtol=0, atol=1e-6)
     assert merged[NORM][:4].tolist() == [2.5, 0.25, 0.0, 1.5]  # (1·a + 3·b) / 4 by hand
-    assert len(list(out.glob("model-*.safetensors"))) > 3  # written shard by shard
+    shards = sorted(
+        p.name for p in out.glob("model-*.safetensors")
+    )  # written shard by shard, like its inputs
+    assert len(shards) > 3 and shards == sorted(p.name for p in family["a"].glob("model-*.safetensors"))
     tok = AutoTokenizer.from_pretrained(out)
     assert tok.chat_template == AutoTokenizer.from_pretrained(family["a"]).chat_template
     AutoModelForCausalLM.from_pretrained(out)  # a loadable HF checkpoint
@@ -187,10 +197,13 @@ def test_lora_merge_equals_base_plus_adapter(tiny_model, tmp_path):
     with torch.no_grad():
         want, got = peft_model(ids).logits, merged(ids).logits
     base_vocab = want.shape[-1]
-    assert merged.get_input_embeddings().weight.shape[0] % 8 == 0
+    assert base_vocab == 1027 and merged.get_input_embeddings().weight.shape[0] == 1032  # next multiple of 8
     torch.testing.assert_close(got[..., :base_vocab], want, rtol=1e-4, atol=1e-5)
     assert not any("lora" in k for k in state(out))
-    assert AutoTokenizer.from_pretrained(out).chat_template
+    assert (
+        AutoTokenizer.from_pretrained(out).chat_template
+        == AutoTokenizer.from_pretrained(tiny_model).chat_template
+    )
 
 
 def test_qlora_merge_dequantizes_the_nf4_base(tiny_model, tmp_path):
@@ -232,7 +245,9 @@ def tuned(family, tmp_path) -> Path:
     model = AutoModelForCausalLM.from_pretrained(family["b"])
     tok = AutoTokenizer.from_pretrained(family["b"])
     tok.add_tokens(["<|new|>"])
-    model.resize_token_embeddings(len(tok))
+    with torch.random.fork_rng():  # the new embedding row is sampled: seeded, so the fixups can be counted
+        torch.manual_seed(0)
+        model.resize_token_embeddings(len(tok))
     with torch.no_grad():  # 1e-10 - w rounds to -w; sign flips; a negative zero
         model.model.layers[0].mlp.up_proj.weight[0, :4] = torch.tensor([1e-10, -3.0, -0.0, 7e-30])
     model.save_pretrained(tmp_path / "tuned", max_shard_size="100KB")
@@ -243,7 +258,12 @@ def tuned(family, tmp_path) -> Path:
 def test_weight_diff_round_trips_bit_exactly(family, tuned, tmp_path):
     raw = family["base"]
     report = make_diff(raw, tuned, tmp_path / "diff", max_shard_size="100KB")
-    assert report.num_fixups > 0 and (tmp_path / "diff" / FIXUPS_NAME).is_file()
+    fixups = state_file(tmp_path / "diff" / FIXUPS_NAME)
+    up = "model.layers.0.mlp.up_proj.weight"
+    # the hand-made entries 1e-10, -0.0 and 7e-30 cannot come back from raw + (tuned - raw) in float32
+    assert {0, 2, 3} <= set(fixups[f"{up}::index"].tolist())
+    assert report.num_fixups == sum(len(v) for k, v in fixups.items() if k.endswith("::index"))
+    assert report.num_fixups == NUM_FIXUPS
     diff, raw_sd, tuned_sd = state(tmp_path / "diff"), state(raw), state(tuned)
     k = "model.layers.1.self_attn.q_proj.weight"
     torch.testing.assert_close(diff[k], tuned_sd[k] - raw_sd[k], rtol=0, atol=0)  # diff = tuned − raw
@@ -252,8 +272,12 @@ def test_weight_diff_round_trips_bit_exactly(family, tuned, tmp_path):
     assert got.keys() == tuned_sd.keys()
     for name, t in tuned_sd.items():
         assert torch.equal(got[name].view(torch.int32), t.view(torch.int32)), name  # bit for bit
-    assert AutoTokenizer.from_pretrained(out).chat_template
-    assert not (out / DIFF_META).exists() and len(list(out.glob("model-*.safetensors"))) > 3
+    assert (
+        AutoTokenizer.from_pretrained(out).chat_template == AutoTokenizer.from_pretrained(tuned).chat_template
+    )
+    shards = sorted(p.name for p in out.glob("model-*.safetensors"))
+    assert not (out / DIFF_META).exists() and len(shards) > 3
+    assert shards == sorted(p.name for p in tuned.glob("model-*.safetensors"))  # the tuned model's sharding
 
 
 def test_recover_refuses_the_wrong_raw_model(family, tuned, tmp_path):
@@ -310,9 +334,12 @@ def test_run_sweeps_the_path_and_scores_each_point(family, tmp_path):
         result["path"][1]["chosen_logp_per_token"]
     )
     assert len({round(r["chosen_logp_per_token"], 6) for r in result["path"]}) == 3
-    assert (tmp_path / "merge" / "path_metrics.jsonl").is_file() and not (
-        tmp_path / "merge" / "path"
-    ).exists()
+    saved = [
+        json.loads(line) for line in (tmp_path / "merge" / "path_metrics.jsonl").read_text().splitlines()
+    ]
+    assert saved == result["path"] and not (tmp_path / "merge" / "path").exists()
+    assert [r["weights"] for r in saved] == [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]
+    assert read_result(tmp_path / "merge")["path"] == saved
 
 
 def test_preference_file_errors_name_the_line(family, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,12 @@ def test_forward_and_generate(tiny_model):
     batch = tok(["hello", "a longer prompt here"], return_tensors="pt", padding=True)
     with torch.no_grad():
         out = model(**batch, labels=batch["input_ids"])
-    assert out.logits.shape[:2] == batch["input_ids"].shape and torch.isfinite(out.loss)
+    assert out.logits.shape[:2] == batch["input_ids"].shape
+    by_hand = torch.nn.functional.cross_entropy(  # next-token CE over every position (pads included: labels=ids)
+        out.logits[:, :-1].reshape(-1, out.logits.shape[-1]), batch["input_ids"][:, 1:].reshape(-1)
+    )
+    assert out.loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    assert out.loss.item() == pytest.approx(math.log(len(tok)), abs=0.1)  # untrained: near-uniform over V
     prompt = tok("hi", return_tensors="pt")
     gen = model.generate(**prompt, max_new_tokens=5, min_new_tokens=5, do_sample=False)
     assert gen.shape[1] == prompt["input_ids"].shape[1] + 5

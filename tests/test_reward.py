@@ -1,6 +1,7 @@
 """Reward model: reward read at the last non-pad token, Bradley–Terry training lifts held-out accuracy, notebook."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -60,6 +61,13 @@ def test_reward_model_learns_heldout_preferences(tiny_model, tmp_path):
     result = json.loads((out / "metrics.json").read_text())
     assert result["n_eval"] == 20
     assert result["eval_after"]["accuracy"] > 0.6  # chance is 0.5
+    # tiny model seed 0, synthetic_preference(80, seed=3), 3 epochs: 11/20 held-out pairs right before, 15/20 after
+    assert (result["eval_before"]["accuracy"], result["eval_after"]["accuracy"]) == pytest.approx(
+        (0.55, 0.75)
+    )
+    assert result["eval_before"]["loss"] == pytest.approx(
+        math.log(2), abs=0.02
+    )  # untrained: margins ~ 0, -log σ(0)
     assert result["eval_after"]["accuracy"] > result["eval_before"]["accuracy"]
     assert result["eval_after"]["margin"] > result["eval_before"]["margin"] + 0.5
     from transformers import AutoModelForSequenceClassification
