@@ -64,7 +64,7 @@ def test_run_on_demo_data(tiny_model, tmp_path):
     cfg = gsm8k.GSM8KConfig(model=str(tiny_model), data_dir="demo", out_dir=str(tmp_path), max_new_tokens=6)
     metrics = gsm8k.run(cfg)
     preds = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
-    assert len(preds) == 4 and all(p["prompt"].endswith("\nAnswer:") for p in preds)
+    assert len(preds) == 4 and all(p["model_input"].endswith("\nAnswer:") for p in preds)
     assert (
         metrics["counts"]["n"] == 4
         and json.loads((tmp_path / "metrics.json").read_text())["score"] == metrics["score"]

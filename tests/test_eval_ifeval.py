@@ -103,11 +103,6 @@ def test_tiny_model_end_to_end(tiny_model, tmp_path):
     assert {k: rescored[k] for k in ifeval.METRICS} == {k: metrics[k] for k in ifeval.METRICS}  # two paths
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: predictions.jsonl keeps the chat-formatted prompt in 'prompt', so `tulu-kit score ifeval` "
-    "refuses the run's own predictions (eval/README.md: each predictions.jsonl 're-scored as is')",
-)
 def test_own_predictions_rescore_as_is(tiny_model, tmp_path):
     cfg = ifeval.IFEvalConfig(
         model=str(tiny_model), data_dir="demo", out_dir=str(tmp_path), max_new_tokens=2, max_examples=1

@@ -77,11 +77,6 @@ def test_tiny_model_end_to_end(tiny_model, tmp_path):
     assert metrics["results"]["strmatch_label"]["refusal_prf"]["f1"] == metrics["score"] == 0.0  # none found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: xstest's predictions.jsonl keeps the chat-formatted prompt in 'prompt', so `tulu-kit score "
-    "xstest` refuses the run's own predictions (eval/README.md: each predictions.jsonl 're-scored as is')",
-)
 def test_own_predictions_rescore_as_is(tiny_model, tmp_path):
     cfg = xstest.XSTestConfig(model=str(tiny_model), data_dir="demo", out_dir=str(tmp_path), max_new_tokens=2)
     metrics = xstest.run(cfg)

@@ -247,21 +247,21 @@ def load_policy(cfg: TrainingFields, add_adapters: bool = False):
     return model
 
 
-def lora_config(cfg: TrainingFields, task_type: str = "CAUSAL_LM"):
+def lora_config(cfg: TrainingFields):
     """PEFT's LoraConfig for ``cfg`` (None without ``use_lora``)."""
     from tulu_kit import models
 
-    if not cfg.use_lora:
+    if not getattr(cfg, "use_lora", False):
         return None
-    return models.lora_config(
-        cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules, task_type
-    )
+    return models.lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
 
 
 def training_arguments(cfg: TrainingFields, trl_config_cls: type, has_eval: bool, **stage_args):
     """TRL's config (a ``TrainingArguments``) with the fields every stage sets alike, plus the stage's own."""
     import torch
 
+    # read by transformers' TensorBoard callback when the Trainer builds it, so set before the Trainer exists
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(cfg.out_dir) / "tensorboard")
     report_to = [r.strip() for r in cfg.report_to.split(",") if r.strip() and r.strip() != "none"]
     common = dict(
         output_dir=str(Path(cfg.out_dir) / "checkpoints"),
@@ -305,10 +305,9 @@ def callbacks(cfg: TrainingFields, extra=None) -> list:
 def fit(trainer, cfg: TrainingFields) -> float:
     """``trainer.train()``, resuming (with ``resume``) from the last complete checkpoint of this same run.
 
-    Sets TensorBoard's folder to ``<out_dir>/tensorboard``. Returns the wall time of training in seconds.
+    Returns the wall time of training in seconds.
     """
     out = Path(cfg.out_dir)
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tensorboard")  # read by transformers' TB callback
     checkpoint = launch.last_complete_checkpoint(out / "checkpoints", to_dict(cfg)) if cfg.resume else None
     if checkpoint:
         logger.info("resuming from %s", checkpoint)

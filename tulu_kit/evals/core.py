@@ -456,7 +456,9 @@ def generate_predictions(
     params: GenParams,
     backend: Backend | None = None,
 ) -> list[dict]:
-    """Generation benchmarks: `build(example, chat) -> (user_text, assistant_prefix)`; records get prompt + output.
+    """Generation benchmarks: `build(example, chat) -> (user_text, assistant_prefix)`; each record gets `prompt`
+    (the user text, as the benchmark asks it, so the file can be re-scored as is), `model_input` (exactly what the
+    model saw: chat template, prefix) and `output`.
 
     Sampling (temperature, top_p, top_k, seed) comes from `cfg`, so what metrics.json records is what ran.
     """
@@ -466,7 +468,10 @@ def generate_predictions(
         pairs = [build(e, cfg.chat) for e in chunk]
         prompts = [chat_prompt(be.tokenizer, text, cfg.chat, prefix) for text, prefix in pairs]
         outputs = be.generate(prompts, params)
-        return [{**e, "prompt": p, "output": o} for e, p, o in zip(chunk, prompts, outputs)]
+        return [
+            {**e, "prompt": text, "model_input": p, "output": o}
+            for e, (text, _), p, o in zip(chunk, pairs, prompts, outputs)
+        ]
 
     return predict(cfg, examples, compute, backend, sort_key=lambda e: len(build(e, cfg.chat)[0]))
 
