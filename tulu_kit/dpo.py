@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from tulu_kit import trainers, training
-from tulu_kit.io import atomic_path
+from tulu_kit import plots, trainers, training
 from tulu_kit.training import LoRAFields, PreferenceFields
 
 logger = logging.getLogger(__name__)
@@ -151,8 +150,7 @@ def plot_metrics(log_history: list[dict], path: str | Path | None = None):
         ax.legend(fontsize=7)
     fig.tight_layout()
     if path is not None:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110)
+        plots.save_png(fig, path, dpi=110)
     return fig
 
 

@@ -29,8 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from tulu_kit import rewards, training
-from tulu_kit.io import atomic_path
+from tulu_kit import plots, rewards, training
 from tulu_kit.training import LoRAFields
 
 logger = logging.getLogger(__name__)
@@ -263,8 +262,7 @@ def plot_curves(log_history: list[dict], path: str | Path | None = None):
         ax.set_xlabel("step")
     fig.tight_layout()
     if path is not None:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110)
+        plots.save_png(fig, path, dpi=110)
     return fig
 
 

@@ -15,6 +15,15 @@ import pandas as pd
 COLORS = ["#3b6ea8", "#d9822b", "#4c9a6a", "#b5475b", "#7d5fa8", "#8c7a5b", "#4aa3b5", "#999999"]
 
 
+def save_png(fig, path, dpi: int = 110):
+    """Write the figure to ``path`` as a PNG, atomically (a stage's plot beside its results); return the figure."""
+    from tulu_kit.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return fig
+
+
 def png_base64(fig, dpi: int = 100) -> str:
     """The figure as a base64 PNG, for ``<img src="data:image/png;base64,...">`` (a self-contained page)."""
     buffer = io.BytesIO()

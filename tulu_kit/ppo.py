@@ -51,9 +51,9 @@ from typing import Literal
 
 import torch
 
-from tulu_kit import launch, training
+from tulu_kit import launch, plots, training
 from tulu_kit.config import to_dict
-from tulu_kit.io import atomic_path, atomic_write_json, atomic_write_text, iter_jsonl, read_json, write_jsonl
+from tulu_kit.io import atomic_write_json, atomic_write_text, iter_jsonl, read_json, write_jsonl
 from tulu_kit.losses import (
     KL_ESTIMATORS,
     gae,
@@ -708,8 +708,7 @@ def plot_curves(history: list[dict], path: str | Path | None = None):
         ax.set_xlabel("iteration")
     fig.tight_layout()
     if path is not None:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
+        plots.save_png(fig, path, dpi=100)
     return fig
 
 
