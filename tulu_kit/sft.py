@@ -64,7 +64,9 @@ class SFTConfig(LoRAFields):
     save_total_limit: int = 3  # complete checkpoints kept
     eval_steps: int = 0  # evaluate on eval_file every N steps; 0: after each epoch (when eval_file is set)
     report_to: str = "tensorboard"  # "tensorboard", "wandb", "tensorboard,wandb" or "none"
-    optim: str = "auto"  # auto: paged_adamw_32bit for QLoRA on a GPU, else adamw_torch_fused (TRL's default)
+    optim: str = (
+        "auto"  # auto: paged_adamw_32bit for QLoRA on a GPU, else adamw_torch ("adamw_torch_fused": faster)
+    )
     merge_adapter: bool = True  # after LoRA, merge the adapter into the (dequantized) base in <out_dir>/model
     launcher: Literal["accelerate", "torchrun", "none"] = "accelerate"  # "none" trains in this process
 
@@ -125,7 +127,7 @@ def _optimizer_name(cfg: SFTConfig) -> str:
     if cfg.optim != "auto":
         return cfg.optim
     # bitsandbytes' paged optimizers page optimizer state through CUDA unified memory: GPU only
-    return "paged_adamw_32bit" if cfg.load_in_4bit and torch.cuda.is_available() else "adamw_torch_fused"
+    return "paged_adamw_32bit" if cfg.load_in_4bit and torch.cuda.is_available() else "adamw_torch"
 
 
 def trl_args(cfg: SFTConfig, has_eval: bool):
