@@ -64,9 +64,7 @@ class SFTConfig(LoRAFields):
     save_total_limit: int = 3  # complete checkpoints kept
     eval_steps: int = 0  # evaluate on eval_file every N steps; 0: after each epoch (when eval_file is set)
     report_to: str = "tensorboard"  # "tensorboard", "wandb", "tensorboard,wandb" or "none"
-    optim: str = (
-        "auto"  # auto: paged_adamw_32bit for QLoRA on a GPU, else adamw_torch ("adamw_torch_fused": faster)
-    )
+    optim: str = "auto"  # auto: paged_adamw_32bit for QLoRA on a GPU, else adamw_torch (see README: fused)
     merge_adapter: bool = True  # after LoRA, merge the adapter into the (dequantized) base in <out_dir>/model
     launcher: Literal["accelerate", "torchrun", "none"] = "accelerate"  # "none" trains in this process
 
