@@ -41,6 +41,15 @@ def toy_file(tmp_path_factory) -> str:
     )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _restore_threads():
+    """The tests here use one torch thread; later test modules get the process's setting back (a thread count
+    changes float reduction order, and the resume tests compare runs across processes)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def warm_model(tiny_model, tmp_path_factory) -> Path:
     """The tiny model after a few SFT steps on 'The answer is N.' (the quickstart's SFT format), so a correct

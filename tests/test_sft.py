@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -236,7 +237,9 @@ def test_killed_and_resumed_equals_uninterrupted(tiny_model, tmp_path, mix):
     cfg = _config(tiny_model, tmp_path / "killed", mix, **common)
     script = tmp_path / "killed.py"
     script.write_text(KILL_SCRIPT.format(kill_at=5, config=repr(dataclasses.asdict(cfg))))
-    proc = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True)
+    # the killed run uses this process's thread count: another count changes float reduction order
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, env=env)
     assert proc.returncode == -9, proc.stderr[-2000:]
     ckpts = Path(cfg.out_dir) / "checkpoints"
     assert (ckpts / "checkpoint-3" / "COMPLETE").is_file() and not (Path(cfg.out_dir) / "model").exists()
