@@ -15,6 +15,7 @@ overhead is a defect) uses CPU time on CPU and wall time on a GPU. On CPU torch 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--completion", type=int, default=8, help="max_completion_length")
     p.add_argument("--beta", type=float, default=0.01)
     p.add_argument("--threads", type=int, default=1, help="torch threads on CPU")
+    p.add_argument("--quick", action="store_true", help="make bench's sizes (the defaults)")
+    p.add_argument("--json", help="also write the row for bench/run_all.py here")
     a = p.parse_args(argv)
     if not torch.cuda.is_available():
         torch.set_num_threads(a.threads)
@@ -129,6 +132,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if "overhead" in r:
             line += f"  overhead {r['overhead']:+.1%}" + ("  DEFECT (> 5%)" if r["overhead"] > 0.05 else "")
         print(line)
+    if a.json:  # one row of make bench's table: kit vs bare TRL on the same configuration
+        table_row = {"group": "rl", "metric": "grpo: step time vs bare TRL GRPOTrainer", "ours": rows[0][key],
+                     "baseline": rows[1][key], "ratio": rows[0][key] / rows[1][key], "unit": f"{key} / step",
+                     "better": "lower", "note": shape, "samples": {}}  # fmt: skip
+        Path(a.json).write_text(json.dumps({"rows": [table_row]}))
     return rows
 
 

@@ -34,7 +34,7 @@ KERNEL = "python3"
 IMPORTS = {
     "tulu_kit.quickstart": "import pandas, tulu_kit.config, tulu_kit.quickstart",
     "tulu_kit.data.stage": "import pandas, tulu_kit.config, tulu_kit.data.stage",
-    "tulu_kit.sft (+ trl)": "import pandas, tulu_kit.config, tulu_kit.sft; tulu_kit.sft._trainer_class()",
+    "tulu_kit.sft (+ trl)": "import pandas, tulu_kit.config, tulu_kit.sft, tulu_kit.trainers; tulu_kit.trainers.sft_trainer_class()",
     "tulu_kit.evals (gsm8k + model)": "import matplotlib.pyplot, pandas, tulu_kit.config, tulu_kit.evals.gsm8k, transformers",
     "accelerate launch (CLI)": "import accelerate.commands.launch",
 }

@@ -13,6 +13,7 @@ the iterations after the first --warmup ones. The device is detected: CUDA (bf16
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -20,6 +21,9 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_args, row  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -64,6 +68,9 @@ def main() -> None:
     p.add_argument("--ppo-epochs", type=int, default=4)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
+    add_args(
+        p, repeats=1
+    )  # make bench's contract: --quick, --repeats, --json (iterations are the repeats here)
     a = p.parse_args()
     if torch.cuda.is_available():
         device = torch.cuda.get_device_name(0)
@@ -80,6 +87,13 @@ def main() -> None:
     print(f"{'generation (rollout) share':<28}{r['rollout_s'] / r['iteration_s']:>12.1%}")
     print(f"{'training (update) share':<28}{r['train_s'] / r['iteration_s']:>12.1%}")
     print(f"{'response tokens (median)':<28}{r['tokens']:>12.1f}")
+    if a.json:
+        share = r["rollout_s"] / r["iteration_s"]
+        rows = [
+            row("rl", "ppo: iterations per second", 1 / r["iteration_s"], unit="it/s", better="higher",
+                note=f"{a.batch} prompts x {a.response_length} tokens; generation {share:.0%}, training {1 - share:.0%}"),
+        ]  # fmt: skip
+        Path(a.json).write_text(json.dumps({"rows": rows}))
 
 
 if __name__ == "__main__":

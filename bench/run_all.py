@@ -40,7 +40,7 @@ SCRIPTS = [
 ]
 # Hook for the RL stages (GRPO vs bare TRL, PPO's generation/training split): bench_rl.py joins the table as
 # soon as it exists, following the same contract (--quick --repeats N --json PATH).
-OPTIONAL = ["bench_rl.py"]
+OPTIONAL = ["bench_rl.py", "bench_grpo.py"]
 
 VERSIONED = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed", "mergekit", "papermill",
              "flash-attn", "vllm", "tulu-kit")  # fmt: skip
