@@ -264,3 +264,137 @@ def test_truthfulqa_gen(shared_data):
     assert stated("truthfulqa_gen") == []  # not measured (the judges are models)
     with open(shared_data / truthfulqa_gen.FILE, encoding="utf-8", newline="") as f:
         assert len(list(csv.DictReader(f))) == 817
+
+
+# ---------------------------------------------------------------------------------------------- Tulu 3 suite
+def test_ifbench(shared_data, tmp_path, monkeypatch):
+    """The vendored official checker against the shipped official verdicts (made at IFBench c94da02), per prompt
+    file. Prompts whose checkers need NLTK data the shared folder lacks (stopwords, the POS tagger) are left out."""
+    from tulu_kit.evals import ifbench
+
+    monkeypatch.setenv("NLTK_DATA", str(shared_data / "nltk_data"))
+    d = shared_data / "ifbench"
+    sample = _jsonl(d / "sample_output.jsonl")
+    strict = {r["prompt"]: r["follow_instruction_list"] for r in _jsonl(d / "eval_results_strict.jsonl")}
+    loose = {r["prompt"]: r["follow_instruction_list"] for r in _jsonl(d / "eval_results_loose.jsonl")}
+    got = []
+    for version in ("v294", "v300"):
+        inputs = {r["prompt"]: r for r in ifbench.load_inputs(str(shared_data), version)}
+        preds = [
+            s for s in sample
+            if s["prompt"] in inputs and not set(inputs[s["prompt"]]["instruction_id_list"]) & set(ifbench.NLTK_EXTRA)
+        ]  # fmt: skip
+        write_jsonl(tmp_path / version / "p.jsonl", preds)
+        core.score_file("ifbench", tmp_path / version / "p.jsonl", tmp_path / version / "s", str(shared_data),
+                        version=version)  # fmt: skip
+        verdicts = read_jsonl(tmp_path / version / "s" / "results.jsonl")
+        got.append((sum(v["follow_instruction_list_strict"] == strict[p["prompt"]] for p, v in zip(preds, verdicts)),
+                    len(preds)))  # fmt: skip
+        got.append((sum(v["follow_instruction_list_loose"] == loose[p["prompt"]] for p, v in zip(preds, verdicts)),
+                    len(preds)))  # fmt: skip
+    assert got == stated("ifbench")
+
+
+def _drop_outputs(gold: str) -> list[str]:
+    """Eight outputs per question: right, right in other case / with an article / inside a sentence, partial,
+    a wrong number, a digit changed."""
+    words = gold.split()
+    return [gold, gold.upper() + ".", "the " + gold, f"It was {gold} yards", words[0] if words else "",
+            " ".join(words[:-1]) or "none", "42", gold.replace("1", "7")]  # fmt: skip
+
+
+def test_drop(shared_data):
+    """EM and F1 per (question, output) against lm-eval's `drop` task (its process_results), eight made outputs
+    per dev question: every question with TULU_KIT_SLOW=1, every tenth by default (the table states the sweep)."""
+    from lm_eval.tasks.drop import utils as reference
+
+    from tulu_kit.evals import drop
+
+    full = bool(os.environ.get("TULU_KIT_SLOW"))
+    examples = drop.load_examples(str(shared_data))
+    agree = total = 0
+    for e in examples if full else examples[::10]:
+        doc = {"answers": [(g,) for g in e["golds"]]}
+        for out in _drop_outputs(e["golds"][0]):
+            ref = reference.process_results(doc, [out])
+            agree += drop.score_one(out, e["golds"]) == (ref["em"], ref["f1"])
+            total += 1
+    ((n, m),) = stated("drop")
+    assert (agree, total) == ((n, m) if full else (total, 8 * len(examples[::10])))
+    assert m == 8 * len(examples)
+
+
+def _letter_outputs(gold: str, wrong: str) -> list[str]:
+    return [f"Reasoning.\nTherefore, the answer is ({gold}).", f"Maybe ({wrong}). Therefore, the answer is ({gold})",
+            f"Therefore, the answer is ({wrong})."]  # fmt: skip
+
+
+def test_mmlu_pro(shared_data):
+    """The letter the kit extracts against lm-eval `mmlu_pro`'s filter (regex 'answer is \\(?([A-J])\\)?',
+    take_first), three outputs per question; and the gold letter scores right."""
+    from lm_eval.filters.extraction import RegexFilter
+
+    from tulu_kit.evals import mmlu_pro
+
+    examples = mmlu_pro.load_examples(str(shared_data))
+    preds, outs = [], []
+    for e in examples:
+        wrong = "A" if e["gold"] != "A" else "B"
+        for out in _letter_outputs(e["gold"], wrong):
+            preds.append({"id": e["id"], "output": out})
+            outs.append(out)
+    ref = RegexFilter(regex_pattern=r"answer is \(?([ABCDEFGHIJ])\)?", group_select=0)
+    theirs = [r[0] for r in ref.apply([[o] for o in outs], [{}] * len(outs))]
+    verdicts = mmlu_pro.score_predictions(preds, str(shared_data)).verdicts
+    assert sum(v["correct"] for v in verdicts[0::3]) == len(examples)  # the right answers score right
+    ours = [v["extracted"] for v in verdicts]
+    # lm-eval takes the FIRST "answer is (X)", OLMES (and the kit) the LAST format match: in these outputs only the
+    # final sentence says "answer is", so both rules should name the same letter
+    assert [(sum(a == b for a, b in zip(ours, theirs)), len(outs))] == stated("mmlu_pro")
+
+
+def test_gpqa(shared_data):
+    """The letter the kit extracts against lm-eval `gpqa_main_cot_zeroshot`'s flexible-extract filter (the last
+    '(X)'), three outputs per main-set question; and the gold letter scores right. Read in memory only."""
+    from lm_eval.filters.extraction import MultiChoiceRegexFilter
+
+    from tulu_kit.evals import gpqa
+
+    examples = gpqa.load_examples(str(shared_data))
+    preds = [{"id": e["id"], "output": o} for e in examples
+             for o in _letter_outputs(e["gold"], "A" if e["gold"] != "A" else "B")]  # fmt: skip
+    scored = gpqa.score_predictions(preds, str(shared_data))
+    assert sum(v["correct"] for v in scored.verdicts[0::3]) == len(examples) == 448
+    ref = MultiChoiceRegexFilter(regex_pattern=r"(\([A-Z]\))", group_select=-1, ignore_case=True,
+                                 ignore_punctuation=True)  # fmt: skip
+    docs = [{"choices": e["options"]} for e in examples for _ in range(3)]
+    theirs = [r[0].strip("()") for r in ref.apply([[p["output"]] for p in preds], docs)]
+    ours = [v["extracted"] for v in scored.verdicts]
+    assert [(sum(a == b for a, b in zip(ours, theirs)), len(preds))] == stated("gpqa")
+
+
+def test_agieval(shared_data):
+    """Each option's letter as the answer, scored by the kit and by lm-eval `agieval`'s process_results_mcqa (the
+    argmax choice against the gold index from the same label): the verdicts agree on every (question, option)."""
+    from lm_eval.tasks.agieval.utils import process_results_mcqa
+
+    from tulu_kit.evals import agieval, cot_mc
+
+    examples = agieval.load_examples(str(shared_data))
+    preds, reference = [], []
+    for e in examples:
+        for i in range(e["n_choices"]):
+            letter = cot_mc.LETTERS[i]
+            preds.append({"id": e["id"], "output": f"Therefore, the answer is ({letter})."})
+            onehot = [[0.0 if j == i else -10.0] for j in range(e["n_choices"])]
+            doc = {"gold": [cot_mc.LETTERS.index(e["gold"])], "choices": e["options"]}
+            reference.append(process_results_mcqa(doc, onehot)["acc"] == 1.0)
+    verdicts = agieval.score_predictions(preds, str(shared_data)).verdicts
+    assert sum(reference) == len(examples) == 2646
+    assert [(sum(v["correct"] == r for v, r in zip(verdicts, reference)), len(preds))] == stated("agieval")
+
+
+def test_popqa():
+    assert (
+        stated("popqa") == []
+    )  # not measured: PopQA's data is not in the shared folder (tests use made rows)

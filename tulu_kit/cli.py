@@ -205,6 +205,19 @@ EVAL_ENGINE_FLAGS: dict[str, tuple[type, str]] = {
 }
 
 
+def _settings(pairs: list[str] | None) -> dict:
+    """`--set KEY=VALUE` pairs (a benchmark's own field, e.g. ifbench version=v294, mmlu_pro form=mc)."""
+    import yaml
+
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"tulu-kit: error: --set expects KEY=VALUE, got {pair!r}")
+        out[key.replace("-", "_")] = yaml.safe_load(value)
+    return out
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
@@ -221,6 +234,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for key in EVAL_ENGINE_FLAGS:  # unset: the benchmark's default (the code benchmarks sample at T 0.1)
         if getattr(args, key) is not None:
             kw[key] = getattr(args, key)
+    kw.update(_settings(args.set))
     metrics = evaluate(args.benchmark, **kw)
     print(json.dumps({k: v for k, v in metrics.items() if k not in ("config", "protocol")}, indent=2))
     return 0
@@ -232,6 +246,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from tulu_kit.evals import score_file
 
     options = {"skip_unmatched": True} if args.skip_unmatched else {}
+    options.update(_settings(args.set))
     print(
         json.dumps(score_file(args.benchmark, args.predictions, args.out, args.data_dir, **options), indent=2)
     )
@@ -248,6 +263,8 @@ SCORE_EPILOG = """benchmarks and the fields of each prediction row (JSONL):
   xstest          "prompt", "completion" (or "output")
   toxigen         "group", "output"               truthfulqa_gen  "question", "output"
   alpaca_eval     "instruction", "output" (alpaca_eval's model_outputs.json rows)
+  ifbench         "prompt", "response" (official format; --set version=v294 for the 2025-07 prompts)
+  drop, agieval, mmlu_pro, gpqa, popqa            "id" or "question", "output" (see eval/README.md)
 Judged benchmarks (alpaca_eval, xstest, toxigen, truthfulqa_gen) need their judge or classifier; see
 eval/README.md.
 
@@ -290,6 +307,8 @@ def add_eval(sub) -> None:
     p.add_argument(
         "--out", metavar="DIR", help="output folder (default: runs/eval/BENCHMARK); resumes if present"
     )
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a benchmark's own setting, e.g. version=v294 (ifbench), form=mc (mmlu_pro)")  # fmt: skip
     p.set_defaults(func=cmd_eval)
     s = sub.add_parser(
         "score",
@@ -306,6 +325,8 @@ def add_eval(sub) -> None:
         help="ifeval: leave out and count rows whose prompt is not an input prompt (instead of stopping)",
     )
     s.add_argument("--out", metavar="DIR", help="also write DIR/metrics.json and DIR/results.jsonl")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a scoring option, e.g. version=v294 (ifbench), shuffle_seed=42 (gpqa)")  # fmt: skip
     s.add_argument("--data-dir", help="benchmark data root (gold answers)")
     s.set_defaults(func=cmd_score)
 

@@ -114,6 +114,63 @@ SOURCES: dict[str, list[tuple[str, str]]] = {
     "xstest": [
         (f"{GH}/paul-rottger/exaggerated-safety/main/xstest_prompts.csv", "xstest/xstest_prompts.csv")
     ],
+    # the Tulu 3 suite (issue 26): IFBench at the vendored checker's commit and the 2025-07 release, NLTK data
+    # its checkers need; DROP's dev file (simple-evals) + the official zip's train split (exemplars); AGIEval v1;
+    # MMLU-Pro test + validation (Hub parquet -> JSONL); GPQA's zip as shipped (never unzipped); PopQA's test.tsv
+    "ifbench": [
+        (
+            f"{GH}/allenai/IFBench/db69a6f05689830b0068b8f1529ebcfd2f3b164c/data/IFBench_test.jsonl",
+            "ifbench/IFBench_test.jsonl",
+        ),
+        (
+            f"{GH}/allenai/IFBench/8a66c069755e98b8d0871829751da9fd7b6ce8f0/data/IFBench_test.jsonl",
+            "ifbench/IFBench_test_v2025-07_294.jsonl",
+        ),
+        (f"{GH}/nltk/nltk_data/gh-pages/packages/tokenizers/punkt_tab.zip", "nltk_data/tokenizers/punkt_tab"),
+        (f"{GH}/nltk/nltk_data/gh-pages/packages/corpora/stopwords.zip", "nltk_data/corpora/stopwords"),
+        (
+            f"{GH}/nltk/nltk_data/gh-pages/packages/taggers/averaged_perceptron_tagger_eng.zip",
+            "nltk_data/taggers/averaged_perceptron_tagger_eng",
+        ),
+    ],
+    "drop": [
+        (
+            "https://openaipublic.blob.core.windows.net/simple-evals/drop_v0_dev.jsonl.gz",
+            "drop/drop_v0_dev.jsonl.gz",
+        ),
+        (
+            "https://s3-us-west-2.amazonaws.com/allennlp/datasets/drop/drop_dataset.zip",
+            "drop/drop_dataset_train.json",
+        ),
+    ],
+    "agieval": [
+        (
+            f"{GH}/ruixiangcui/AGIEval/5c77d073fda993f1652eaae3cf5d04cc5fd21d40/data/v1/{t}.jsonl",
+            f"agieval/v1/{t}.jsonl",
+        )
+        for t in (
+            "aqua-rat",
+            "gaokao-english",
+            "logiqa-en",
+            "lsat-ar",
+            "lsat-lr",
+            "lsat-rc",
+            "sat-en",
+            "sat-math",
+        )
+    ],
+    "mmlu_pro": [
+        (
+            "https://huggingface.co/datasets/TIGER-Lab/MMLU-Pro/resolve/main/data/test-00000-of-00001.parquet",
+            "mmlu_pro/test.jsonl.gz",
+        ),
+        (
+            "https://huggingface.co/datasets/TIGER-Lab/MMLU-Pro/resolve/main/data/validation-00000-of-00001.parquet",
+            "mmlu_pro/validation.jsonl",
+        ),
+    ],
+    "gpqa": [("https://github.com/idavidrein/gpqa/raw/main/dataset.zip", "gpqa/dataset.zip")],
+    "popqa": [("https://huggingface.co/datasets/akariasai/PopQA/resolve/main/test.tsv", "popqa/test.tsv")],
     "alpaca_eval": [
         (
             f"{GH}/tatsu-lab/alpaca_eval/main/results/{ref}/model_outputs.json",
@@ -175,11 +232,38 @@ def _unpack_zip(data: bytes, dest: Path, name: str = "") -> None:
                 _write(dest.joinpath(*parts[1:]), z.read(member))
 
 
+def _parquet_to_jsonl(data: bytes, dest: Path) -> None:
+    """A Hub parquet split -> JSONL (gzip when ``dest`` ends in .gz), one record per line, values as stored."""
+    import gzip
+
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(io.BytesIO(data)).to_pylist()
+    body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+    _write(dest, gzip.compress(body, mtime=0) if dest.suffix == ".gz" else body)
+
+
+def _drop_train(data: bytes, dest: Path) -> None:
+    """The official drop_dataset.zip -> its train JSON only (the exemplars' source)."""
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        name = next(n for n in z.namelist() if n.endswith("drop_dataset_train.json"))
+        _write(dest, z.read(name))
+
+
+# files converted on the way in (one file each, written atomically by the converter)
+CONVERT: dict[str, Callable[[bytes, Path], None]] = {
+    "test-00000-of-00001.parquet": _parquet_to_jsonl,
+    "validation-00000-of-00001.parquet": _parquet_to_jsonl,
+    "drop_dataset.zip": _drop_train,
+}
+
 UNPACK: dict[str, Callable[[bytes, Path, str], None]] = {
     "mmlu": _unpack_mmlu,
     "bbh": _unpack_bbh,
     "tydiqa": _split_tydiqa,
     "punkt_tab.zip": _unpack_zip,
+    "stopwords.zip": _unpack_zip,
+    "averaged_perceptron_tagger_eng.zip": _unpack_zip,
 }
 
 
@@ -198,7 +282,10 @@ def prepare_eval(data_dir: str | None = None, only: list[str] | None = None, for
                 continue
             data = _fetch(url)
             unpack = UNPACK.get(name) or UNPACK.get(url.rsplit("/", 1)[-1])
-            if unpack:
+            convert = CONVERT.get(url.rsplit("/", 1)[-1])
+            if convert:
+                convert(data, dest)
+            elif unpack:
                 # the whole folder at once: an interrupted unpack must not leave a partial folder that the
                 # next run would skip as "exists"
                 with atomic_dir(dest) as tmp:
