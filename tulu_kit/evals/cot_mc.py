@@ -15,6 +15,7 @@ else the last stand-alone capital letter; parentheses removed; compared with the
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from tulu_kit.evals.core import EvalConfig, GenParams, Scored, generate_predictions, make_metrics, norm_text
 
@@ -66,9 +67,19 @@ def is_correct(letter: str, gold: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- scoring + run
-def score(name: str, preds: list[dict], gold: list[dict], protocol: dict, source: str, macro: bool) -> Scored:
+def score(
+    name: str,
+    preds: list[dict],
+    gold: list[dict],
+    protocol: dict,
+    source: str,
+    macro: bool,
+    extract: Callable[[str, int], tuple[str, float]] | None = None,
+) -> Scored:
     """Score records with 'id' (or 'question', matched whitespace-normalized) and 'output' against `gold`
-    examples ({id, question, group, gold, n_choices}); per-group subscores, macro or micro average."""
+    examples ({id, question, group, gold, n_choices}); per-group subscores, macro or micro average. `extract`
+    (output, number of choices) -> (letter, answer_format_correct): a benchmark's own rules (default: OLMES's
+    MMLU-Pro rules, `extract_letter`)."""
     by_id = {g["id"]: g for g in gold}
     by_q: dict[str, dict] = {}
     for g in gold:
@@ -82,8 +93,11 @@ def score(name: str, preds: list[dict], gold: list[dict], protocol: dict, source
             g = by_q.get(norm_text(p["question"]))
         if g is None:
             raise ValueError(f"prediction {n}: no question with this id / question text in {source}")
-        last = LETTERS[g["n_choices"] - 1]
-        letter, fmt = extract_letter(str(p["output"]), format_regex(g["n_choices"]), last)
+        if extract is None:
+            n_choices = g["n_choices"]
+            letter, fmt = extract_letter(str(p["output"]), format_regex(n_choices), LETTERS[n_choices - 1])
+        else:
+            letter, fmt = extract(str(p["output"]), g["n_choices"])
         ok = is_correct(letter, g["gold"])
         values.append(float(ok))
         formats.append(fmt)

