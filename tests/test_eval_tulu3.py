@@ -223,3 +223,27 @@ def test_cli_score_passes_a_benchmark_setting(tmp_path, capsys):
                  "--set", "version=v294"]) == 0  # fmt: skip
     printed = json.loads(capsys.readouterr().out)
     assert printed["version"] == "v294" and printed["score"] == 0.0
+
+
+@pytest.mark.parametrize("name", ["ifbench", "drop", "agieval", "mmlu_pro", "gpqa", "popqa"])
+def test_notebook_parameters_are_config_fields(name):
+    """Each notebook's parameters cell names only fields of its benchmark's config (a misspelt one would fail
+    `collect` at run time), with the config's defaults for the protocol fields."""
+    import ast
+    import dataclasses
+    from pathlib import Path
+
+    import nbformat
+
+    from tulu_kit.evals.core import get_benchmark
+
+    nb = nbformat.read(Path(__file__).resolve().parents[1] / "eval" / f"{name}.ipynb", as_version=4)
+    (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    values = {t.id: ast.literal_eval(n.value) for n in ast.parse(cell.source).body for t in n.targets}
+    config = get_benchmark(name).CONFIG
+    fields = {f.name: f.default for f in dataclasses.fields(config)}
+    assert set(values) <= set(fields)
+    assert {k: values[k] for k in ("chat", "max_examples")} == {
+        k: fields[k] for k in ("chat", "max_examples")
+    }
+    assert values["out_dir"] == fields["out_dir"] == f"../runs/lab/eval_{name}"
