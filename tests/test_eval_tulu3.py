@@ -247,3 +247,78 @@ def test_notebook_parameters_are_config_fields(name):
         k: fields[k] for k in ("chat", "max_examples")
     }
     assert values["out_dir"] == fields["out_dir"] == f"../runs/lab/eval_{name}"
+
+
+# ---------------------------------------------------------------------------------------------- published scores
+def test_shipped_published_scores_match_the_reference_file(shared_data):
+    """Every number of tulu_kit/assets/published_scores.csv is the one the project's reference table gives for the
+    same model, stage and benchmark (Tulu 3 8B: the paper v5 where card and paper differ)."""
+    import csv
+
+    from tulu_kit.report import _published_assets
+
+    ref = list(
+        csv.DictReader(
+            open(shared_data.parent / "reference" / "published-stage-scores.csv", encoding="utf-8")
+        )
+    )
+    models = {"OLMo 2 1B SFT": ("OLMo 2 1B", "SFT"), "OLMo 2 1B DPO": ("OLMo 2 1B", "DPO"),
+              "OLMo 2 1B Instruct": ("OLMo 2 1B", "RLVR (final)"), "Tulu 3 8B SFT": ("Tulu 3 8B", "SFT"),
+              "Tulu 3 8B DPO": ("Tulu 3 8B", "DPO"), "Tulu 3 8B": ("Tulu 3 8B", "RLVR (final)")}  # fmt: skip
+    rows = list(csv.DictReader(open(data_root("demo").parents[0] / "published_scores.csv", encoding="utf-8")))
+    assert len(rows) == 60 and set(_published_assets()) == set(models)
+    for row in rows:
+        model, stage = models[row["reference"]]
+        suite = "Tulu 3 (OLMES)" if model == "Tulu 3 8B" else "OLMo 2 instruct card (10 tasks)"
+        found = {float(r["value"]) for r in ref if (r["model"], r["stage"], r["suite"], r["benchmark"]) == (
+            model, stage, suite, row["published_as"]) and ("T3-v5" in r["source"] or model != "Tulu 3 8B")}  # fmt: skip
+        assert found == {float(row["value"])}, row
+
+
+def test_report_sets_the_new_benchmarks_beside_the_matching_published_row(tmp_path):
+    from tulu_kit.io import atomic_write_json
+    from tulu_kit.report import published_table
+
+    def metrics(stage, benchmark, metric, score, **config):
+        atomic_write_json(tmp_path / stage / "metrics.json", {
+            "benchmark": benchmark, "metric": metric, "score": score, "stderr": 0.01, "counts": {"n": 10},
+            "model": "runs/x/dpo/model", "config": {"data_dir": "/d", "max_examples": None, "subset": "", **config}})  # fmt: skip
+
+    metrics("eval_drop", "drop", "f1", 0.40)
+    metrics("eval_popqa", "popqa", "exact_match", 0.10)
+    metrics("eval_mmlu", "mmlu", "accuracy", 0.38)  # letter probability: not the published 0-shot CoT
+    metrics("eval_gpqa", "gpqa", "exact_match", 0.25, subset="main")  # no published per-stage number
+    metrics("eval_drop_demo", "drop", "f1", 0.9, data_dir="demo")
+    table, notes = published_table(tmp_path, "OLMo 2 1B DPO")
+    got = {r["benchmark"]: (r["score"], r["OLMo 2 1B DPO"]) for _, r in table.iterrows()}
+    assert got == {"drop": (pytest.approx(40.0), 34.5), "popqa": (pytest.approx(10.0), 12.3)}
+    assert any(n.startswith("mmlu: published as accuracy_cot") for n in notes)
+    assert any(n.startswith("run on demo items") and "drop" in n for n in notes)
+
+
+def test_prepare_eval_converters_write_the_layout_the_loaders_read(tmp_path):
+    """MMLU-Pro's Hub parquet -> test.jsonl.gz the loader reads; DROP's official zip -> its train JSON only."""
+    import io
+    import zipfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tulu_kit.evals import data
+
+    rows = [{"question_id": 7, "question": "Q?", "options": ["a", "b", "c"], "answer": "C", "answer_index": 2,
+             "cot_content": "", "category": "math", "src": "x"}]  # fmt: skip
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buf)
+    data.CONVERT["test-00000-of-00001.parquet"](buf.getvalue(), tmp_path / "mmlu_pro" / "test.jsonl.gz")
+    (ex,) = mmlu_pro.load_examples(str(tmp_path))
+    assert (ex["id"], ex["gold"], ex["n_choices"], ex["group"]) == ("7", "C", 3, "math")
+    z = io.BytesIO()
+    with zipfile.ZipFile(z, "w") as f:
+        f.writestr("drop_dataset/drop_dataset_train.json", '{"s": {"passage": " P", "qa_pairs": []}}')
+        f.writestr("drop_dataset/drop_dataset_dev.json", "{}")
+    data.CONVERT["drop_dataset.zip"](z.getvalue(), tmp_path / drop.TRAIN)
+    assert json.loads((tmp_path / drop.TRAIN).read_text()) == {"s": {"passage": " P", "qa_pairs": []}}
+    assert {u.rsplit("/", 1)[-1] for u, _ in SOURCES["mmlu_pro"] + SOURCES["drop"]} <= set(data.CONVERT) | {
+        "drop_v0_dev.jsonl.gz"
+    }
