@@ -322,3 +322,12 @@ def test_prepare_eval_converters_write_the_layout_the_loaders_read(tmp_path):
     assert {u.rsplit("/", 1)[-1] for u, _ in SOURCES["mmlu_pro"] + SOURCES["drop"]} <= set(data.CONVERT) | {
         "drop_v0_dev.jsonl.gz"
     }
+
+
+def test_cli_eval_set_names_an_unknown_setting(capsys):
+    from tulu_kit.cli import main
+
+    with pytest.raises(
+        SystemExit, match="gpqa has no setting 'shufle_seed' \\(did you mean 'shuffle_seed'\\?\\)"
+    ):
+        main(["eval", "gpqa", "--model", "x/y", "--data-dir", "demo", "--set", "shufle_seed=1"])

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 NAME = "ifbench"
 COMMIT = "db69a6f05689830b0068b8f1529ebcfd2f3b164c"  # allenai/IFBench, the vendored checkers
 FILES = {"v300": "ifbench/IFBench_test.jsonl", "v294": "ifbench/IFBench_test_v2025-07_294.jsonl"}
-FILE = FILES["v300"]
+FILE = "ifbench"  # the folder (both prompt files): what the manifest hashes
 URLS = {
     "v300": f"https://raw.githubusercontent.com/allenai/IFBench/{COMMIT}/data/IFBench_test.jsonl",
     "v294": "https://raw.githubusercontent.com/allenai/IFBench/8a66c069755e98b8d0871829751da9fd7b6ce8f0/data/"
