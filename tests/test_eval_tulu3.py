@@ -84,15 +84,23 @@ def test_agieval_prompt_and_macro_average(tmp_path):
     assert len(ex) == 8 and {e["group"] for e in ex} == set(agieval.TASKS)
     sat = next(e for e in ex if e["group"] == "sat-math")
     assert (
-        "\nQuestion: If x + 2 = 5, what is x?\n (A) 1\n (B) 2\n (C) 3\n (D) 4\n\nAnswer the above"
+        "etc.\n\nQ: If x + 2 = 5, what is x? Answer Choices: (A)1 (B)2 (C)3 (D)4\n\nAnswer the above"
         in sat["text"]
     )
-    assert not sat["text"].startswith("\n")
-    # right on the two 5-option tasks only: the macro average is 2/8, not the micro one
+    lsat = next(e for e in ex if e["group"] == "lsat-rc")
+    assert (
+        "etc.\n\nThe author argues that bees are vital to farms.Q: The main point is that Answer"
+        in lsat["text"]
+    )
+    # right on three tasks (one question each here): the macro average over the 8 tasks
     preds = [{"id": e["id"], "output": f"Therefore, the answer is ({e['gold'] if e['n_choices'] == 5 and e['group'] != 'lsat-lr' else 'Z'})"} for e in ex]  # fmt: skip
     scored = agieval.score_predictions(preds, "demo")
     assert scored.metrics["counts"]["correct"] == 3 and scored.metrics["score"] == pytest.approx(3 / 8)
     assert scored.metrics["subscores"]["aqua-rat"] == 1.0 and scored.metrics["subscores"]["sat-en"] == 0.0
+    aqua = next(e for e in ex if e["group"] == "aqua-rat")
+    wrong = [{"id": sat["id"], "output": "Therefore, the answer is (A)"}] * 3  # one task answered three times
+    macro = agieval.score_predictions([{"id": aqua["id"], "output": f"({aqua['gold']})"}, *wrong], "demo")
+    assert macro.metrics["score"] == 0.5 and macro.metrics["counts"]["correct"] == 1  # micro would be 0.25
 
 
 def test_agieval_bad_label_names_file_and_line(tmp_path):

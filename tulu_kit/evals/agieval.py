@@ -8,14 +8,15 @@ the tasks (OLMES `task_suites.py`). Each task: `agi_eval_<task>:0shot_cot::tulu3
 chat, 0 shots, `prompt_style: no_answer_prefix`, the tulu3 description / final description (`cot_mc.py`), greedy,
 2,048 new tokens, format regex `Therefore, the answer is \\(([A-F])\\)`; extraction and match as `cot_mc.py`.
 
-The question block (OLMES `agi_eval.py`, which the kit could not read) is written as the tulu3 MMLU-Pro block:
-the passage (when the task has one) and a blank line, "Question: {question}", then " (A) {option}" lines -- the
-option texts with AGIEval's "(A)" label prefix removed.
+The question is AGIEval's own English zero-shot item (ruixiangcui/AGIEval `src/dataset_loader.py`
+`convert_zero_shot` at `5c77d07`; OLMES bundles that loader as `oe_eval/dependencies/AGIEval`): passage + "Q: " +
+question + " Answer Choices: " + the options as given ("(A)2 (B)4 ...") joined by spaces, without that function's
+closing "\nA: Among A through E, the answer is" -- the kit's reading of OLMES's `prompt_style: no_answer_prefix`
+(OLMES's `agi_eval.py` itself could not be read here).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from tulu_kit.evals import cot_mc
@@ -29,7 +30,7 @@ FILE = "agieval/v1/{task}.jsonl"
 URL = "https://raw.githubusercontent.com/ruixiangcui/AGIEval/5c77d073fda993f1652eaae3cf5d04cc5fd21d40/data/v1/{task}.jsonl"
 PROTOCOL = {
     "shots": 0,
-    "prompt": "chat: tulu3 description + [passage\\n\\n]Question: {q}\\n (A) ..\\n (B) ..\\n + final description",
+    "prompt": "chat: tulu3 description + {passage}Q: {q} Answer Choices: (A).. (B).. + final description",
     "decoding": "greedy, 2048 new tokens, no stop sequence",
     "extraction": "last 'Therefore, the answer is (X)', else OLMES's fallbacks (answer is X / Answer: X / last letter)",
     "metric": "exact match per task, macro average over the 8 English tasks",
@@ -48,23 +49,15 @@ class AGIEvalConfig(EvalConfig):
 
 CONFIG = AGIEvalConfig
 
-_LABEL = re.compile(r"^\s*\(?[A-J]\)\s*")
-
 
 def question_block(row: dict) -> str:
-    passage = (row.get("passage") or "").strip()
-    options = "".join(
-        f" ({cot_mc.LETTERS[i]}) {_LABEL.sub('', o, count=1)}\n" for i, o in enumerate(row["options"])
-    )
-    return (passage + "\n\n" if passage else "") + f"Question: {row['question'].strip()}\n" + options
+    """AGIEval's convert_zero_shot (English), without its answer prefix."""
+    passage = row.get("passage") or ""
+    return passage + "Q: " + row["question"] + " " + "Answer Choices: " + " ".join(row["options"])
 
 
 def build_prompt(row: dict) -> str:
-    return (
-        cot_mc.description(cot_mc.MANY)
-        + question_block(row).rstrip("\n")
-        + cot_mc.final_description(cot_mc.MANY)
-    )
+    return cot_mc.description(cot_mc.MANY) + question_block(row) + cot_mc.final_description(cot_mc.MANY)
 
 
 def load_task(data_dir: str | None, task: str) -> list[dict]:
