@@ -170,27 +170,43 @@ def test_gpqa_shuffle_is_olmes_seeded_per_row(tiny_model, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- PopQA
-def test_popqa_made_rows(tmp_path):
+def test_popqa_made_rows(tiny_model, tmp_path):
     rows = popqa.load_examples("demo")
-    shots, pool = popqa.split_shots(rows)
-    assert len(shots) == 15 and len(pool) == 3 and not {s["id"] for s in shots} & {p["id"] for p in pool}
-    prompt = popqa.build_prompt(pool[0], shots)
-    assert prompt.count("Q: ") == 16 and prompt.endswith(f"Q: {pool[0]['question']} A:")
-    japan = next(r for r in rows if "Japan" in r["question"])
-    assert popqa.is_correct(" tōkyō\nQ: next", japan["answers"])  # any alias, first line, case ignored
-    assert not popqa.is_correct("Tokyo, Japan", japan["answers"]) and not popqa.is_correct(
+    by_prop = {}
+    for r in rows:
+        by_prop.setdefault(r["prop_id"], []).append(r)
+    # k // (relations - 1) from each other relation (PopQA: 15 // 15 = 1 of each), never the question's own;
+    # the same draw for the same question
+    shots = popqa.exemplars(rows[0], by_prop, k=2)
+    assert sorted(s["prop_id"] for s in shots) == ["22", "91"] and shots == popqa.exemplars(
+        rows[0], by_prop, k=2
+    )
+    assert sorted(s["prop_id"] for s in popqa.exemplars(rows[0], by_prop, k=15)) == ["22", "22", "91", "91"]
+    prompt = popqa.build_prompt(rows[0], shots)
+    assert prompt.count("Q: ") == 3 and prompt.endswith("\n\nQ: What is the capital of France? A:")
+    assert f"Q: {shots[0]['question']} A: {shots[0]['obj']}\n\n" in prompt
+    japan = rows[1]
+    assert popqa.is_correct("\n\nTokyo, Japan\nQ: next", japan["answers"])  # an alias inside the first line
+    assert popqa.is_correct(" tokyo", japan["answers"])  # lower-cased alias
+    assert not popqa.is_correct("Kyoto\nTokyo", japan["answers"]) and not popqa.is_correct(
         "", japan["answers"]
     )
-    preds = [{"question": japan["question"], "output": "Tokyo"}, {"id": rows[0]["id"], "output": "Lyon"}]
+    preds = [{"question": japan["question"], "output": " Tokyo"}, {"id": rows[0]["id"], "output": " Lyon"}]
     write_jsonl(tmp_path / "p.jsonl", preds)
     metrics = score_file("popqa", tmp_path / "p.jsonl", tmp_path / "s", "demo")
     assert metrics["counts"] == {"n": 2, "correct": 1}
     assert SOURCES["popqa"] == [(popqa.URL, popqa.FILE)]  # prepare-eval --only popqa fetches the real file
+    cfg = popqa.PopQAConfig(
+        model=str(tiny_model), data_dir="demo", out_dir=str(tmp_path / "run"), max_new_tokens=3
+    )
+    assert popqa.run(cfg)["counts"]["n"] == 6
 
 
 def test_popqa_bad_answers_column_names_the_line(tmp_path):
     (tmp_path / "popqa").mkdir()
-    (tmp_path / "popqa" / "test.tsv").write_text("id\tquestion\tpossible_answers\n0\tQ?\tParis\n")
+    (tmp_path / "popqa" / "test.tsv").write_text(
+        "id\tquestion\tobj\tprop_id\tpossible_answers\n0\tQ?\tParis\t1\tParis\n"
+    )
     with pytest.raises(ValueError, match=r"test.tsv: line 2: possible_answers is not a JSON list"):
         popqa.load_examples(str(tmp_path))
 
