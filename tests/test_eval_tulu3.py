@@ -355,3 +355,34 @@ def test_cli_eval_set_names_an_unknown_setting(capsys):
         SystemExit, match="gpqa has no setting 'shufle_seed' \\(did you mean 'shuffle_seed'\\?\\)"
     ):
         main(["eval", "gpqa", "--model", "x/y", "--data-dir", "demo", "--set", "shufle_seed=1"])
+
+
+def test_prepare_eval_lays_out_the_new_benchmarks(tmp_path, monkeypatch):
+    """prepare-eval with a fake network: each URL's bytes land where the loaders look (NLTK zips unpacked)."""
+    import io
+    import zipfile
+
+    from tulu_kit.evals import data
+
+    def fake_fetch(url: str) -> bytes:
+        name = url.rsplit("/", 1)[-1]
+        if name.endswith(".zip") and "nltk" in url:
+            top = name.removesuffix(".zip")
+            buf = io.BytesIO()
+            with zipfile.ZipFile(buf, "w") as z:
+                z.writestr(f"{top}/english/x.txt", "data")
+            return buf.getvalue()
+        return f"bytes of {url}".encode()
+
+    monkeypatch.setattr(data, "_fetch", fake_fetch)
+    root = data.prepare_eval(str(tmp_path), ["ifbench", "gpqa", "popqa", "agieval"])
+    for rel in ("ifbench/IFBench_test.jsonl", "ifbench/IFBench_test_v2025-07_294.jsonl", "gpqa/dataset.zip",
+                "popqa/test.tsv", "agieval/v1/lsat-ar.jsonl", "nltk_data/tokenizers/punkt_tab/english/x.txt",
+                "nltk_data/corpora/stopwords/english/x.txt",
+                "nltk_data/taggers/averaged_perceptron_tagger_eng/english/x.txt"):  # fmt: skip
+        assert (root / rel).is_file(), rel
+    assert (
+        (root / "ifbench/IFBench_test.jsonl")
+        .read_text()
+        .endswith(f"{ifbench.COMMIT}/data/IFBench_test.jsonl")
+    )
