@@ -7,8 +7,10 @@ are not re-written here: `tulu_kit/evals/_ifbench/` is the official repository's
 PyPI; NVIDIA's `nvidia-ifbench` wheel pulls langchain, spaCy and nemo-evaluator and downloads a spaCy model when
 imported). Strict and loose scoring are the official `evaluation_lib.test_instruction_following_{strict,loose}`.
 
-Protocol as OLMES runs it: the prompt as the user turn, greedy, 2,048 new tokens. Metrics as IFEval's: prompt- and
-instruction-level accuracy, strict and loose; Tulu 3 / OLMo 2 report prompt-level loose.
+Protocol of OLMES's `IFBench` task (`oe_eval/tasks/oe_eval_tasks/ifbench.py`, read in the fork davidheineman/olmes
+at `1f8dddb`): the prompt as the user turn, greedy, 1,280 new tokens, no stop. Metrics as IFEval's: prompt- and
+instruction-level accuracy, strict and loose, all four in metrics.json. The headline here is prompt-level loose (as
+for IFEval); OLMES's task default is instruction-level loose (`inst_level_loose_acc`), also reported.
 
 Two prompt files exist (`version`): `v300` is the current `data/IFBench_test.jsonl` (300 prompts, since the
 2026-04-11 "fix test file" commit; what the Hub's `allenai/IFBench_test` holds), `v294` the July-2025 release (294
@@ -73,11 +75,11 @@ PUNKT = {
 PROTOCOL = {
     "shots": 0,
     "prompt": "the IFBench prompt as the user turn",
-    "decoding": "greedy, 2048 new tokens",
+    "decoding": "greedy, 1280 new tokens (OLMES IFBench task default)",
     "extraction": "the whole response",
     "metric": "prompt- and instruction-level accuracy, strict and loose (loose prompt-level is primary)",
     "source": f"allenai/IFBench evaluation_lib.py + ifbench/instructions*.py at {COMMIT[:7]} (vendored); "
-    "OLMES ifeval_ood::tulu / ifbench::tulu",
+    "OLMES oe_eval/tasks/oe_eval_tasks/ifbench.py",
     "data": "ifbench/IFBench_test.jsonl (v300) or IFBench_test_v2025-07_294.jsonl (v294)",
 }
 METRICS = (
@@ -278,7 +280,7 @@ def run(cfg: IFBenchConfig, backend=None) -> dict:
     inputs = take(load_inputs(cfg.data_dir, cfg.version), cfg.max_examples, cfg.seed)
     ensure_resources(inputs, cfg.nltk_data, cfg.data_dir)  # fail before generating, not after
     examples = [{"id": str(r["key"]), "text": r["prompt"]} for r in inputs]
-    params = GenParams(max_new_tokens=cfg.max_new_tokens or 2048)
+    params = GenParams(max_new_tokens=cfg.max_new_tokens or 1280)
     preds = generate_predictions(cfg, examples, lambda e, chat: (e["text"], ""), params, backend)
     official = [{"prompt": p["text"], "response": p["output"]} for p in preds]
     write_jsonl(Path(cfg.out_dir) / "responses.jsonl", official)
