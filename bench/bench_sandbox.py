@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--tasks", type=int, default=0, help="HumanEval tasks (default: 40 with --quick, else all)"
     )
     p.add_argument("--workers", type=int, default=0, help="samples at once (default: one per CPU core)")
-    shared = REPO.parent / "shared" / "data"
+    shared = Path(os.environ.get("TULU_KIT_SHARED_DATA", REPO.parent / "shared" / "data"))
     p.add_argument("--data-dir", default=str(shared) if (shared / "humaneval").is_dir() else "demo")
     a = p.parse_args(argv)
     from tulu_kit.evals import humaneval, sandbox
