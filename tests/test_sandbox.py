@@ -194,9 +194,13 @@ def test_correct_solutions_using_numpy_multiprocessing_tempfile_pass():
         "        t.write(' '.join(str(x * x) for x in xs))\n        t.seek(0)\n"
         "        return sum(int(v) for v in t.read().split())\n",
     }
+    solutions["threads"] = (  # threads start through clone3, which the seccomp filter answers with ENOSYS
+        "from concurrent.futures import ThreadPoolExecutor\ndef f(xs):\n    with ThreadPoolExecutor(2) as ex:\n"
+        "        return sum(ex.map(lambda x: x * x, xs))\n"
+    )
     tests = "assert f([1, 2, 3]) == 14\nassert f([]) == 0\n"
-    res = run_many([Sample(code, tests) for code in solutions.values()], Limits(timeout_s=3.0), workers=3)
-    assert [r.status for r in res] == ["passed"] * 3, res
+    res = run_many([Sample(code, tests) for code in solutions.values()], Limits(timeout_s=3.0), workers=2)
+    assert [r.status for r in res] == ["passed"] * 4, res
 
 
 def test_the_timeout_counts_from_the_program_start_with_no_grace():

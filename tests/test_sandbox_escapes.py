@@ -117,6 +117,19 @@ def test_only_plain_data_crosses_the_wire():
     assert r.passed, r
 
 
+def test_a_big_result_crosses_as_a_digest():
+    """A result whose pickle passes 2 MB comes back as its digest, equal only to the same value."""
+    prog = "def f(n):\n    return [(i, str(i)) for i in range(n)]\n"
+    tests = (
+        "big = f(300_000)\nassert type(big).__name__ == 'Digest', type(big)\n"
+        "assert big == [(i, str(i)) for i in range(300_000)]\n"
+        "assert big != [(i, str(i)) for i in range(299_999)] and big != [[i, str(i)] for i in range(300_000)]\n"
+        "assert f(3) == [(0, '0'), (1, '1'), (2, '2')]\n"
+    )
+    r = run_tests(Sample(prog, tests), Limits(timeout_s=20))
+    assert r.passed, r
+
+
 @needs_root
 def test_a_root_only_file_cannot_be_read():
     secret = f"SECRET-{uuid.uuid4().hex}"

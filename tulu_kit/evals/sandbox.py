@@ -13,8 +13,11 @@ itself. No object of the candidate's ever reaches a comparison, so replacing `js
 frames or descriptors, or returning an always-equal object changes nothing: the verdict is computed and written by
 the runner, in a process the candidate can neither see (another PID namespace, another uid, not dumpable) nor
 write to (the verdict file is never open in the candidate, which is a fresh interpreter: `exec`, not `fork`, so it
-holds none of the runner's memory). :func:`run_program` is the degenerate case without tests: "the program ran to
-its end", as the program itself reports it -- never use it to score.
+holds none of the runner's memory). A result whose pickle passes 2 MB crosses as its SHA-256 only (tagging a
+million tuples as JSON costs more than evalplus's per-input limits): the trusted side compares it with the pickle
+of the expected value, so it equals only the same value with the same types (no float tolerance at that size).
+:func:`run_program` is the degenerate case without tests: "the program ran to its end", as the program itself
+reports it -- never use it to score.
 
 Semantics kept from openai/human-eval `execution.py`: the harness imports what human-eval's process has loaded
 before its guard (numpy, multiprocessing, tempfile: `HARNESS_IMPORTS`), works in a temporary folder, swallows
@@ -390,13 +393,13 @@ def _digest(v):
 
 
 def _reply(v):
-    """A returned value as wire data: tagged plain data, or -- when its pickle passes 8 MB (a million tuples) --
+    """A returned value as wire data: tagged plain data, or -- when its pickle passes 2 MB (~150k small tuples) --
     only its digest, which the trusted side compares with the expected value's."""
     try:
         digest, size = _digest(v)
     except Exception:
         size = 0
-    if size > 8 << 20:
+    if size > 2 << 20:
         return {"digest": digest}
     return {"ok": _enc(v)}
 
