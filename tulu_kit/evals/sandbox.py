@@ -455,7 +455,7 @@ def _dec(v, depth=0):
 _CANDIDATE = (
     _WIRE
     + r'''
-import builtins as _builtins, importlib.util as _ilu
+import builtins as _builtins
 
 _REQ, _RESP = int(_sys.argv[1]), int(_sys.argv[2])
 
@@ -1069,12 +1069,12 @@ def _oracle(job: dict, conv: _Conversation, ns: dict, reaper: int) -> dict:
     _bind_names(conv, msg["names"], ns, trusted, job["bind"])
     report: dict = {}
     ns["__sandbox_report__"] = report
-    out = sys.stdout
+    streams = sys.stdout, sys.stderr
     sys.stdout = sys.stderr = _Quiet()
     try:
         exec(compile(job["tests"], "tests.py", "exec"), ns)
     finally:
-        sys.stdout = sys.stderr = out
+        sys.stdout, sys.stderr = streams
     if time.monotonic() > conv.deadline:
         raise _TimedOut()
     verdict = {"status": "passed", "detail": "", "extra": report}
