@@ -16,7 +16,9 @@ write to (the verdict file is never open in the candidate, which is a fresh inte
 holds none of the runner's memory). A result whose pickle passes 2 MB crosses as its SHA-256 only (tagging a
 million tuples as JSON costs more than evalplus's per-input limits): the trusted side compares it with the pickle
 of the expected value, so it equals only the same value with the same types (no float tolerance at that size).
-:func:`run_program` is the degenerate case without tests: "the program ran to its end", as the program itself
+What the tests cannot do across the pipe: hold an instance of a class of the program (calling a class returns a
+`Foreign`), see an argument the function mutated in place, or pass a function as an argument; HumanEval's and
+evalplus's tests do none of these. :func:`run_program` is the degenerate case without tests: "the program ran to its end", as the program itself
 reports it -- never use it to score.
 
 Semantics kept from openai/human-eval `execution.py`: the harness imports what human-eval's process has loaded
