@@ -36,6 +36,7 @@ SCRIPTS = [
     "bench_notebook.py",  # a stage through papermill vs its run() called directly; where a stage's time goes
     "bench_merge_memory.py",  # peak memory of the streamed merge paths vs whole-model merging
     "bench_dpo_memory.py",  # DPO peak memory: cached reference log-probs vs a reference model
+    "bench_sandbox.py",  # code execution: the out-of-process test oracle vs the same programs run in one process
     "gpu_bench.py",  # ~1B Llama on a GPU (skipped without one)
 ]
 # Hook for the RL stages (GRPO vs bare TRL, PPO's generation/training split): bench_rl.py joins the table as

@@ -125,3 +125,28 @@ def test_tiny_model_end_to_end(mod, tiny_model, tmp_path):
     assert rescored["pass@1"] == metrics["pass@1"] and rescored["counts"] == metrics["counts"]
     # tiny model seed 0, temperature 0.8, 12 new tokens: no sample passes a demo task
     assert metrics["pass@1"] == 0.0
+
+
+# wrong completions that forged pass@1 = 1.00 when the tests ran in the candidate's process (issue 23)
+FORGED_COMPLETIONS = {
+    "replace json.dumps": 'import json\njson.dumps = lambda *a, **k: \'{"status": "passed"}\'\n',
+    "replace os.write": "import os\n_w = os.write\nos.write = lambda fd, b: _w(fd, b.replace(b'failed', b'passed'))\n",
+    "wrap __main__'s writers": "import __main__\nfor _n in dir(__main__):\n    if _n.startswith('_') and"
+    " callable(getattr(__main__, _n)):\n        setattr(__main__, _n, lambda *a, **k: None)\n",
+    "read the verdict fd": "import os\nfor _fd in os.listdir('/proc/self/fd'):\n    try:\n"
+    "        open(f'/proc/self/fd/{_fd}', 'rb').read()\n    except OSError:\n        pass\n",
+    "frames": "import sys\n_f = sys._getframe(0)\nwhile _f.f_back is not None:\n    _f = _f.f_back\n",
+    "always-equal": "class _E(int):\n    def __eq__(self, o):\n        return True\n",
+}
+
+
+def test_forged_completions_score_zero():
+    add = humaneval.load_problems("demo")["Demo/0"]
+    wrong = "    return 0\n"
+    preds = [{"task_id": "Demo/0", "completion": wrong + code} for code in FORGED_COMPLETIONS.values()]
+    preds.append(
+        {"task_id": "Demo/0", "completion": "    return _E(0)\n" + FORGED_COMPLETIONS["always-equal"]}
+    )
+    preds.append({"task_id": "Demo/0", "completion": add["canonical_solution"]})
+    scored = humaneval.score_predictions(preds, "demo")
+    assert [v["passed"] for v in scored.verdicts] == [False] * (len(preds) - 1) + [True], scored.verdicts

@@ -48,10 +48,10 @@ def test_rewards_call_the_eval_modules_not_copies(monkeypatch):
     assert rewards.verifiable_reward(row("ifeval", gt), "a, b") == 0.25
     seen = []
     monkeypatch.setattr(
-        sandbox, "run_program", lambda prog, limits: seen.append(prog) or sandbox.ExecResult("passed")
+        sandbox, "run_tests", lambda job, limits: seen.append(job) or sandbox.ExecResult("passed")
     )
     assert rewards.verifiable_reward(row("code", "assert f() == 1"), "def f():\n    return 2") == 1.0
-    assert seen == ["def f():\n    return 2\n\nassert f() == 1\n"]
+    assert seen == [sandbox.Sample("def f():\n    return 2\n", "assert f() == 1")]
 
 
 def test_math_reward():
@@ -154,3 +154,52 @@ def test_synthetic_arithmetic_rows_are_scored_by_gsm8k():
         assert rewards.verifiable_reward(r, f"The answer is {r['ground_truth']}.") == 1.0
         assert rewards.verifiable_reward(r, f"The answer is {int(r['ground_truth']) + 1}.") == 0.0
     assert {r["messages"][0]["content"].split()[3] for r in rows} == {"plus", "minus"}
+
+
+# ------------------------------------------------------------------ rewards that fail loudly (issue 23)
+NO_TESTS = [5, [], "", {"tests": []}, "print(1)", {"prefix": "def f():\n"}, "assert (", ["x = 1"]]
+
+
+@pytest.mark.parametrize("gt", NO_TESTS, ids=repr)
+def test_a_code_row_without_tests_is_refused_before_training(gt):
+    rows = [row("gsm8k", "7"), row("code", "assert f() == 1"), row("code", gt)]
+    with pytest.raises(ValueError, match=r"^rl\.jsonl: line 3: key 'ground_truth': "):
+        rewards.check_rows(rows, "rl.jsonl")
+
+
+@pytest.mark.parametrize(
+    "dataset, gt", [("gsm8k", ""), ("gsm8k", "no number"), ("gsm8k", None), ("math", "  "), ("math", [1])]
+)
+def test_a_row_no_verifier_can_score_is_refused(dataset, gt):
+    with pytest.raises(ValueError, match=r"^rl\.jsonl: line 2: key 'ground_truth': "):
+        rewards.check_rows([row("math", "\\frac{1}{2}"), row(dataset, gt)], "rl.jsonl")
+
+
+def test_a_sandbox_that_cannot_run_stops_the_stage(monkeypatch):
+    def broken(job, limits):
+        raise sandbox.SandboxError("sandbox: the sandboxed program cannot read /opt/python")
+
+    monkeypatch.setattr(sandbox, "run_tests", broken)
+    with pytest.raises(sandbox.SandboxError, match="cannot read /opt/python"):
+        rewards.verifiable_reward(row("code", "assert f() == 1"), "def f():\n    return 1")
+    (func,) = rewards.trl_reward_funcs()
+    with pytest.raises(sandbox.SandboxError):
+        func(prompts=["q"], completions=["def f():\n    return 1"], ground_truth=["assert f() == 1"],
+             dataset=["code"])  # fmt: skip
+    assert rewards.FAILURES == {}  # not a quiet 0
+
+
+FORGERIES = {  # wrong code that forged a pass when the tests ran in the program's own process (issue 23)
+    "replace json.dumps": 'import json\njson.dumps = lambda *a, **k: \'{"status": "passed"}\'\n',
+    "replace os.write": "import os\n_w = os.write\nos.write = lambda fd, b: _w(fd, b.replace(b'failed', b'passed'))\n",
+    "always-equal result": "class E:\n    def __eq__(self, o):\n        return True\ndef add(a, b):\n    return E()\n",
+    "exit early": "import os\nos._exit(0)\n",
+}
+
+
+@pytest.mark.parametrize("name", FORGERIES)
+def test_code_reward_forgeries_score_zero(name):
+    tests = "assert add(1, 2) == 3\nassert add(-1, 1) == 0"
+    wrong = "def add(a, b):\n    return 0\n"
+    code = FORGERIES[name] if "def add" in FORGERIES[name] else FORGERIES[name] + wrong
+    assert rewards.verifiable_reward(row("code", tests), code) == 0.0

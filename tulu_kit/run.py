@@ -66,13 +66,13 @@ class RunLocked(RuntimeError):
 
 
 @contextmanager
-def lock_run_dir(run_dir: Path) -> Iterator[Path]:
-    """Hold ``<run_dir>/.lock`` (fcntl) while a run writes into ``run_dir``; raise :class:`RunLocked` if another
-    process holds it. The kernel drops the lock when its holder dies, so a lock file left by a killed run does not
-    block; the file keeps the holder's pid for the message.
+def lock_run_dir(run_dir: Path, lock: Path | None = None) -> Iterator[Path]:
+    """Hold ``<run_dir>/.lock`` (or ``lock``; fcntl) while a run writes into ``run_dir``; raise :class:`RunLocked`
+    if another process holds it. The kernel drops the lock when its holder dies, so a lock file left by a killed
+    run does not block; the file keeps the holder's pid for the message.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / ".lock"
+    path = lock or run_dir / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by the stages' kernels (PEP 446)
     try:
         try:
@@ -83,7 +83,7 @@ def lock_run_dir(run_dir: Path) -> Iterator[Path]:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             raise RunLocked(
                 f"{run_dir} is in use by another tulu-kit run (pid {holder}, lock {path}); "
-                "wait for it to finish, or run into another folder with --out"
+                "wait for it to finish, or write into another folder"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -8,7 +8,8 @@ python function.\\n\\n\\n" + the problem's prompt; the answer is primed with "He
 function:\\n\\n\\n```python\\n" + the prompt, so the model writes the body; n = 20 samples at temperature 0.1
 (for pass@1) or 0.8 (for pass@10), top-p 0.95, 512 new tokens, stop at the Codex-paper stops "\\nclass", "\\ndef",
 "\\n#", "\\nif", "\\nprint" and at "```". A sample passes when `prompt + completion + test + check(entry_point)`
-runs without an exception (openai/human-eval `execution.py`, timeout 3 s). pass@k is the unbiased estimator of
+runs without an exception (openai/human-eval `execution.py`, timeout 3 s); the tests run outside the
+candidate's process (`sandbox.run_tests`). pass@k is the unbiased estimator of
 Chen et al. 2021 ("Evaluating Large Language Models Trained on Code", arXiv 2107.03374, eq. 1):
 pass@k = E_task[1 - C(n - c, k) / C(n, k)].
 
@@ -34,7 +35,7 @@ from tulu_kit.evals.core import (
     take,
 )
 from tulu_kit.evals.data import require_file
-from tulu_kit.evals.sandbox import ExecResult, Limits, isolation, run_many
+from tulu_kit.evals.sandbox import ExecResult, Limits, Sample, isolation, run_many
 from tulu_kit.io import iter_jsonl
 
 log = logging.getLogger(__name__)
@@ -107,9 +108,21 @@ def build_prompt(problem: dict, chat: bool) -> tuple[str, str]:
     return INSTRUCTION + problem["prompt"], ANSWER_PREFIX + problem["prompt"]
 
 
-def program(problem: dict, completion: str) -> str:
-    """The program human-eval executes for one sample."""
-    return f"{problem['prompt']}{completion}\n{problem['test']}\ncheck({problem['entry_point']})\n"
+def program(problem: dict, completion: str) -> Sample:
+    """What human-eval executes for one sample (`prompt + completion + test + check(entry_point)`), split in two:
+    the prompt and completion run sandboxed; the prompt again (for its helpers), the test and the check run in
+    the sandbox's trusted process, where the entry point is the candidate's, called over a pipe."""
+    ep, prompt = problem["entry_point"], problem["prompt"]
+    return Sample(prompt + completion, f"{problem['test']}\ncheck({ep})\n", _helpers(prompt), (ep,))
+
+
+def _helpers(prompt: str) -> str:
+    """The prompt as code the trusted side can run for its helper functions (a bare signature gets a body)."""
+    try:
+        compile(prompt, "prompt.py", "exec")
+        return prompt
+    except SyntaxError:
+        return prompt + "    pass\n"
 
 
 # ---------------------------------------------------------------------------------------------- pass@k
@@ -219,7 +232,7 @@ class CodeBenchmark:
     name: str
     build_prompt: Callable[[dict, bool], tuple[str, str]]  # (problem, chat) -> (user text, assistant prefix)
     stops: tuple[str, ...]
-    program: Callable[[dict, str], str]  # (problem, completion) -> the test program run in the sandbox
+    program: Callable[[dict, str], Sample]  # (problem, completion) -> the program + its trusted tests
     protocol: dict
     limits: dict = field(default_factory=dict)  # extra sandbox Limits (e.g. modules to preload)
 

@@ -18,7 +18,7 @@ from tulu_kit.evals import humaneval
 from tulu_kit.evals.core import Scored, take
 from tulu_kit.evals.data import require_file
 from tulu_kit.evals.humaneval import CodeConfig, group_samples, read_problems, score_samples
-from tulu_kit.evals.sandbox import Limits
+from tulu_kit.evals.sandbox import Limits, Sample, run_tests
 
 NAME = "humaneval_plus"
 DATASET = "humaneval"  # evalplus's name, selects the special oracles
@@ -26,7 +26,6 @@ FILE = "humaneval/HumanEvalPlus.jsonl.gz"
 URL = "https://github.com/evalplus/humanevalplus_release/releases/download/v0.1.10/HumanEvalPlus.jsonl.gz"
 STOPS = humaneval.STOPS
 build_prompt = humaneval.build_prompt
-LIMITS = {"preload": ("numpy",)}
 PROTOCOL = {
     **humaneval.PROTOCOL,
     "metric": "unbiased pass@k on base + plus inputs (evalplus differential testing), sandboxed",
@@ -40,24 +39,26 @@ class HumanEvalPlusConfig(CodeConfig):
     """HumanEval+ settings (a longer wall clock: each sample runs ~80x more inputs)."""
 
     out_dir: str = "../runs/lab/eval_humaneval_plus"
-    # wall clock per sample; it includes computing the expected outputs with the canonical solution in the same
-    # sandbox, so it is about twice evalplus's min(60, sum of per-input limits) + 2 s
+    # wall clock per sample, from the program's start to the last input (each input also has evalplus's own
+    # limit, max(1 s, 4 x the canonical time)); the expected outputs are computed before, in the trusted runner
     timeout_s: float = 180.0
     memory_mb: int = 4096  # evalplus's EVALPLUS_MAX_MEMORY_BYTES default
 
 
 CONFIG = HumanEvalPlusConfig
 
-# The test program: run in the sandbox, it computes the expected outputs with the canonical solution first,
-# then runs the candidate in a separate namespace. Mirrors evalplus `trusted_exec` + `unsafe_execute`.
-HARNESS = r"""
+# The tests, as evalplus `trusted_exec` + `unsafe_execute` split them: SETUP runs in the sandbox's trusted process
+# (the runner) and computes the expected outputs with the canonical solution, timing each input; TESTS then calls
+# the candidate's function (in its own sandboxed process, over a pipe: plain data back) on each input, under that
+# input's time limit (evalplus's, plus twice what the input and output cost to cross the pipe, which evalplus's
+# in-process call never paid), and compares in the trusted process.
+SETUP = r"""
 import copy as _copy, json as _json, math as _math, signal as _signal, time as _time
 try:
     import numpy as _np
 except ImportError:
     _np = None
 _T = _json.loads(%(task)r)
-_REPORT = __sandbox_report__
 %(deserialize)s
 NOT_NONE = ["check_str", "text_match_three", "text_starta_endb"]
 SET_EQ = ["similar_elements", "find_char_long", "common_in_nested_lists", "extract_singly", "larg_nnum",
@@ -127,14 +128,14 @@ for _s, _inp in _inputs.items():
     for _i in _inp:
         _t0 = _time.perf_counter()
         _out = _gt[_T["entry_point"]](*_copy.deepcopy(_i))
-        _limits[_s].append(max(1.0, 4.0 * (_time.perf_counter() - _t0)))
+        _limits[_s].append(max(1.0, 4.0 * (_time.perf_counter() - _t0)) + 2.0 * __wire_seconds__((_i, _out)))
         _expected[_s].append((_out is not None) if _T["entry_point"] in NOT_NONE else _out)
 del _gt
-_cand = {}
-exec(compile(%(solution)r, "solution.py", "exec"), _cand)
-_fn = _cand[_T["entry_point"]]
+"""
+TESTS = r"""
+_fn = globals()[_T["entry_point"]]
 for _s in ("base_input", "plus_input"):
-    _REPORT[_s] = False
+    __sandbox_report__[_s] = False
     for _k, _i in enumerate(_inputs[_s]):
         _signal.signal(_signal.SIGALRM, _alarm)
         _signal.setitimer(_signal.ITIMER_REAL, _limits[_s][_k])
@@ -143,13 +144,14 @@ for _s in ("base_input", "plus_input"):
         finally:
             _signal.setitimer(_signal.ITIMER_REAL, 0)
         assert _same(_out, _expected[_s][_k], _i, _T["atol"]), f"{_s} {_k} differs"
-    _REPORT[_s] = True
+    __sandbox_report__[_s] = True
 """
 
 NO_DESERIALIZE = "def _deserialize(task_id, inputs):\n    return inputs\n"
 
 
-def evalplus_program(problem: dict, solution: str, dataset: str, deserialize: str = NO_DESERIALIZE) -> str:
+def evalplus_program(problem: dict, solution: str, dataset: str, deserialize: str = NO_DESERIALIZE) -> Sample:
+    """The sandbox job for one solution: the solution runs sandboxed, evalplus's tests in the trusted runner."""
     task = {
         "task_id": problem["task_id"],
         "entry_point": problem["entry_point"],
@@ -159,23 +161,17 @@ def evalplus_program(problem: dict, solution: str, dataset: str, deserialize: st
         "plus_input": json.dumps(problem["plus_input"]),
     }
     canonical = problem["prompt"] + problem["canonical_solution"]
-    return HARNESS % {
-        "task": json.dumps(task),
-        "deserialize": deserialize,
-        "canonical": canonical,
-        "solution": solution,
-    }
+    setup = SETUP % {"task": json.dumps(task), "deserialize": deserialize, "canonical": canonical}
+    return Sample(solution, TESTS, setup, bind=(problem["entry_point"],))
 
 
 def run_program_for(problem: dict, solution: str, dataset: str = DATASET, limits: Limits | None = None):
     """Execute one evalplus-format solution (already prompt + completion) in the sandbox; its ExecResult."""
-    from tulu_kit.evals.sandbox import run_program
-
-    limits = limits or Limits(timeout_s=60, memory_mb=4096, **LIMITS)
-    return run_program(evalplus_program(problem, solution, dataset), limits)
+    limits = limits or Limits(timeout_s=60, memory_mb=4096)
+    return run_tests(evalplus_program(problem, solution, dataset), limits)
 
 
-def program(problem: dict, completion: str) -> str:
+def program(problem: dict, completion: str) -> Sample:
     """evalplus's sample convention: the solution is prompt + completion."""
     return evalplus_program(problem, problem["prompt"] + completion, DATASET)
 
@@ -191,13 +187,11 @@ def load_problems(data_dir: str | None = None) -> dict[str, dict]:
 def score_predictions(preds: list[dict], data_dir: str | None = None, workers: int | None = None) -> Scored:
     """Score official-format samples ({task_id, completion}) with evalplus's base + plus tests."""
     samples = group_samples(preds, load_problems(data_dir), FILE)
-    limits = Limits(
-        timeout_s=HumanEvalPlusConfig.timeout_s, memory_mb=HumanEvalPlusConfig.memory_mb, **LIMITS
-    )
+    limits = Limits(timeout_s=HumanEvalPlusConfig.timeout_s, memory_mb=HumanEvalPlusConfig.memory_mb)
     return score_samples(NAME, samples, program, limits, PROTOCOL, workers)
 
 
-SPEC = humaneval.CodeBenchmark(NAME, build_prompt, STOPS, program, PROTOCOL, LIMITS)
+SPEC = humaneval.CodeBenchmark(NAME, build_prompt, STOPS, program, PROTOCOL)
 
 
 def run(cfg: HumanEvalPlusConfig, backend=None) -> dict:

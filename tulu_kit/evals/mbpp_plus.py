@@ -16,14 +16,13 @@ from tulu_kit.evals.core import Scored, take
 from tulu_kit.evals.data import require_file
 from tulu_kit.evals.humaneval import CodeConfig, group_samples, read_problems, score_samples
 from tulu_kit.evals.humaneval_plus import evalplus_program
-from tulu_kit.evals.sandbox import Limits
+from tulu_kit.evals.sandbox import Limits, Sample
 
 NAME = "mbpp_plus"
 DATASET = "mbpp"
 FILE = "mbpp/MbppPlus.jsonl.gz"
 URL = "https://github.com/evalplus/mbppplus_release/releases/download/v0.1.0/MbppPlus.jsonl.gz"
 STOPS = ("```",)
-LIMITS = {"preload": ("numpy",)}
 PROTOCOL = {
     **humaneval.PROTOCOL,
     "prompt": "chat: 'Complete the following python function.\\n\\n\\n' + task text + signature; answer "
@@ -40,8 +39,8 @@ class MbppPlusConfig(CodeConfig):
     """MBPP+ settings."""
 
     out_dir: str = "../runs/lab/eval_mbpp_plus"
-    # wall clock per sample; it includes computing the expected outputs with the canonical solution in the same
-    # sandbox, so it is about twice evalplus's min(60, sum of per-input limits) + 2 s
+    # wall clock per sample, from the program's start to the last input (each input also has evalplus's own
+    # limit, max(1 s, 4 x the canonical time)); the expected outputs are computed before, in the trusted runner
     timeout_s: float = 180.0
     memory_mb: int = 4096  # evalplus's EVALPLUS_MAX_MEMORY_BYTES default
 
@@ -99,7 +98,7 @@ def build_prompt(problem: dict, chat: bool) -> tuple[str, str]:
     return humaneval.INSTRUCTION + text, humaneval.ANSWER_PREFIX
 
 
-def program(problem: dict, completion: str) -> str:
+def program(problem: dict, completion: str) -> Sample:
     """evalplus's sample convention: solution = prompt (a docstring) + completion (a whole function)."""
     return evalplus_program(problem, problem["prompt"] + "\n" + completion, DATASET, DESERIALIZE)
 
@@ -111,11 +110,11 @@ def load_problems(data_dir: str | None = None) -> dict[str, dict]:
 def score_predictions(preds: list[dict], data_dir: str | None = None, workers: int | None = None) -> Scored:
     """Score official-format samples ({task_id, completion}) with evalplus's base + plus tests."""
     samples = group_samples(preds, load_problems(data_dir), FILE)
-    limits = Limits(timeout_s=MbppPlusConfig.timeout_s, memory_mb=MbppPlusConfig.memory_mb, **LIMITS)
+    limits = Limits(timeout_s=MbppPlusConfig.timeout_s, memory_mb=MbppPlusConfig.memory_mb)
     return score_samples(NAME, samples, program, limits, PROTOCOL, workers)
 
 
-SPEC = humaneval.CodeBenchmark(NAME, build_prompt, STOPS, program, PROTOCOL, LIMITS)
+SPEC = humaneval.CodeBenchmark(NAME, build_prompt, STOPS, program, PROTOCOL)
 
 
 def run(cfg: MbppPlusConfig, backend=None) -> dict:
