@@ -182,7 +182,11 @@ ROTATION_KILLS = ["before-marker", "before-rename", "after-rename", "mid-delete"
 def test_kill_during_rotation_with_limit_one_leaves_a_complete_checkpoint(tmp_path, monkeypatch, point):
     cb = callback(limit=1)
     save(cb, tmp_path, 2, "a")
-    real_replace, real_rmtree, real_write = os.replace, checkpoints.shutil.rmtree, checkpoints.atomic_write_text
+    real_replace, real_rmtree, real_write = (
+        os.replace,
+        checkpoints.shutil.rmtree,
+        checkpoints.atomic_write_text,
+    )
 
     def write(path, text):
         if point == "before-marker" and Path(path).name == checkpoints.COMPLETE:
@@ -457,7 +461,9 @@ def test_real_trainer_marks_rotates_and_refuses_another_run(tiny_model, tmp_path
     _trainer(tiny_model, out, RUN, limit=1).train()
     assert [p.name for p in out.iterdir()] == ["checkpoint-6"]  # 2 and 4 rotated away once 6 was marked
     assert checkpoints.last_complete_checkpoint(out, RUN) == out / "checkpoint-6"
-    with pytest.raises(checkpoints.CheckpointMismatch, match="learning_rate: 0.0001 in the checkpoint, 0.001 now"):
+    with pytest.raises(
+        checkpoints.CheckpointMismatch, match="learning_rate: 0.0001 in the checkpoint, 0.001 now"
+    ):
         checkpoints.last_complete_checkpoint(out, {**RUN, "learning_rate": 1e-3})
     # resume off: a fresh run into the folder starts by removing the other run's checkpoints
     other = {**RUN, "learning_rate": 1e-3}
