@@ -46,6 +46,38 @@ def test_trl_args_carry_the_fields(tmp_path):
 
     rloo = grpo.trl_args(_cfg("m", tmp_path, algorithm="rloo", scale_rewards="none", beta=0.05))
     assert type(rloo) is RLOOConfig and not rloo.normalize_advantages and rloo.beta == 0.05
+    assert grpo.trl_args(_cfg("m", tmp_path, algorithm="rloo", scale_rewards="batch")).normalize_advantages
+    # one rollout split into two optimizer steps (open-instruct's num_mini_batches 2); the KL correction exposed
+    args = grpo.trl_args(_cfg("m", tmp_path, gradient_accumulation_steps=2, optimizer_steps_per_rollout=2,
+                              use_bias_correction_kl=False))  # fmt: skip
+    assert (
+        args.steps_per_generation == 4
+        and args.generation_batch_size == 32
+        and not args.use_bias_correction_kl
+    )
+    assert grpo.trl_args(_cfg("m", tmp_path)).use_bias_correction_kl  # TRL's default, kept
+
+
+def test_no_silent_change_of_meaning(tmp_path):
+    with pytest.raises(ValueError, match="RLOOTrainer can only normalise advantages over the whole batch"):
+        _cfg("m", tmp_path, algorithm="rloo", scale_rewards="group")
+    with pytest.raises(ValueError, match="use_bias_correction_kl is a GRPO setting"):
+        _cfg("m", tmp_path, algorithm="rloo", scale_rewards="none", use_bias_correction_kl=False)
+    with pytest.raises(ValueError, match="penalty_reward_value must be a finite number"):
+        _cfg("m", tmp_path, penalty_reward_value=float("nan"))
+    with pytest.raises(ValueError, match="reward_scale must be a finite number"):
+        _cfg("m", tmp_path, reward_scale=float("inf"))
+
+
+def test_non_stop_penalty_scores_truncated_completions():
+    cfg = _cfg("m", "out", non_stop_penalty=True, penalty_reward_value=-1.0, reward_scale=10.0)
+    (fn,) = grpo.reward_funcs(cfg, {2, 0})
+    prompts = [[{"role": "user", "content": "What is 1 plus 1?"}]] * 3
+    completions = [[{"role": "assistant", "content": "The answer is 2."}]] * 3
+    ids = [[5, 6, 2], [5, 6, 7], [5, 0]]  # stopped by EOS, cut at the length limit, ended by pad
+    scores = fn(prompts=prompts, completions=completions, completion_ids=ids, ground_truth=["2"] * 3,
+                dataset=["gsm8k"] * 3)  # fmt: skip
+    assert scores == [10.0, -1.0, 10.0]
 
 
 def test_generation_switch(tmp_path, monkeypatch):
@@ -159,3 +191,44 @@ def test_notebook_runs_and_its_by_hand_cell_meets_trl(warm_model, tmp_path, run_
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     gap = float(printed.split("max |TRL - by hand|:")[1].split()[0])
     assert gap < 1e-5
+
+
+# --------------------------------------------------------------------------- the checkpoint protocol, killed
+
+SHORT = dict(max_steps=4, save_steps=2, num_generations=4, per_device_train_batch_size=8, learning_rate=2e-3,
+             lr_scheduler_type="constant", beta=0.05, synthetic_size=64, seed=0, log_completions=False)  # fmt: skip
+
+
+def _weights(result: dict) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(Path(result["model_dir"]) / "model.safetensors")
+
+
+def test_kill_and_resume_ends_equal_to_the_uninterrupted_run(warm_model, tmp_path):
+    """Killed after checkpoint-2, resumed: the weights of the uninterrupted run (TRL restores the RNG, so the
+    rollouts repeat). Killed while writing the final model (checkpoint-4 complete), resumed: no fifth step. A
+    resume with another learning rate is refused by name."""
+    from tests.killed_run import run_killed
+    from tulu_kit.checkpoints import CheckpointMismatch
+
+    whole = grpo.run(_cfg(warm_model, tmp_path / "whole", **SHORT))
+    out = tmp_path / "killed"
+    assert run_killed("grpo", _cfg(warm_model, out, **SHORT), "after-save", 2) == -9
+    assert [p.name for p in (out / "checkpoints").glob("checkpoint-*")] == ["checkpoint-2"]
+    with pytest.raises(CheckpointMismatch, match="learning_rate: 0.002 in the checkpoint, 0.001 now"):
+        grpo.run(_cfg(warm_model, out, resume=True, **{**SHORT, "learning_rate": 1e-3}))
+    assert run_killed("grpo", _cfg(warm_model, out, resume=True, **SHORT), "final-save") == -9
+    assert (out / "checkpoints" / "checkpoint-4" / "COMPLETE").is_file() and not (out / "model").exists()
+    resumed = grpo.run(_cfg(warm_model, out, resume=True, **SHORT))
+    assert (
+        resumed["train_steps"] == whole["train_steps"] == 4
+    )  # the finished checkpoint is loaded, not trained on
+    a, b = _weights(whole), _weights(resumed)
+    assert a.keys() == b.keys()
+    gap = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    moved = max((a[k].float() - _weights({"model_dir": warm_model})[k].float()).abs().max().item() for k in a)
+    assert moved > 1e-3 and gap == 0.0, (gap, moved)
+    assert (
+        resumed["reward_failures"] == whole["reward_failures"]
+    )  # counted over the whole run, across the kill

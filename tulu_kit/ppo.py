@@ -695,8 +695,8 @@ def finish(cfg: PPOConfig, accelerator, model_dir: Path, state: dict, runtime_s:
     steps = state["iteration"]
     fields = dict(
         train_steps=steps, first_loss=first.get("loss"), last_loss=last.get("loss"),
-        first_reward=first.get("verifiable_reward"), last_reward=last.get("verifiable_reward"),
-        first_score=first.get("score"), last_score=last.get("score"), last_kl=last.get("kl"),
+        **training.reward_summary([h["verifiable_reward"] for h in history], [h["kl"] for h in history]),
+        score_first=first.get("score"), score_last=last.get("score"),
         rollout_share=(sum(h["rollout_s"] for h in history) / max(sum(h["rollout_s"] + h["train_s"]
                        for h in history), 1e-9)) if history else None,
         world_size=accelerator.num_processes,

@@ -367,6 +367,21 @@ def save_model(trainer, cfg: TrainingFields, name: str = "model", merge_adapter:
     return target
 
 
+def reward_summary(rewards: list[float], kls: list[float]) -> dict:
+    """The RL stages' (PPO, GRPO) one result vocabulary: first and last logged mean reward, the mean reward of the
+    first and last quarter of the logged steps, and the last and largest logged KL to the reference."""
+    nan = float("nan")
+    q = max(1, len(rewards) // 4)
+    return {
+        "reward_first": rewards[0] if rewards else nan,
+        "reward_last": rewards[-1] if rewards else nan,
+        "reward_first_quarter": sum(rewards[:q]) / q if rewards else nan,
+        "reward_last_quarter": sum(rewards[-q:]) / q if rewards else nan,
+        "kl_last": kls[-1] if kls else nan,
+        "kl_max": max(kls) if kls else nan,
+    }
+
+
 def loss_curve(log_history: list[dict], key: str = "loss") -> tuple[float, float]:
     """(first, last) logged value of ``key`` in a trainer's log history (NaN when never logged)."""
     values = [h[key] for h in log_history if key in h]
