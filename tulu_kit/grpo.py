@@ -30,11 +30,10 @@ from pathlib import Path
 from typing import Literal
 
 from tulu_kit import plots, rewards, training
-from tulu_kit.training import LoRAFields
+from tulu_kit.training import TOY_TASK, LoRAFields
 
 logger = logging.getLogger(__name__)
 
-TOY_TASK = "synthetic_arithmetic"  # train_file naming the offline toy task (tulu_kit.data.synthetic)
 CURVES = ("reward", "kl", "completions/mean_length", "clip_ratio/region_mean", "entropy", "reward_std")
 
 
@@ -142,19 +141,8 @@ class GRPOConfig(LoRAFields):
 
 
 def load_rows(cfg: GRPOConfig) -> list[dict]:
-    """The RLVR rows to train on (the toy task, a JSONL file or a Hub dataset), checked before any work."""
-    from tulu_kit.data.synthetic import synthetic_arithmetic
-    from tulu_kit.io import read_rows
-
-    if cfg.train_file == TOY_TASK:
-        rows = synthetic_arithmetic(cfg.synthetic_size, seed=cfg.seed)
-    else:
-        rows = read_rows(cfg.train_file, cfg.train_split)
-    rows = rows[: cfg.max_train_samples] if cfg.max_train_samples else rows
-    rewards.check_rows(rows, cfg.train_file)
-    if not rows:
-        raise ValueError(f"{cfg.train_file}: no RLVR rows")
-    return rows
+    """The RLVR rows to train on, checked before any work (:func:`tulu_kit.training.load_rlvr_rows`)."""
+    return training.load_rlvr_rows(cfg)
 
 
 def prompt_dataset(rows: list[dict], tokenizer, max_prompt_tokens: int):
@@ -164,9 +152,7 @@ def prompt_dataset(rows: list[dict], tokenizer, max_prompt_tokens: int):
 
     kept = []
     for row in rows:
-        messages = list(row["messages"])
-        if messages[-1].get("role") == "assistant":  # a reference answer in the row is not part of the prompt
-            messages = messages[:-1]
+        messages = training.rlvr_prompt(row)
         ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
         ids = ids if isinstance(ids, list) else ids["input_ids"]  # transformers 5: a BatchEncoding
         if len(ids) <= max_prompt_tokens:

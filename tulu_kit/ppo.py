@@ -54,9 +54,9 @@ from typing import Literal
 
 import torch
 
-from tulu_kit import checkpoints, launch, plots, training
+from tulu_kit import checkpoints, launch, models, plots, training
 from tulu_kit.config import to_dict
-from tulu_kit.io import atomic_write_json, iter_jsonl, read_json, write_jsonl
+from tulu_kit.io import atomic_write_json, read_json, write_jsonl
 from tulu_kit.losses import (
     KL_ESTIMATORS,
     SCORE_PLACEMENTS,
@@ -76,7 +76,6 @@ from tulu_kit.training import LoRAFields
 
 logger = logging.getLogger(__name__)
 STATE_NAME = "ppo_state.json"
-SYNTHETIC = "synthetic_arithmetic"  # train_file naming the offline toy task
 CURVES = ("verifiable_reward", "score", "kl", "response_length", "pg_clipfrac", "vf_loss")
 
 
@@ -166,24 +165,13 @@ class PPOConfig(LoRAFields):
 
 
 def load_prompts(cfg: PPOConfig, tokenizer) -> tuple[list[dict], int]:
-    """RLVR rows with their prompt token ids (chat template, generation prompt); returns (rows, dropped as too long).
-
-    A row a verifier could never score is an error naming the file, line and key, before any model loads."""
-    from tulu_kit import rewards
+    """RLVR rows (:func:`tulu_kit.training.load_rlvr_rows`: checked, naming file, line and key, before any model
+    loads) with their prompt token ids (chat template, generation prompt); returns (rows, dropped as too long)."""
     from tulu_kit.data.templates import encode_chat
 
     rows, dropped, limit = [], 0, cfg.max_length - cfg.response_length
-    for lineno, row in _rlvr_rows(cfg):
-        try:
-            rewards.check_rows([row], source=cfg.train_file)
-        except ValueError as e:
-            raise ValueError(str(e).replace(": line 1:", f": line {lineno}:")) from None
-        messages = list(row["messages"])
-        while messages and messages[-1].get("role") == "assistant":  # a reference answer is not the prompt
-            messages.pop()
-        if not messages:
-            raise ValueError(f"{cfg.train_file}: line {lineno}: key 'messages' holds no user turn")
-        ids = encode_chat(tokenizer, messages, add_generation_prompt=True)
+    for row in training.load_rlvr_rows(cfg):
+        ids = encode_chat(tokenizer, training.rlvr_prompt(row), add_generation_prompt=True)
         if len(ids) > limit:
             dropped += 1
             continue
@@ -191,18 +179,6 @@ def load_prompts(cfg: PPOConfig, tokenizer) -> tuple[list[dict], int]:
     if not rows:
         raise ValueError(f"{cfg.train_file}: no prompt fits max_length - response_length = {limit} tokens")
     return rows, dropped
-
-
-def _rlvr_rows(cfg: PPOConfig):
-    if cfg.train_file == SYNTHETIC:
-        from tulu_kit.data.synthetic import synthetic_arithmetic
-
-        return enumerate(synthetic_arithmetic(cfg.synthetic_size, seed=cfg.seed), 1)
-    if Path(cfg.train_file).is_file() or cfg.train_file.endswith((".jsonl", ".json", ".gz")):
-        return iter_jsonl(cfg.train_file)
-    from tulu_kit.io import read_rows
-
-    return enumerate(read_rows(cfg.train_file, cfg.train_split), 1)  # a Hub dataset id
 
 
 def batch_indices(n: int, iteration: int, batch: int, rank: int, world: int, seed: int) -> list[int]:
@@ -214,15 +190,6 @@ def batch_indices(n: int, iteration: int, batch: int, rank: int, world: int, see
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
         out.append(int(perm[i]))
     return out
-
-
-def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s) :], mask[i, width - len(s) :] = torch.tensor(s), 1
-    return ids, mask
 
 
 # --------------------------------------------------------------------------- models
@@ -275,8 +242,6 @@ def _disable_dropout(model) -> None:
 def load_models(cfg: PPOConfig, pad_id: int):
     """(policy+value module, reference model or None with LoRA, reward model or None)."""
     from transformers import AutoModelForSequenceClassification
-
-    from tulu_kit import models
 
     def scalar_model(path):
         m = AutoModelForSequenceClassification.from_pretrained(
@@ -361,7 +326,7 @@ def rollout(cfg: PPOConfig, accelerator, model, reference, reward_model, tokeniz
     from tulu_kit import rewards
 
     device, eos, pad = accelerator.device, tokenizer.eos_token_id, tokenizer.pad_token_id
-    query, query_mask = left_pad([r["prompt_ids"] for r in rows], pad)
+    query, query_mask = models.pad_batch([r["prompt_ids"] for r in rows], pad, left=True)
     query, query_mask, context = query.to(device), query_mask.to(device), query.shape[1]
     unwrapped = accelerator.unwrap_model(model)
     model.eval()
@@ -484,8 +449,6 @@ def inspect_rollout(cfg: PPOConfig, model: str = "", n: int = 4) -> dict:
     from dataclasses import replace
 
     from transformers import set_seed
-
-    from tulu_kit import models
 
     cfg = replace(cfg, rollout_batch_size=n, per_device_train_batch_size=n, gradient_accumulation_steps=1,
                   offload_models=False, n_samples_logged=n)  # fmt: skip
@@ -633,8 +596,6 @@ def train(cfg: PPOConfig, callbacks=None) -> dict:
             save_checkpoint(cfg, accelerator, it + 1, state)
     runtime = time.perf_counter() - start
     checksums = weight_checksums(accelerator, model)  # one per rank: equal when the ranks stayed in sync
-    from tulu_kit import models
-
     trainable, total = models.count_parameters(accelerator.unwrap_model(model).policy)  # before LoRA merges
 
     # ---- save: the policy (adapters merged), curves, samples, result

@@ -367,6 +367,43 @@ def save_model(trainer, cfg: TrainingFields, name: str = "model", merge_adapter:
     return target
 
 
+TOY_TASK = "synthetic_arithmetic"  # an RL stage's train_file naming the offline toy task
+
+
+def load_rlvr_rows(cfg) -> list[dict]:
+    """The one RLVR loader of the RL stages: the toy task (``synthetic_size`` rows), a JSONL file or a Hub dataset
+    (``train_split``), cut to ``max_train_samples`` where the stage has it, every row checked by
+    :func:`tulu_kit.rewards.check_rows` (an error names the file, line and key) before any model loads."""
+    from tulu_kit import rewards
+    from tulu_kit.io import read_rows
+
+    if cfg.train_file == TOY_TASK:
+        from tulu_kit.data.synthetic import synthetic_arithmetic
+
+        rows = synthetic_arithmetic(cfg.synthetic_size, seed=cfg.seed)
+    else:
+        rows = read_rows(cfg.train_file, cfg.train_split)
+    limit = getattr(cfg, "max_train_samples", 0)
+    rows = rows[:limit] if limit else rows
+    if not rows:
+        raise ValueError(f"{cfg.train_file}: no RLVR rows")
+    rewards.check_rows(rows, cfg.train_file)
+    for n, row in enumerate(rows, 1):
+        if not all(isinstance(m, dict) for m in row["messages"]) or not rlvr_prompt(row):
+            raise ValueError(
+                f"{cfg.train_file}: line {n}: key 'messages' holds no user turn ({{role, content}})"
+            )
+    return rows
+
+
+def rlvr_prompt(row: dict) -> list[dict]:
+    """The prompt of an RLVR row: its messages without trailing assistant turns (a reference answer)."""
+    messages = list(row["messages"])
+    while messages and messages[-1].get("role") == "assistant":
+        messages.pop()
+    return messages
+
+
 def reward_summary(rewards: list[float], kls: list[float]) -> dict:
     """The RL stages' (PPO, GRPO) one result vocabulary: first and last logged mean reward, the mean reward of the
     first and last quarter of the logged steps, and the last and largest logged KL to the reference."""
