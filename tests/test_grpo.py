@@ -205,25 +205,31 @@ def _weights(result: dict) -> dict:
     return load_file(Path(result["model_dir"]) / "model.safetensors")
 
 
+def _marked(out: Path) -> dict[str, bool]:
+    return {p.name: (p / "COMPLETE").is_file() for p in sorted((out / "checkpoints").glob("checkpoint-*"))}
+
+
 def test_kill_and_resume_ends_equal_to_the_uninterrupted_run(warm_model, tmp_path):
-    """Killed after checkpoint-2, resumed: the weights of the uninterrupted run (TRL restores the RNG, so the
-    rollouts repeat). Killed while writing the final model (checkpoint-4 complete), resumed: no fifth step. A
-    resume with another learning rate is refused by name."""
+    """save_total_limit 1: killed while writing checkpoint-4 (checkpoint-2 stays the complete one); resumed from it
+    and killed while writing the final model (checkpoint-4 rewritten and marked, checkpoint-2 rotated away only
+    then); resumed again: checkpoint-4 is the run's last step, loaded, not trained past (no fifth step). The
+    weights equal the uninterrupted run's (TRL restores the RNG, so the rollouts repeat). A resume with another
+    learning rate is refused by name."""
     from tests.killed_run import run_killed
     from tulu_kit.checkpoints import CheckpointMismatch
 
     whole = grpo.run(_cfg(warm_model, tmp_path / "whole", **SHORT))
-    out = tmp_path / "killed"
-    assert run_killed("grpo", _cfg(warm_model, out, **SHORT), "after-save", 2) == -9
-    assert [p.name for p in (out / "checkpoints").glob("checkpoint-*")] == ["checkpoint-2"]
+    out, kw = tmp_path / "killed", {**SHORT, "save_total_limit": 1}
+    assert run_killed("grpo", _cfg(warm_model, out, **kw), "mid-save", 4) == -9
+    assert _marked(out) == {"checkpoint-2": True, "checkpoint-4": False}
     with pytest.raises(CheckpointMismatch, match="learning_rate: 0.002 in the checkpoint, 0.001 now"):
-        grpo.run(_cfg(warm_model, out, resume=True, **{**SHORT, "learning_rate": 1e-3}))
-    assert run_killed("grpo", _cfg(warm_model, out, resume=True, **SHORT), "final-save") == -9
-    assert (out / "checkpoints" / "checkpoint-4" / "COMPLETE").is_file() and not (out / "model").exists()
-    resumed = grpo.run(_cfg(warm_model, out, resume=True, **SHORT))
-    assert (
-        resumed["train_steps"] == whole["train_steps"] == 4
-    )  # the finished checkpoint is loaded, not trained on
+        grpo.run(_cfg(warm_model, out, resume=True, **{**kw, "learning_rate": 1e-3}))
+    assert run_killed("grpo", _cfg(warm_model, out, resume=True, **kw), "final-save") == -9
+    assert _marked(out) == {"checkpoint-4": True} and not (out / "model").exists()
+    resumed = grpo.run(_cfg(warm_model, out, resume=True, **kw))
+    assert resumed["train_steps"] == whole["train_steps"] == 4
+    logged = [json.loads(line) for line in (out / "log_history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in logged if "loss" in h] == [1, 2, 3, 4]  # steps 1-4 once each, across the kills
     a, b = _weights(whole), _weights(resumed)
     assert a.keys() == b.keys()
     gap = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
@@ -231,4 +237,4 @@ def test_kill_and_resume_ends_equal_to_the_uninterrupted_run(warm_model, tmp_pat
     assert moved > 1e-3 and gap == 0.0, (gap, moved)
     assert (
         resumed["reward_failures"] == whole["reward_failures"]
-    )  # counted over the whole run, across the kill
+    )  # counted over the whole run, across the kills

@@ -242,18 +242,17 @@ def short_whole(warm_model, tmp_path_factory) -> dict:
     """The uninterrupted 4-iteration run every killed-and-resumed run below must end equal to."""
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("whole") / "ppo"
-    result = ppo.run(_cfg(warm_model, out, **SHORT))
-    from safetensors.torch import load_file
-
-    return load_file(Path(result["model_dir"]) / "model.safetensors")
+    return ppo.run(_cfg(warm_model, out, **SHORT))
 
 
 def _same_weights(result: dict, whole: dict) -> None:
     from safetensors.torch import load_file
 
     got = load_file(Path(result["model_dir"]) / "model.safetensors")
-    assert got.keys() == whole.keys()
-    assert all(torch.equal(got[k], whole[k]) for k in whole)  # bit-exact: seeded rollouts, restored optimizer
+    want = load_file(Path(whole["model_dir"]) / "model.safetensors")
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)  # bit-exact: seeded rollouts, restored optimizer
+    assert result["reward_failures"] == whole["reward_failures"]  # counted over the whole run, across kills
 
 
 def _marked(out: Path) -> dict[str, bool]:
@@ -319,3 +318,31 @@ def test_non_finite_reward_settings_are_refused(tmp_path):
             _cfg("m", tmp_path, **{name: value})
     with pytest.raises(ValueError, match="score_placement"):
         _cfg("m", tmp_path, score_placement="bos")
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_iteration(tiny_model, tmp_path, monkeypatch):
+    real = ppo.ppo_policy_loss
+
+    def nan_loss(*args, **kwargs):
+        loss, stats = real(*args, **kwargs)
+        return loss * float("nan"), stats
+
+    monkeypatch.setattr(ppo, "ppo_policy_loss", nan_loss)
+    cfg = _cfg(tiny_model, tmp_path / "nan", max_steps=2, rollout_batch_size=8, per_device_train_batch_size=4,
+               num_ppo_epochs=1)  # fmt: skip
+    with pytest.raises(
+        FloatingPointError, match="non-finite loss nan .* at iteration 1; the weights were not updated"
+    ):
+        ppo.run(cfg)
+    assert not (tmp_path / "nan" / "model").exists()
+
+
+def test_trainer_stages_stop_on_a_non_finite_logged_loss():
+    from types import SimpleNamespace
+
+    from tulu_kit import training
+
+    cb = training.finite_loss_callback()
+    cb.on_log(None, SimpleNamespace(global_step=3), None, logs={"loss": 1.5})
+    with pytest.raises(FloatingPointError, match="non-finite loss inf logged at step 7"):
+        cb.on_log(None, SimpleNamespace(global_step=7), None, logs={"loss": float("inf")})

@@ -227,7 +227,8 @@ def trl_args(cfg: GRPOConfig, has_eval: bool = False):
 def reward_funcs(cfg: GRPOConfig, stop_ids: set[int]) -> list:
     """The verifiable reward × ``reward_scale`` (:func:`tulu_kit.rewards.trl_reward_funcs`); with
     ``non_stop_penalty`` a completion cut at max_completion_length (its last token neither EOS nor pad: TRL's
-    test for ``mask_truncated_completions``) scores ``penalty_reward_value`` instead, as open-instruct's ``--non_stop_penalty`` (grpo_vllm_thread_ray_gtrl.py L1207-1210 at 686a521a)."""
+    test for ``mask_truncated_completions``) scores ``penalty_reward_value`` instead, as open-instruct's
+    ``--non_stop_penalty`` (grpo_vllm_thread_ray_gtrl.py L1207-1210 at 686a521a)."""
     (verifiable,) = rewards.trl_reward_funcs(cfg.reward_scale)
     if not cfg.non_stop_penalty:
         return [verifiable]

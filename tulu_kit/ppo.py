@@ -38,7 +38,8 @@ generates, and slow: the reason open-instruct generated with vLLM); `offload_mod
 shards. DDP, ZeRO-2 and ZeRO-3 on 2 processes end with the same weights (within 2e-6 on the tiny model, fp32).
 Every process seeds its sampling
 from (seed, iteration, rank), so a run resumed from a checkpoint (`save_steps`, `resume`) repeats the same
-rollouts and ends with the uninterrupted run's weights (`tests/test_ppo.py`).
+rollouts and ends with the uninterrupted run's weights (`tests/test_ppo.py` kills it at each point of the save).
+Checkpoints follow :mod:`tulu_kit.checkpoints`, the protocol of every other stage.
 """
 
 from __future__ import annotations
@@ -393,8 +394,9 @@ def rollout(cfg: PPOConfig, accelerator, model, reference, reward_model, tokeniz
     samples = [{"prompt": tokenizer.decode(r["prompt_ids"], skip_special_tokens=True), "response": t,
                 "ground_truth": r["ground_truth"], "verifiable_reward": float(v), "score": float(sc)}
                for r, t, v, sc in zip(rows, texts, verified, score)][: cfg.n_samples_logged]  # fmt: skip
-    batch = dict(ids=ids, attn=attn, mask=fmask, value_mask=vmask, logprobs=logprobs, values=values, advantages=advantages,
-                 returns=returns, rewards=token_rewards, raw_advantages=raw_advantages, kl=kl)  # fmt: skip
+    batch = dict(ids=ids, attn=attn, mask=fmask, value_mask=vmask, logprobs=logprobs, values=values,
+                 advantages=advantages, returns=returns, rewards=token_rewards, raw_advantages=raw_advantages,
+                 kl=kl)  # fmt: skip
     return {"batch": batch, "context": context, "stats": stats, "samples": samples}
 
 
@@ -422,8 +424,10 @@ def update(
                                              cfg.cliprange_value)  # fmt: skip
                 loss = pg_loss + cfg.vf_coef * vf_loss
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"ppo: non-finite loss {loss.item()} (policy {pg_loss.item()}, value "
-                                             f"{vf_loss.item()}) at iteration {step}; the weights were not updated")  # fmt: skip
+                    raise FloatingPointError(
+                        f"ppo: non-finite loss {loss.item()} (policy {pg_loss.item()}, value {vf_loss.item()}) "
+                        f"at iteration {step}; the weights were not updated"
+                    )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     inner = accelerator.unwrap_model(model)  # each model's own norm, as OI's two engines clip
@@ -444,8 +448,8 @@ def update(
 def inspect_rollout(cfg: PPOConfig, model: str = "", n: int = 4) -> dict:
     """One rollout of ``n`` prompts in this process, for notebook 08's by-hand cell: the policy has the weights of
     ``model`` (a trained policy; default ``cfg.model``), the reference is ``cfg.model``. ``batch`` holds per-token
-    ``rewards``, ``values``, ``mask``, ``raw_advantages`` (GAE before whitening), ``advantages`` and ``returns``;
-    ``samples`` the decoded responses."""
+    ``rewards``, ``values``, ``mask`` (response tokens), ``value_mask`` (+ the score's column), ``raw_advantages``
+    (GAE before whitening), ``advantages`` and ``returns``; ``samples`` the decoded responses."""
     from dataclasses import replace
 
     from transformers import set_seed

@@ -108,8 +108,10 @@ def if_function_call(ground_truth) -> tuple[Callable, dict] | None:
         return None
     func = _if_functions.IF_FUNCTIONS_MAP.get(gt["func_name"])
     if func is None:
-        raise ValueError(f"ifeval func_name {gt['func_name']!r} is not one of open-instruct's "
-                         f"{len(_if_functions.IF_FUNCTIONS_MAP)} checks: {sorted(_if_functions.IF_FUNCTIONS_MAP)}")  # fmt: skip
+        known = sorted(_if_functions.IF_FUNCTIONS_MAP)
+        raise ValueError(
+            f"ifeval func_name {gt['func_name']!r} is not one of open-instruct's checks: {known}"
+        )
     kwargs = {k: v for k, v in gt.items() if k != "func_name" and v is not None}
     try:
         inspect.signature(func).bind("text", **kwargs)
