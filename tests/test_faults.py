@@ -471,3 +471,27 @@ def test_real_trainer_marks_rotates_and_refuses_another_run(tiny_model, tmp_path
     trainer.train()
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-2", "checkpoint-4"]
     assert checkpoints.last_complete_checkpoint(out, other) == out / "checkpoint-4"
+
+
+def test_a_finished_runs_last_checkpoint_is_loaded_not_trained_past(tiny_model, tmp_path):
+    """Killed while writing the final model, a run resumes from its last checkpoint, the run's last step: the
+    Trainer's own resume would train one step past max_steps there (the run ends mid-epoch); the kit loads it."""
+    import torch
+
+    from tulu_kit import trainers
+
+    out = tmp_path / "checkpoints"
+    first = _trainer(tiny_model, out, RUN, limit=2)
+    first.train()
+    last = checkpoints.last_complete_checkpoint(out, RUN)
+    assert last == out / "checkpoint-6" and trainers.is_finished(last)
+    assert not trainers.is_finished(out / "checkpoint-4")
+    plain = _trainer(tiny_model, tmp_path / "plain", RUN, limit=2)
+    plain.train(resume_from_checkpoint=str(last))
+    assert plain.state.global_step == 7  # what the kit avoids
+    loaded = _trainer(tiny_model, tmp_path / "loaded", RUN, limit=2)
+    trainers.load_finished_checkpoint(loaded, last)
+    losses = [[h["loss"] for h in t.state.log_history if "loss" in h] for t in (first, loaded)]
+    assert loaded.state.global_step == 6 and losses[0] == losses[1] and len(losses[1]) == 6
+    a, b = first.model.state_dict(), loaded.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -54,6 +54,7 @@ def test_published_row_shapes_are_accepted():
     ],
 )
 def test_published_rows_are_scored(row, completion, expected):
+    rewards.failure_counts(reset=True)
     assert rewards.verifiable_reward(ROWS[row], completion) == expected
     assert not rewards.failure_counts(reset=True)  # scored, not a counted failure
 
