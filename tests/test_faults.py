@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tulu_kit import launch
+from tulu_kit import checkpoints
 from tulu_kit.io import atomic_dir
 
 RUN = {
@@ -72,12 +72,12 @@ def train_begin(cb, folder: Path, step: int = 0) -> None:
 def assert_whole(ckpt: Path, tag: str, step: int) -> None:
     """Every file of the checkpoint was written by run ``tag`` at ``step``: no mix of runs or steps."""
     assert ckpt.name == f"checkpoint-{step}"
-    assert {p.name for p in ckpt.iterdir()} >= {*FILES, launch.COMPLETE, launch.CONFIG_NAME}
+    assert {p.name for p in ckpt.iterdir()} >= {*FILES, checkpoints.COMPLETE, checkpoints.CONFIG_NAME}
     assert {(ckpt / n).read_text() for n in FILES} == {f"{tag}:{step}"}
 
 
 def callback(config=RUN, limit=None):
-    return launch.complete_checkpoint_callback(config, limit)
+    return checkpoints.complete_checkpoint_callback(config, limit)
 
 
 # --------------------------------------------------------------------------- resume is the same run
@@ -88,8 +88,8 @@ def test_another_runs_checkpoint_is_an_error_naming_folder_and_keys(tmp_path):
     train_begin(cb, tmp_path)
     save(cb, tmp_path, 2, "a")
     other = {**RUN, "learning_rate": 3e-4, "max_steps": 16}
-    with pytest.raises(launch.CheckpointMismatch) as err:
-        launch.last_complete_checkpoint(tmp_path, other)
+    with pytest.raises(checkpoints.CheckpointMismatch) as err:
+        checkpoints.last_complete_checkpoint(tmp_path, other)
     msg = str(err.value)
     assert str(tmp_path / "checkpoint-2") in msg and "another out_dir" in msg and f"delete {tmp_path}" in msg
     differing = msg.split("differs in:\n")[1].split("\nResuming")[0].splitlines()
@@ -104,21 +104,21 @@ def test_same_run_resumes_with_only_logging_saving_and_launch_fields_changed(tmp
     save(cb, tmp_path, 2, "a")
     changed = {**RUN, "resume": True, "save_steps": 5, "logging_steps": 9, "report_to": "none",
                "main_process_port": 1234, "out_dir": "/moved"}  # fmt: skip
-    assert launch.last_complete_checkpoint(tmp_path, changed) == tmp_path / "checkpoint-2"
-    assert launch.last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-2"  # no config: no check
+    assert checkpoints.last_complete_checkpoint(tmp_path, changed) == tmp_path / "checkpoint-2"
+    assert checkpoints.last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-2"  # no config: no check
 
 
 def test_world_size_is_part_of_the_run(tmp_path):
     save(callback(), tmp_path, 2, "a")
-    with pytest.raises(launch.CheckpointMismatch, match="num_processes: 1 in the checkpoint, 4 now"):
-        launch.last_complete_checkpoint(tmp_path, {**RUN, "num_processes": 4})
+    with pytest.raises(checkpoints.CheckpointMismatch, match="num_processes: 1 in the checkpoint, 4 now"):
+        checkpoints.last_complete_checkpoint(tmp_path, {**RUN, "num_processes": 4})
 
 
 def test_a_marked_checkpoint_without_its_config_is_not_trusted(tmp_path):
     (tmp_path / "checkpoint-3").mkdir()
-    (tmp_path / "checkpoint-3" / launch.COMPLETE).write_text("{}")  # written by an older tulu-kit
-    with pytest.raises(launch.CheckpointMismatch, match="cannot be told to be this run's"):
-        launch.last_complete_checkpoint(tmp_path, RUN)
+    (tmp_path / "checkpoint-3" / checkpoints.COMPLETE).write_text("{}")  # written by an older tulu-kit
+    with pytest.raises(checkpoints.CheckpointMismatch, match="cannot be told to be this run's"):
+        checkpoints.last_complete_checkpoint(tmp_path, RUN)
 
 
 def test_fresh_run_removes_checkpoints_left_by_another_run(tmp_path):
@@ -129,7 +129,7 @@ def test_fresh_run_removes_checkpoints_left_by_another_run(tmp_path):
     train_begin(cb, tmp_path)  # resume off: step 0
     assert list(tmp_path.iterdir()) == []
     save(cb, tmp_path, 2, "new")
-    assert_whole(launch.last_complete_checkpoint(tmp_path, new), "new", 2)
+    assert_whole(checkpoints.last_complete_checkpoint(tmp_path, new), "new", 2)
 
 
 @pytest.mark.parametrize("kill_after_file", [0, 1, 2])
@@ -139,8 +139,8 @@ def test_rewritten_checkpoint_killed_mid_save_keeps_no_old_marker(tmp_path, kill
     save(callback(), tmp_path, 2, "a")
     save(callback(), tmp_path, 4, "old")
     assert killed_in_child(lambda: save(callback(), tmp_path, 4, "a", kill_after_file=kill_after_file))
-    assert not (tmp_path / "checkpoint-4" / launch.COMPLETE).exists()
-    assert_whole(launch.last_complete_checkpoint(tmp_path, RUN), "a", 2)
+    assert not (tmp_path / "checkpoint-4" / checkpoints.COMPLETE).exists()
+    assert_whole(checkpoints.last_complete_checkpoint(tmp_path, RUN), "a", 2)
 
 
 def test_kill_between_config_and_marker_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -148,16 +148,16 @@ def test_kill_between_config_and_marker_leaves_the_previous_checkpoint(tmp_path,
     save(cb, tmp_path, 2, "a")
 
     def write_marker_then_die(path, text):
-        if Path(path).name == launch.COMPLETE:
+        if Path(path).name == checkpoints.COMPLETE:
             _kill()
 
     def go():
-        monkeypatch.setattr(launch, "atomic_write_text", write_marker_then_die)
+        monkeypatch.setattr(checkpoints, "atomic_write_text", write_marker_then_die)
         save(cb, tmp_path, 4, "a")
 
     assert killed_in_child(go)
-    assert (tmp_path / "checkpoint-4" / launch.CONFIG_NAME).is_file()
-    assert_whole(launch.last_complete_checkpoint(tmp_path, RUN), "a", 2)
+    assert (tmp_path / "checkpoint-4" / checkpoints.CONFIG_NAME).is_file()
+    assert_whole(checkpoints.last_complete_checkpoint(tmp_path, RUN), "a", 2)
 
 
 # --------------------------------------------------------------------------- rotation
@@ -182,10 +182,14 @@ ROTATION_KILLS = ["before-marker", "before-rename", "after-rename", "mid-delete"
 def test_kill_during_rotation_with_limit_one_leaves_a_complete_checkpoint(tmp_path, monkeypatch, point):
     cb = callback(limit=1)
     save(cb, tmp_path, 2, "a")
-    real_replace, real_rmtree, real_write = os.replace, launch.shutil.rmtree, launch.atomic_write_text
+    real_replace, real_rmtree, real_write = (
+        os.replace,
+        checkpoints.shutil.rmtree,
+        checkpoints.atomic_write_text,
+    )
 
     def write(path, text):
-        if point == "before-marker" and Path(path).name == launch.COMPLETE:
+        if point == "before-marker" and Path(path).name == checkpoints.COMPLETE:
             _kill()
         return real_write(path, text)
 
@@ -204,13 +208,13 @@ def test_kill_during_rotation_with_limit_one_leaves_a_complete_checkpoint(tmp_pa
         real_rmtree(path, ignore_errors=ignore_errors)
 
     def go():
-        monkeypatch.setattr(launch, "atomic_write_text", write)
-        monkeypatch.setattr(launch.os, "replace", replace)
-        monkeypatch.setattr(launch.shutil, "rmtree", rmtree)
+        monkeypatch.setattr(checkpoints, "atomic_write_text", write)
+        monkeypatch.setattr(checkpoints.os, "replace", replace)
+        monkeypatch.setattr(checkpoints.shutil, "rmtree", rmtree)
         save(cb, tmp_path, 4, "a")
 
     assert killed_in_child(go)
-    found = launch.last_complete_checkpoint(tmp_path, RUN)
+    found = checkpoints.last_complete_checkpoint(tmp_path, RUN)
     assert found is not None
     assert_whole(found, "a", 2 if point == "before-marker" else 4)
     # the next save of the resumed run cleans whatever the kill left behind
@@ -449,19 +453,45 @@ def _trainer(model_dir: Path, out: Path, config: dict, limit: int, max_steps: in
     )  # fmt: skip  (no save_total_limit: rotation is the callback's)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     return Trainer(model=model, args=args, train_dataset=rows,
-                   callbacks=[launch.complete_checkpoint_callback(config, limit)])  # fmt: skip
+                   callbacks=[checkpoints.complete_checkpoint_callback(config, limit)])  # fmt: skip
 
 
 def test_real_trainer_marks_rotates_and_refuses_another_run(tiny_model, tmp_path):
     out = tmp_path / "checkpoints"
     _trainer(tiny_model, out, RUN, limit=1).train()
     assert [p.name for p in out.iterdir()] == ["checkpoint-6"]  # 2 and 4 rotated away once 6 was marked
-    assert launch.last_complete_checkpoint(out, RUN) == out / "checkpoint-6"
-    with pytest.raises(launch.CheckpointMismatch, match="learning_rate: 0.0001 in the checkpoint, 0.001 now"):
-        launch.last_complete_checkpoint(out, {**RUN, "learning_rate": 1e-3})
+    assert checkpoints.last_complete_checkpoint(out, RUN) == out / "checkpoint-6"
+    with pytest.raises(
+        checkpoints.CheckpointMismatch, match="learning_rate: 0.0001 in the checkpoint, 0.001 now"
+    ):
+        checkpoints.last_complete_checkpoint(out, {**RUN, "learning_rate": 1e-3})
     # resume off: a fresh run into the folder starts by removing the other run's checkpoints
     other = {**RUN, "learning_rate": 1e-3}
     trainer = _trainer(tiny_model, out, other, limit=2, max_steps=4)
     trainer.train()
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-2", "checkpoint-4"]
-    assert launch.last_complete_checkpoint(out, other) == out / "checkpoint-4"
+    assert checkpoints.last_complete_checkpoint(out, other) == out / "checkpoint-4"
+
+
+def test_a_finished_runs_last_checkpoint_is_loaded_not_trained_past(tiny_model, tmp_path):
+    """Killed while writing the final model, a run resumes from its last checkpoint, the run's last step: the
+    Trainer's own resume would train one step past max_steps there (the run ends mid-epoch); the kit loads it."""
+    import torch
+
+    from tulu_kit import trainers
+
+    out = tmp_path / "checkpoints"
+    first = _trainer(tiny_model, out, RUN, limit=2)
+    first.train()
+    last = checkpoints.last_complete_checkpoint(out, RUN)
+    assert last == out / "checkpoint-6" and trainers.is_finished(last)
+    assert not trainers.is_finished(out / "checkpoint-4")
+    plain = _trainer(tiny_model, tmp_path / "plain", RUN, limit=2)
+    plain.train(resume_from_checkpoint=str(last))
+    assert plain.state.global_step == 7  # what the kit avoids
+    loaded = _trainer(tiny_model, tmp_path / "loaded", RUN, limit=2)
+    trainers.load_finished_checkpoint(loaded, last)
+    losses = [[h["loss"] for h in t.state.log_history if "loss" in h] for t in (first, loaded)]
+    assert loaded.state.global_step == 6 and losses[0] == losses[1] and len(losses[1]) == 6
+    a, b = first.model.state_dict(), loaded.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -46,6 +46,38 @@ def test_trl_args_carry_the_fields(tmp_path):
 
     rloo = grpo.trl_args(_cfg("m", tmp_path, algorithm="rloo", scale_rewards="none", beta=0.05))
     assert type(rloo) is RLOOConfig and not rloo.normalize_advantages and rloo.beta == 0.05
+    assert grpo.trl_args(_cfg("m", tmp_path, algorithm="rloo", scale_rewards="batch")).normalize_advantages
+    # one rollout split into two optimizer steps (open-instruct's num_mini_batches 2); the KL correction exposed
+    args = grpo.trl_args(_cfg("m", tmp_path, gradient_accumulation_steps=2, optimizer_steps_per_rollout=2,
+                              use_bias_correction_kl=False))  # fmt: skip
+    assert (
+        args.steps_per_generation == 4
+        and args.generation_batch_size == 32
+        and not args.use_bias_correction_kl
+    )
+    assert grpo.trl_args(_cfg("m", tmp_path)).use_bias_correction_kl  # TRL's default, kept
+
+
+def test_no_silent_change_of_meaning(tmp_path):
+    with pytest.raises(ValueError, match="RLOOTrainer can only normalise advantages over the whole batch"):
+        _cfg("m", tmp_path, algorithm="rloo", scale_rewards="group")
+    with pytest.raises(ValueError, match="use_bias_correction_kl is a GRPO setting"):
+        _cfg("m", tmp_path, algorithm="rloo", scale_rewards="none", use_bias_correction_kl=False)
+    with pytest.raises(ValueError, match="penalty_reward_value must be a finite number"):
+        _cfg("m", tmp_path, penalty_reward_value=float("nan"))
+    with pytest.raises(ValueError, match="reward_scale must be a finite number"):
+        _cfg("m", tmp_path, reward_scale=float("inf"))
+
+
+def test_non_stop_penalty_scores_truncated_completions():
+    cfg = _cfg("m", "out", non_stop_penalty=True, penalty_reward_value=-1.0, reward_scale=10.0)
+    (fn,) = grpo.reward_funcs(cfg, {2, 0})
+    prompts = [[{"role": "user", "content": "What is 1 plus 1?"}]] * 3
+    completions = [[{"role": "assistant", "content": "The answer is 2."}]] * 3
+    ids = [[5, 6, 2], [5, 6, 7], [5, 0]]  # stopped by EOS, cut at the length limit, ended by pad
+    scores = fn(prompts=prompts, completions=completions, completion_ids=ids, ground_truth=["2"] * 3,
+                dataset=["gsm8k"] * 3)  # fmt: skip
+    assert scores == [10.0, -1.0, 10.0]
 
 
 def test_generation_switch(tmp_path, monkeypatch):
@@ -159,3 +191,50 @@ def test_notebook_runs_and_its_by_hand_cell_meets_trl(warm_model, tmp_path, run_
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     gap = float(printed.split("max |TRL - by hand|:")[1].split()[0])
     assert gap < 1e-5
+
+
+# --------------------------------------------------------------------------- the checkpoint protocol, killed
+
+SHORT = dict(max_steps=4, save_steps=2, num_generations=4, per_device_train_batch_size=8, learning_rate=2e-3,
+             lr_scheduler_type="constant", beta=0.05, synthetic_size=64, seed=0, log_completions=False)  # fmt: skip
+
+
+def _weights(result: dict) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(Path(result["model_dir"]) / "model.safetensors")
+
+
+def _marked(out: Path) -> dict[str, bool]:
+    return {p.name: (p / "COMPLETE").is_file() for p in sorted((out / "checkpoints").glob("checkpoint-*"))}
+
+
+def test_kill_and_resume_ends_equal_to_the_uninterrupted_run(warm_model, tmp_path):
+    """save_total_limit 1: killed while writing checkpoint-4 (checkpoint-2 stays the complete one); resumed from it
+    and killed while writing the final model (checkpoint-4 rewritten and marked, checkpoint-2 rotated away only
+    then); resumed again: checkpoint-4 is the run's last step, loaded, not trained past (no fifth step). The
+    weights equal the uninterrupted run's (TRL restores the RNG, so the rollouts repeat). A resume with another
+    learning rate is refused by name."""
+    from tests.killed_run import run_killed
+    from tulu_kit.checkpoints import CheckpointMismatch
+
+    whole = grpo.run(_cfg(warm_model, tmp_path / "whole", **SHORT))
+    out, kw = tmp_path / "killed", {**SHORT, "save_total_limit": 1}
+    assert run_killed("grpo", _cfg(warm_model, out, **kw), "mid-save", 4) == -9
+    assert _marked(out) == {"checkpoint-2": True, "checkpoint-4": False}
+    with pytest.raises(CheckpointMismatch, match="learning_rate: 0.002 in the checkpoint, 0.001 now"):
+        grpo.run(_cfg(warm_model, out, resume=True, **{**kw, "learning_rate": 1e-3}))
+    assert run_killed("grpo", _cfg(warm_model, out, resume=True, **kw), "final-save") == -9
+    assert _marked(out) == {"checkpoint-4": True} and not (out / "model").exists()
+    resumed = grpo.run(_cfg(warm_model, out, resume=True, **kw))
+    assert resumed["train_steps"] == whole["train_steps"] == 4
+    logged = [json.loads(line) for line in (out / "log_history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in logged if "loss" in h] == [1, 2, 3, 4]  # steps 1-4 once each, across the kills
+    a, b = _weights(whole), _weights(resumed)
+    assert a.keys() == b.keys()
+    gap = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    moved = max((a[k].float() - _weights({"model_dir": warm_model})[k].float()).abs().max().item() for k in a)
+    assert moved > 1e-3 and gap == 0.0, (gap, moved)
+    assert (
+        resumed["reward_failures"] == whole["reward_failures"]
+    )  # counted over the whole run, across the kills

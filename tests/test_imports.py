@@ -16,6 +16,7 @@ STAGES = {
 }  # fmt: skip
 TRAINING = STAGES - {"tulu_kit.quickstart", "tulu_kit.data.stage", "tulu_kit.report"} | {
     "tulu_kit.training", "tulu_kit.trainers", "tulu_kit.launch", "tulu_kit.losses", "tulu_kit.rewards",
+    "tulu_kit.checkpoints",
 }  # fmt: skip
 
 

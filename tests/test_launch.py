@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tulu_kit import launch, training
+from tulu_kit import checkpoints, launch, training
 from tulu_kit.config import to_dict
 from tulu_kit.io import read_jsonl, write_jsonl
 from tulu_kit.results import read_result
@@ -61,12 +61,12 @@ def test_stream_tees_output_and_raises_with_the_tail_on_failure(tmp_path, capsys
 
 
 def test_last_complete_checkpoint_skips_unmarked_ones(tmp_path):
-    assert launch.last_complete_checkpoint(tmp_path / "missing") is None
+    assert checkpoints.last_complete_checkpoint(tmp_path / "missing") is None
     for step in (2, 10, 12):
         (tmp_path / f"checkpoint-{step}").mkdir()
-    (tmp_path / "checkpoint-2" / launch.COMPLETE).write_text("{}")
-    (tmp_path / "checkpoint-10" / launch.COMPLETE).write_text("{}")  # 10 > 2 numerically, not as text
-    assert launch.last_complete_checkpoint(tmp_path).name == "checkpoint-10"
+    (tmp_path / "checkpoint-2" / checkpoints.COMPLETE).write_text("{}")
+    (tmp_path / "checkpoint-10" / checkpoints.COMPLETE).write_text("{}")  # 10 > 2 numerically, not as text
+    assert checkpoints.last_complete_checkpoint(tmp_path).name == "checkpoint-10"
 
 
 def test_atomic_dir_replaces_only_on_success(tmp_path):

@@ -230,3 +230,119 @@ def test_reward_model_score_is_the_reward_and_starts_the_value_model(warm_model,
     ppo.run(cfg)
     (log,) = read_jsonl(tmp_path / "rm" / "log_history.jsonl")
     assert log["rm_score"] != 0.0 and log["score"] == pytest.approx(2.0 * log["rm_score"], rel=1e-5)
+
+
+# --------------------------------------------------------------------------- the checkpoint protocol, killed
+
+SHORT = dict(max_steps=4, save_steps=2, rollout_batch_size=8, per_device_train_batch_size=4, num_ppo_epochs=1)
+
+
+@pytest.fixture(scope="module")
+def short_whole(warm_model, tmp_path_factory) -> dict:
+    """The uninterrupted 4-iteration run every killed-and-resumed run below must end equal to."""
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("whole") / "ppo"
+    return ppo.run(_cfg(warm_model, out, **SHORT))
+
+
+def _same_weights(result: dict, whole: dict) -> None:
+    from safetensors.torch import load_file
+
+    got = load_file(Path(result["model_dir"]) / "model.safetensors")
+    want = load_file(Path(whole["model_dir"]) / "model.safetensors")
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)  # bit-exact: seeded rollouts, restored optimizer
+    assert result["reward_failures"] == whole["reward_failures"]  # counted over the whole run, across kills
+
+
+def _marked(out: Path) -> dict[str, bool]:
+    return {p.name: (p / "COMPLETE").is_file() for p in sorted((out / "checkpoints").glob("checkpoint-*"))}
+
+
+def test_another_runs_half_written_checkpoint_is_never_resumed(warm_model, tmp_path, short_whole):
+    """Run A is killed after checkpoint-2; run B (another learning rate) starts fresh in the same folder and is
+    killed while writing its checkpoint-2. A resumed must not take B's weights with A's optimizer: B's fresh start
+    removed A's checkpoints, B's own is unmarked, so A starts over and ends equal to the uninterrupted run. A
+    complete checkpoint of B is refused by name."""
+    from tests.killed_run import run_killed
+
+    torch.set_num_threads(1)
+    out = tmp_path / "ppo"
+    a, b = _cfg(warm_model, out, **SHORT), _cfg(warm_model, out, **{**SHORT, "learning_rate": 2e-3})
+    assert run_killed("ppo", a, "after-save", 2) == -9 and _marked(out) == {"checkpoint-2": True}
+    assert run_killed("ppo", b, "mid-save", 2) == -9 and _marked(out) == {"checkpoint-2": False}
+    resumed = ppo.run(_cfg(warm_model, out, resume=True, **SHORT))
+    assert resumed["train_steps"] == 4 and [h["step"] for h in read_jsonl(out / "log_history.jsonl")] == [
+        1,
+        2,
+        3,
+        4,
+    ]
+    _same_weights(resumed, short_whole)
+    assert run_killed("ppo", b, "after-save", 2) == -9  # now a complete checkpoint of B
+    from tulu_kit.checkpoints import CheckpointMismatch
+
+    with pytest.raises(CheckpointMismatch, match="learning_rate: 0.002 in the checkpoint, 0.001 now"):
+        ppo.run(_cfg(warm_model, out, resume=True, **SHORT))
+
+
+def test_kills_mid_save_and_in_the_final_save_resume_to_the_uninterrupted_weights(
+    warm_model, tmp_path, short_whole
+):
+    """save_total_limit 1, a checkpoint every iteration: killed while writing checkpoint-3 (checkpoint-2 stays the
+    one complete checkpoint), resumed and killed while writing the final model (checkpoint-3 rewritten, marked,
+    checkpoint-2 rotated away only then), resumed again: 4 iterations in all, no extra one, the same weights."""
+    from tests.killed_run import run_killed
+
+    torch.set_num_threads(1)
+    out = tmp_path / "ppo"
+    kw = {**SHORT, "save_steps": 1, "save_total_limit": 1}
+    assert run_killed("ppo", _cfg(warm_model, out, **kw), "mid-save", 3) == -9
+    assert _marked(out) == {"checkpoint-2": True, "checkpoint-3": False}
+    assert run_killed("ppo", _cfg(warm_model, out, resume=True, **kw), "final-save") == -9
+    assert _marked(out) == {"checkpoint-3": True} and not (out / "model").exists()
+    resumed = ppo.run(_cfg(warm_model, out, resume=True, **kw))
+    assert resumed["train_steps"] == 4 and [h["step"] for h in read_jsonl(out / "log_history.jsonl")] == [
+        1,
+        2,
+        3,
+        4,
+    ]
+    _same_weights(resumed, short_whole)
+
+
+def test_non_finite_reward_settings_are_refused(tmp_path):
+    for name, value in (("verification_reward", float("nan")), ("reward_model_multiplier", float("inf")),
+                        ("penalty_reward_value", float("-inf"))):  # fmt: skip
+        with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+            _cfg("m", tmp_path, **{name: value})
+    with pytest.raises(ValueError, match="score_placement"):
+        _cfg("m", tmp_path, score_placement="bos")
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_iteration(tiny_model, tmp_path, monkeypatch):
+    real = ppo.ppo_policy_loss
+
+    def nan_loss(*args, **kwargs):
+        loss, stats = real(*args, **kwargs)
+        return loss * float("nan"), stats
+
+    monkeypatch.setattr(ppo, "ppo_policy_loss", nan_loss)
+    cfg = _cfg(tiny_model, tmp_path / "nan", max_steps=2, rollout_batch_size=8, per_device_train_batch_size=4,
+               num_ppo_epochs=1)  # fmt: skip
+    with pytest.raises(
+        FloatingPointError, match="non-finite loss nan .* at iteration 1; the weights were not updated"
+    ):
+        ppo.run(cfg)
+    assert not (tmp_path / "nan" / "model").exists()
+
+
+def test_trainer_stages_stop_on_a_non_finite_logged_loss():
+    from types import SimpleNamespace
+
+    from tulu_kit import training
+
+    cb = training.finite_loss_callback()
+    cb.on_log(None, SimpleNamespace(global_step=3), None, logs={"loss": 1.5})
+    with pytest.raises(FloatingPointError, match="non-finite loss inf logged at step 7"):
+        cb.on_log(None, SimpleNamespace(global_step=7), None, logs={"loss": float("inf")})

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from tulu_kit import reward
+from tulu_kit import models, reward
 from tulu_kit.data.synthetic import synthetic_preference
 from tulu_kit.io import write_jsonl
 
@@ -21,7 +21,7 @@ def rm_model(tiny_model):
 
 def test_reward_is_read_at_the_last_non_pad_token(rm_model):
     seqs = [[1, 40, 41, 42, 2], [1, 50, 51]]
-    ids, mask = reward._pad(seqs, pad_id=0)
+    ids, mask = models.pad_batch(seqs, pad_id=0)
     with torch.no_grad():
         got = reward.get_reward(rm_model, ids, mask)
         for i, s in enumerate(seqs):  # one unpadded row at a time: the head on the last token's hidden state
@@ -33,7 +33,7 @@ def test_reward_is_read_at_the_last_non_pad_token(rm_model):
         assert torch.allclose(reward.get_reward(rm_model, wide_ids, wide_mask), got, atol=1e-5)
         assert torch.allclose(rm_model(input_ids=ids, attention_mask=mask).logits[:, 0], got, atol=1e-5)
         # padding with the eos id (tokenizers without a pad token): the mask still finds the true last token
-        eos_ids, eos_mask = reward._pad(seqs, pad_id=2)
+        eos_ids, eos_mask = models.pad_batch(seqs, pad_id=2)
         assert torch.allclose(reward.get_reward(rm_model, eos_ids, eos_mask), got, atol=1e-5)
 
 
@@ -44,7 +44,7 @@ def test_score_pairs_accuracy_and_loss(rm_model):
     ]
     out = reward.score_pairs(rm_model, rows, pad_id=0)
     with torch.no_grad():
-        r = [reward.get_reward(rm_model, *reward._pad([row[k]], 0)).item() for row in rows for k in ("chosen_ids",
+        r = [reward.get_reward(rm_model, *models.pad_batch([row[k]], 0)).item() for row in rows for k in ("chosen_ids",
              "rejected_ids")]  # fmt: skip
     assert out["accuracy"] == pytest.approx(((r[0] > r[1]) + (r[2] > r[3])) / 2)
     assert out["margin"] == pytest.approx(((r[0] - r[1]) + (r[2] - r[3])) / 2, rel=1e-4)

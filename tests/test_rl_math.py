@@ -66,12 +66,14 @@ def test_kl3_is_unbiased_for_the_true_kl():
     assert (p * d**2 / 2).sum().item() != pytest.approx(true_kl, rel=1e-2)
 
 
-def test_ppo_rewards_put_the_score_on_the_last_token():
+def test_ppo_rewards_put_the_score_after_the_response_or_on_its_last_token():
     kl = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]])
-    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
-    rewards, non_score = losses.ppo_rewards(torch.tensor([10.0, -10.0]), kl, mask, beta=0.5)
-    assert rewards.flatten().tolist() == pytest.approx([-0.05, 10.0 - 0.1, 0.0, -0.2, -0.25, -10.0 - 0.3])
+    lengths = torch.tensor([2, 3])
+    rewards, non_score = losses.ppo_rewards(torch.tensor([10.0, -10.0]), kl, lengths, beta=0.5)
+    assert rewards.flatten().tolist() == pytest.approx([-0.05, -0.1, 10.0, -0.2, -0.25, -10.0 - 0.3])
     assert non_score.tolist() == pytest.approx([-0.15, -0.75])
+    rewards, _ = losses.ppo_rewards(torch.tensor([10.0, -10.0]), kl, lengths, beta=0.5, placement="eos")
+    assert rewards.flatten().tolist() == pytest.approx([-0.05, 10.0 - 0.1, 0.0, -0.2, -0.25, -10.0 - 0.3])
 
 
 def test_clipped_policy_loss_by_hand():
@@ -113,3 +115,119 @@ def test_group_advantages_by_hand():
     assert losses.group_advantages(torch.ones(4), 2).tolist() == [0.0, 0.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="groups of 4"):
         losses.group_advantages(rewards, 4)
+
+
+# --------------------------------------------------------------------------- open-instruct's lines, same tensors
+
+EOS, PAD, JUNK = 2, 0, 7
+# one response per case, 6 columns: EOS mid-response (junk after it), at column 0, at the last column, absent,
+# a pad sampled before the EOS, a pad at column 0
+RESPONSES = [
+    [5, 6, EOS, JUNK, JUNK, JUNK],
+    [EOS, JUNK, JUNK, JUNK, JUNK, JUNK],
+    [5, 6, 5, 6, 5, EOS],
+    [5, 6, 5, 6, 5, 6],
+    [5, PAD, 6, EOS, JUNK, JUNK],
+    [PAD, 5, EOS, JUNK, JUNK, JUNK],
+]
+
+
+def _case(kl_estimator="kl1", gamma=1.0, lam=0.95, beta=0.05, seed=0):
+    from types import SimpleNamespace
+
+    g = torch.Generator().manual_seed(seed)
+    n, width = len(RESPONSES), len(RESPONSES[0])
+    args = SimpleNamespace(stop_token_id=EOS, min_response_length=0, non_stop_penalty=True, penalty_reward_value=-10.0,
+                           kl_estimator=kl_estimator, beta=beta, whiten_rewards=False, gamma=gamma, lam=lam,
+                           cliprange=0.2, cliprange_value=0.2)  # fmt: skip
+    t = dict(
+        response=torch.tensor(RESPONSES),
+        logprobs=-torch.rand(n, width, generator=g) * 3,
+        ref_logprobs=-torch.rand(n, width, generator=g) * 3,
+        values=torch.randn(n, width, generator=g),
+        scores=torch.randn(n, generator=g) * 5,
+        new_logprobs=-torch.rand(n, width, generator=g) * 3,
+        vpred=torch.randn(n, width, generator=g),
+    )
+    return args, t
+
+
+def _theirs(args, t):
+    from types import SimpleNamespace
+
+    from tests import oi_ppo_reference as oi
+
+    query = torch.ones(len(RESPONSES), 3, dtype=torch.long)
+    post, seq_len = oi.sequence_lengths_of(args, SimpleNamespace(pad_token_id=PAD), query, t["response"])
+    rewards, adv, ret, values, pmask, pmask_p1, has_eos = oi.advantages_and_returns(
+        args, t["response"], post, seq_len, t["logprobs"], t["ref_logprobs"], t["values"], t["scores"])  # fmt: skip
+    full_vpred = torch.cat([torch.zeros(len(RESPONSES), 2), t["vpred"], torch.zeros(len(RESPONSES), 1)], 1)
+    logprobs = torch.masked_fill(t["logprobs"], pmask, oi.INVALID_LOGPROB)
+    vf_loss, pg_loss = oi.losses(args, (full_vpred[..., None],), t["new_logprobs"], values, ret, logprobs, adv,
+                                 pmask_p1, pmask, slice(None), 3)  # fmt: skip
+    return dict(lengths=seq_len + 1, has_eos=has_eos, rewards=rewards, advantages=adv, returns=ret,
+                vf_loss=vf_loss, pg_loss=pg_loss)  # fmt: skip
+
+
+def _ours(args, t, placement="after_eos"):
+    lengths, has_eos = losses.response_lengths(t["response"], EOS, PAD)
+    width = t["response"].shape[1]
+    mask, vmask = losses.length_mask(lengths, width), losses.value_mask(lengths, width, placement)
+    scores = torch.where(has_eos, t["scores"], torch.full_like(t["scores"], args.penalty_reward_value))
+    kl = losses.kl_penalty(t["logprobs"], t["ref_logprobs"], args.kl_estimator) * mask
+    rewards, _ = losses.ppo_rewards(scores, kl, lengths, args.beta, placement)
+    raw, returns = losses.gae(rewards, t["values"] * vmask, vmask, args.gamma, args.lam)
+    advantages = losses.masked_whiten(raw, mask)
+    vf_loss, _ = losses.ppo_value_loss(
+        t["vpred"] * vmask, t["values"] * vmask, returns, vmask, args.cliprange_value
+    )
+    pg_loss, _ = losses.ppo_policy_loss(t["new_logprobs"], t["logprobs"], advantages, mask, args.cliprange)
+    return dict(lengths=lengths, has_eos=has_eos, rewards=rewards, advantages=advantages, returns=returns,
+                vf_loss=vf_loss, pg_loss=pg_loss)  # fmt: skip
+
+
+def _max_diff(ours, theirs) -> dict:
+    return {k: (ours[k].float() - theirs[k].float()).abs().max().item() for k in ours}
+
+
+@pytest.mark.parametrize("kl_estimator", ["kl1", "kl2", "kl3"])
+@pytest.mark.parametrize(("gamma", "lam"), [(1.0, 0.95), (0.9, 0.8), (1.0, 1.0)])
+def test_default_placement_equals_open_instructs_lines(kl_estimator, gamma, lam):
+    args, t = _case(kl_estimator, gamma, lam, seed=hash((kl_estimator, gamma, lam)) % 1000)
+    theirs = _theirs(args, t)
+    ours = _ours(args, t)
+    assert ours["lengths"].tolist() == [3, 1, 6, 6, 1, 0]  # the pad before the EOS ends the response
+    assert ours["has_eos"].tolist() == [True, True, True, False, True, False]
+    diffs = _max_diff(ours, theirs)
+    assert max(diffs.values()) <= 5e-6, diffs  # fp32 rounding on values of size ~10
+    # the score sits one column after the response: column 3 for the first case, 1 for the EOS at column 0
+    assert ours["rewards"][0, 3] == pytest.approx(t["scores"][0].item())
+    assert (
+        ours["rewards"][2, 5] != 0 and ours["rewards"][5, 0] == -10.0
+    )  # empty: penalised, score at column 0
+
+
+def test_eos_placement_differs_from_open_instruct_only_when_a_response_ends_early():
+    args, t = _case()
+    theirs, ours = _theirs(args, t), _ours(args, t, placement="eos")
+    assert ours["rewards"][0, 2] == pytest.approx(
+        t["scores"][0].item() - args.beta * (t["logprobs"] - t["ref_logprobs"])[0, 2].item()
+    )
+    assert ours["rewards"][0, 3] == 0.0  # nothing after the EOS
+    assert (ours["advantages"] - theirs["advantages"]).abs().max() > 0.01  # a real difference, by design
+    assert (
+        ours["returns"] - theirs["returns"]
+    ).abs().max() > 1.0  # the value learns the score one column earlier
+    # rows whose response fills every column put the score on the last one either way
+    full = [2, 3]
+    assert torch.allclose(ours["rewards"][full], theirs["rewards"][full], atol=1e-6)
+
+
+def test_score_index_and_value_mask():
+    lengths = torch.tensor([3, 6, 0])
+    assert losses.score_index(lengths, 6).tolist() == [3, 5, 0]
+    assert losses.score_index(lengths, 6, "eos").tolist() == [2, 5, 0]
+    assert losses.value_mask(lengths, 6).tolist() == [[1, 1, 1, 1, 0, 0], [1] * 6, [1, 0, 0, 0, 0, 0]]
+    assert losses.value_mask(lengths, 6, "eos").tolist() == [[1, 1, 1, 0, 0, 0], [1] * 6, [0] * 6]
+    with pytest.raises(ValueError, match="score placement"):
+        losses.score_index(lengths, 6, "bos")

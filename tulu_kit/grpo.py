@@ -30,11 +30,10 @@ from pathlib import Path
 from typing import Literal
 
 from tulu_kit import plots, rewards, training
-from tulu_kit.training import LoRAFields
+from tulu_kit.training import TOY_TASK, LoRAFields
 
 logger = logging.getLogger(__name__)
 
-TOY_TASK = "synthetic_arithmetic"  # train_file naming the offline toy task (tulu_kit.data.synthetic)
 CURVES = ("reward", "kl", "completions/mean_length", "clip_ratio/region_mean", "entropy", "reward_std")
 
 
@@ -59,17 +58,27 @@ class GRPOConfig(LoRAFields):
     vllm_server_host: str = "0.0.0.0"  # server mode: the host running `trl vllm-serve`
     vllm_server_port: int = 8000  # server mode: its port
     vllm_gpu_memory_utilization: float = 0.3  # colocate mode: share of each GPU vLLM may hold
+    optimizer_steps_per_rollout: int = (
+        1  # optimizer steps each generated batch is split into (open-instruct: 2)
+    )
     # --- the algorithm
     algorithm: Literal["grpo", "rloo"] = "grpo"  # rloo: TRL's RLOOTrainer (leave-one-out baseline)
     # --- rewards and advantages
-    reward_scale: float = 1.0  # multiplies the verifiable reward (open-instruct: 10)
+    reward_scale: float = 1.0  # multiplies the verifiable reward (open-instruct: verification_reward 10)
+    non_stop_penalty: bool = (
+        False  # a completion cut at max_completion_length (no EOS) scores penalty_reward_value
+    )
+    penalty_reward_value: float = 0.0  # that score (Tulu 3.1 GRPO: 0.0, i.e. truncated answers earn nothing)
     scale_rewards: Literal["group", "batch", "none"] = "group"  # divide advantages by the group/batch std
     # --- the policy loss (TRL's GRPOTrainer)
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo"] = "dapo"  # token-loss averaging
     beta: float = 0.01  # KL coefficient β against the reference (Tulu 3.1: 0.01; 0: no reference model)
     epsilon: float = 0.2  # clip range ε of the ratio
     epsilon_high: float = 0.0  # upper clip ε_high (DAPO: 0.28); 0: same as epsilon
-    num_iterations: int = 1  # policy updates per generated batch (μ)
+    num_iterations: int = 1  # passes over each generated batch (μ)
+    # TRL 1.16 multiplies the KL term by the importance ratio π_θ/π_old (DeepSeek-V3.2's unbiased KL gradient; it
+    # changes the gradient even on-policy); false: β·KL_t as GRPO's paper and open-instruct write it. GRPO only.
+    use_bias_correction_kl: bool = True
     mask_truncated_completions: bool = False  # drop completions cut at max_completion_length from the loss
     log_completions: bool = True  # write every step's prompts, completions, rewards, advantages (parquet)
     # --- defaults GRPO changes
@@ -81,7 +90,7 @@ class GRPOConfig(LoRAFields):
         if self.num_generations < 2:
             raise ValueError(f"num_generations must be at least 2 (a group), got {self.num_generations}")
         per_step = self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_processes
-        if per_step % self.num_generations:
+        if per_step * self.optimizer_steps_per_rollout % self.num_generations:
             raise ValueError(
                 f"per_device_train_batch_size × gradient_accumulation_steps × num_processes = {per_step} "
                 f"completions per step must be a multiple of num_generations {self.num_generations} (whole groups)"
@@ -96,6 +105,21 @@ class GRPOConfig(LoRAFields):
         if self.max_completion_length < 1 or self.max_completion_length >= self.max_length:
             raise ValueError(f"max_completion_length must be in [1, max_length {self.max_length}), "
                              f"got {self.max_completion_length}")  # fmt: skip
+        if self.algorithm == "rloo" and self.scale_rewards == "group":
+            raise ValueError(
+                "algorithm rloo with scale_rewards group: TRL 1.16's RLOOTrainer can only normalise advantages over "
+                "the whole batch (normalize_advantages), not per group; set scale_rewards: batch (that) or none"
+            )
+        if self.algorithm == "rloo" and not self.use_bias_correction_kl:
+            raise ValueError(
+                "use_bias_correction_kl is a GRPO setting: RLOO puts the KL in the reward; leave it true"
+            )
+        if not math.isfinite(self.penalty_reward_value):
+            raise ValueError(f"penalty_reward_value must be a finite number, got {self.penalty_reward_value}")
+        if self.optimizer_steps_per_rollout < 1:
+            raise ValueError(
+                f"optimizer_steps_per_rollout must be at least 1, got {self.optimizer_steps_per_rollout}"
+            )
         if self.num_iterations < 1 or self.synthetic_size < 1 or self.max_train_samples < 0:
             raise ValueError("num_iterations and synthetic_size must be >= 1, max_train_samples >= 0")
         if not 0 < self.vllm_gpu_memory_utilization <= 1:
@@ -117,19 +141,8 @@ class GRPOConfig(LoRAFields):
 
 
 def load_rows(cfg: GRPOConfig) -> list[dict]:
-    """The RLVR rows to train on (the toy task, a JSONL file or a Hub dataset), checked before any work."""
-    from tulu_kit.data.synthetic import synthetic_arithmetic
-    from tulu_kit.io import read_rows
-
-    if cfg.train_file == TOY_TASK:
-        rows = synthetic_arithmetic(cfg.synthetic_size, seed=cfg.seed)
-    else:
-        rows = read_rows(cfg.train_file, cfg.train_split)
-    rows = rows[: cfg.max_train_samples] if cfg.max_train_samples else rows
-    rewards.check_rows(rows, cfg.train_file)
-    if not rows:
-        raise ValueError(f"{cfg.train_file}: no RLVR rows")
-    return rows
+    """The RLVR rows to train on, checked before any work (:func:`tulu_kit.training.load_rlvr_rows`)."""
+    return training.load_rlvr_rows(cfg)
 
 
 def prompt_dataset(rows: list[dict], tokenizer, max_prompt_tokens: int):
@@ -139,9 +152,7 @@ def prompt_dataset(rows: list[dict], tokenizer, max_prompt_tokens: int):
 
     kept = []
     for row in rows:
-        messages = list(row["messages"])
-        if messages[-1].get("role") == "assistant":  # a reference answer in the row is not part of the prompt
-            messages = messages[:-1]
+        messages = training.rlvr_prompt(row)
         ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
         ids = ids if isinstance(ids, list) else ids["input_ids"]  # transformers 5: a BatchEncoding
         if len(ids) <= max_prompt_tokens:
@@ -182,9 +193,10 @@ def trl_args(cfg: GRPOConfig, has_eval: bool = False):
 
     vllm = use_vllm(cfg)
     if cfg.algorithm == "rloo":  # RLOO's advantage is r_i minus the mean of the other G-1; no loss_type
-        own = dict(normalize_advantages=cfg.scale_rewards != "none")
+        own = dict(normalize_advantages=cfg.scale_rewards == "batch")  # "group" is refused by the config
     else:
-        own = dict(loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards)
+        own = dict(loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards,
+                   use_bias_correction_kl=cfg.use_bias_correction_kl)  # fmt: skip
     return training.training_arguments(
         cfg,
         RLOOConfig if cfg.algorithm == "rloo" else TRLGRPOConfig,
@@ -198,6 +210,8 @@ def trl_args(cfg: GRPOConfig, has_eval: bool = False):
         epsilon=cfg.epsilon,
         epsilon_high=cfg.epsilon_high or None,
         num_iterations=cfg.num_iterations,
+        # one generated batch feeds optimizer_steps_per_rollout optimizer steps (open-instruct's num_mini_batches)
+        steps_per_generation=cfg.gradient_accumulation_steps * cfg.optimizer_steps_per_rollout,
         mask_truncated_completions=cfg.mask_truncated_completions,
         log_completions=cfg.log_completions,
         num_completions_to_print=0,
@@ -208,6 +222,26 @@ def trl_args(cfg: GRPOConfig, has_eval: bool = False):
         vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
         vllm_max_model_length=cfg.max_length if vllm else None,
     )
+
+
+def reward_funcs(cfg: GRPOConfig, stop_ids: set[int]) -> list:
+    """The verifiable reward × ``reward_scale`` (:func:`tulu_kit.rewards.trl_reward_funcs`); with
+    ``non_stop_penalty`` a completion cut at max_completion_length (its last token neither EOS nor pad: TRL's
+    test for ``mask_truncated_completions``) scores ``penalty_reward_value`` instead, as open-instruct's
+    ``--non_stop_penalty`` (grpo_vllm_thread_ray_gtrl.py L1207-1210 at 686a521a)."""
+    (verifiable,) = rewards.trl_reward_funcs(cfg.reward_scale)
+    if not cfg.non_stop_penalty:
+        return [verifiable]
+
+    def penalised(prompts, completions, completion_ids, **kwargs) -> list[float]:
+        scores = verifiable(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
+        return [
+            s if ids and ids[-1] in stop_ids else cfg.penalty_reward_value
+            for s, ids in zip(scores, completion_ids)
+        ]
+
+    penalised.__name__ = verifiable.__name__
+    return [penalised]
 
 
 def build_trainer(cfg: GRPOConfig, callbacks=None, trainer_cls=None):
@@ -223,7 +257,7 @@ def build_trainer(cfg: GRPOConfig, callbacks=None, trainer_cls=None):
     trainer_cls = trainer_cls or (RLOOTrainer if cfg.algorithm == "rloo" else GRPOTrainer)
     trainer = trainer_cls(
         model=model,
-        reward_funcs=rewards.trl_reward_funcs(cfg.reward_scale),
+        reward_funcs=reward_funcs(cfg, {tokenizer.eos_token_id, tokenizer.pad_token_id}),
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
@@ -309,24 +343,46 @@ def sample_rollouts(model_dir: str | Path, rows: list[dict], max_new_tokens: int
 
 
 def reward_curve(log_history: list[dict]) -> dict:
-    """First and last logged mean reward and KL, and the mean reward of the first and last quarter of steps."""
-    r = [h["reward"] for h in log_history if h.get("reward") is not None]
-    kl = [h["kl"] for h in log_history if h.get("kl") is not None]
-    q = max(1, len(r) // 4)
-    return {
-        "reward_first": r[0] if r else float("nan"),
-        "reward_last": r[-1] if r else float("nan"),
-        "reward_first_quarter": sum(r[:q]) / q if r else float("nan"),
-        "reward_last_quarter": sum(r[-q:]) / q if r else float("nan"),
-        "kl_last": kl[-1] if kl else float("nan"),
-        "kl_max": max(kl) if kl else float("nan"),
-    }
+    """:func:`tulu_kit.training.reward_summary` of the logged mean reward and KL."""
+    return training.reward_summary([h["reward"] for h in log_history if h.get("reward") is not None],
+                                   [h["kl"] for h in log_history if h.get("kl") is not None])  # fmt: skip
+
+
+FAILURES_NAME = "reward_failures.json"
+
+
+def failures_callback():
+    """Writes the reward-failure counts into each checkpoint (before the Trainer saves it and before its COMPLETE
+    marker), so that a resumed run reports the whole run's counts."""
+    from transformers import TrainerCallback
+
+    from tulu_kit.io import atomic_write_json
+
+    class RewardFailures(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if control.should_save and state.is_world_process_zero:
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                atomic_write_json(folder / FAILURES_NAME, rewards.failure_counts())
+
+    return RewardFailures()
+
+
+def resumed_failures(cfg: GRPOConfig) -> dict:
+    """The reward-failure counts saved with the checkpoint this run resumes from (empty when none)."""
+    from tulu_kit import checkpoints
+    from tulu_kit.config import to_dict
+    from tulu_kit.io import read_json
+
+    folder = Path(cfg.out_dir) / "checkpoints"
+    found = checkpoints.last_complete_checkpoint(folder, to_dict(cfg)) if cfg.resume else None
+    return read_json(found / FAILURES_NAME) if found and (found / FAILURES_NAME).is_file() else {}
 
 
 def train(cfg: GRPOConfig, callbacks=None) -> dict:
     """Train in this process (one rank of a launched job, or alone); rank 0 writes the model and the result."""
     rewards.failure_counts(reset=True)
-    trainer, info = build_trainer(cfg, callbacks)
+    rewards.FAILURES.update(resumed_failures(cfg))
+    trainer, info = build_trainer(cfg, [failures_callback(), *(callbacks or [])])
     runtime = training.fit(trainer, cfg)
     model_dir = training.save_model(trainer, cfg)
     if trainer.accelerator.is_main_process:

@@ -12,25 +12,17 @@ Launcher facts this module encodes (each checked on this project's machines):
 * DeepSpeed goes through ``--use_deepspeed --deepspeed_config_file`` (ZeRO-2/3, offload; gloo on CPU). ZeRO-3
   needs ``deepspeed.init_distributed`` before the model is built (under either launcher): :func:`worker_config`.
 
-Checkpoints: the Trainer writes ``checkpoint-N``; :func:`complete_checkpoint_callback` removes a stale folder of
-that step before the save, then adds the resolved config and, last, a ``COMPLETE`` marker (after every rank has
-written its part), and only then deletes checkpoints beyond ``save_total_limit`` (the Trainer is not asked to
-rotate: it would delete the previous checkpoint before the new one is marked). :func:`last_complete_checkpoint`
-ignores a checkpoint without the marker, so a run killed mid-save resumes from the previous one, and refuses one
-whose config shows another run (:func:`run_identity`). :func:`tulu_kit.io.atomic_dir` writes a final model beside
-its target and renames it into place.
+Checkpoints follow one protocol for every stage, in :mod:`tulu_kit.checkpoints`. :func:`tulu_kit.io.atomic_dir`
+writes a final model beside its target and renames it into place.
 """
 
 from __future__ import annotations
 
 import codecs
 import collections
-import hashlib
-import json
 import logging
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -42,9 +34,6 @@ from tulu_kit.config import REPO_ROOT, from_dict, load_yaml
 from tulu_kit.io import atomic_dir, atomic_write_json, atomic_write_text  # noqa: F401 (atomic_dir: for the stages)
 
 logger = logging.getLogger(__name__)
-
-COMPLETE = "COMPLETE"
-CONFIG_NAME = "tulu_kit_config.json"
 
 
 class LaunchError(RuntimeError):
@@ -205,173 +194,6 @@ def worker_config(cls: type, argv: list[str]):
 
         ds.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     return cfg
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-# Fields that may change when a run resumes: where it runs and what it reports, not what it computes.
-# Kept in the identity: num_processes (with the per-device batch and accumulation it fixes which examples make
-# each optimizer step, and so the data skipped on resume), max_steps and num_train_epochs (the scheduler decays
-# the learning rate over the total steps: a 100-step checkpoint continued to 200 steps follows a schedule that
-# neither config describes, and the saved config would lie), deepspeed (ZeRO checkpoints hold sharded optimizer
-# states a plain DDP run cannot read). To train longer, start a new run from the saved model.
-RESUMABLE_KEYS = (
-    "resume", "out_dir", "launcher", "num_machines", "machine_rank", "main_process_ip", "main_process_port",
-    "report_to", "logging_steps", "save_steps", "save_total_limit", "eval_steps",
-)  # fmt: skip
-
-
-class CheckpointMismatch(ValueError):
-    """A complete checkpoint in the folder belongs to another run (its config differs in the run's identity)."""
-
-
-def run_identity(config: dict) -> dict:
-    """What makes two configs the same run: the resolved config (as JSON) minus :data:`RESUMABLE_KEYS`."""
-    plain = json.loads(json.dumps(config, default=str))
-    return {k: v for k, v in plain.items() if k not in RESUMABLE_KEYS}
-
-
-def _differences(saved: dict, current: dict) -> list[str]:
-    keys = sorted(set(saved) | set(current))
-    missing = "<absent>"
-    return [
-        f"{k}: {saved.get(k, missing)!r} in the checkpoint, {current.get(k, missing)!r} now"
-        for k in keys
-        if saved.get(k, missing) != current.get(k, missing)
-    ]
-
-
-def _is_main() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def _discard(path: Path) -> None:
-    """Delete a checkpoint so that no kill leaves it marked: rename it out of the ``checkpoint-N`` pattern first."""
-    trash = path.parent / f".deleting-{path.name}"
-    shutil.rmtree(trash, ignore_errors=True)
-    os.replace(path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-def _checkpoints(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted((p for p in folder.iterdir() if _step(p) >= 0 and p.is_dir()), key=_step)
-
-
-def rotate_checkpoints(folder: str | Path, newest: Path, save_total_limit: int | None) -> list[Path]:
-    """Delete the checkpoints older than ``newest`` beyond ``save_total_limit`` (complete ones kept first).
-
-    Called only once ``newest`` is marked COMPLETE, so a kill at any point leaves at least one complete checkpoint.
-    Returns the deleted folders.
-    """
-    for trash in Path(folder).glob(".deleting-checkpoint-*"):  # a deletion cut short by a kill
-        shutil.rmtree(trash, ignore_errors=True)
-    if not save_total_limit or save_total_limit < 1:
-        return []
-    older = [p for p in _checkpoints(Path(folder)) if _step(p) < _step(newest)]
-    keep = (
-        [p for p in older if (p / COMPLETE).is_file()][-(save_total_limit - 1) :]
-        if save_total_limit > 1
-        else []
-    )
-    doomed = [p for p in older if p not in keep]
-    for path in doomed:
-        _discard(path)
-    return doomed
-
-
-def complete_checkpoint_callback(config: dict, save_total_limit: int | None = None):
-    """A TrainerCallback that makes every ``checkpoint-N`` either whole and marked COMPLETE, or unmarked.
-
-    * a fresh run (step 0) removes checkpoints left in the folder: they belong to an earlier run or attempt;
-    * before a save, a folder of the same step (a rewrite) is removed, so no old marker sits beside new weights;
-    * after every rank has written its part, the config and then, last, the COMPLETE marker are written;
-    * only then are the checkpoints beyond ``save_total_limit`` deleted (the Trainer must not rotate itself).
-    """
-    from transformers import TrainerCallback  # here: importing it pulls in peft, seconds at import time
-
-    class CompleteCheckpointCallback(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            folder = Path(args.output_dir)
-            if state.global_step == 0 and _is_main():
-                for path in _checkpoints(folder):
-                    logger.warning("fresh run (resume off): removing %s left by an earlier run", path)
-                    _discard(path)
-            _barrier()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if not control.should_save:
-                return
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if _is_main() and folder.exists():
-                _discard(folder)
-            _barrier()  # no rank writes into the folder before the stale one is gone
-
-        def on_save(self, args, state, control, **kwargs):
-            _barrier()
-            if state.is_world_process_zero:
-                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                atomic_write_json(folder / CONFIG_NAME, config)
-                marker = {"global_step": state.global_step, "identity": identity_hash(config)}
-                atomic_write_text(folder / COMPLETE, json.dumps(marker) + "\n")
-                rotate_checkpoints(args.output_dir, folder, save_total_limit)
-            _barrier()
-            return control
-
-    return CompleteCheckpointCallback()
-
-
-def identity_hash(config: dict) -> str:
-    """A short hash of :func:`run_identity`, recorded in each COMPLETE marker."""
-    return hashlib.sha256(json.dumps(run_identity(config), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _step(path: Path) -> int:
-    match = re.fullmatch(r"checkpoint-(\d+)", path.name)
-    return int(match.group(1)) if match else -1
-
-
-def last_complete_checkpoint(folder: str | Path, config: dict | None = None) -> Path | None:
-    """The highest-step ``checkpoint-N`` in ``folder`` that has its COMPLETE marker (None if there is none).
-
-    With ``config``, that checkpoint must belong to the same run (:func:`run_identity`): one of another run raises
-    :class:`CheckpointMismatch` naming the folder and the keys that differ, rather than resuming it.
-    """
-    folder = Path(folder)
-    for path in reversed(_checkpoints(folder)):
-        if not (path / COMPLETE).is_file():
-            logger.warning("ignoring incomplete checkpoint %s (no %s marker)", path, COMPLETE)
-            continue
-        if config is None:
-            return path
-        advice = (
-            f"Resuming continues the same run. Train into another out_dir, or delete {folder} to start over."
-        )
-        try:
-            saved = json.loads((path / CONFIG_NAME).read_text())
-        except (OSError, ValueError):
-            raise CheckpointMismatch(
-                f"{path}: complete, but its {CONFIG_NAME} is missing or unreadable, so it cannot be told to be "
-                f"this run's. {advice}"
-            ) from None
-        diff = _differences(run_identity(saved), run_identity(config))
-        if diff:
-            raise CheckpointMismatch(
-                f"{path} belongs to another run; it differs in:\n  " + "\n  ".join(diff) + f"\n{advice}"
-            )
-        return path
-    return None
 
 
 def resolve_path(path: str) -> str:

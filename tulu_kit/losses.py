@@ -217,9 +217,11 @@ def preference_loss(
 
 
 # --------------------------------------------------------------------------- RL: PPO and GRPO
-# Per-token tensors have shape (batch, response_length) and a mask that is 1 on response tokens (up to and
-# including the EOS) and 0 on padding. Names and formulas follow open-instruct's `ppo_vllm_thread_ray_gtrl.py`
-# (commit 9502f163, lines 470-503 and 1288-1390), where Tulu 3's PPO ran.
+# Per-token tensors have shape (batch, response_length). A response's tokens (up to and including its EOS; see
+# `response_lengths`) form its mask; the value mask adds the column after them, where open-instruct puts the score
+# (`score_index`). Names and formulas follow open-instruct's `ppo_vllm_thread_ray_gtrl.py` (commit 9502f163,
+# lines 470-503 and 1203-1390), where Tulu 3's PPO ran; `tests/test_rl_math.py` runs its lines, vendored verbatim,
+# beside these functions on the same tensors.
 
 KL_ESTIMATORS = ("kl1", "kl2", "kl3")
 
@@ -262,22 +264,77 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
     raise ValueError(f"unknown KL estimator {estimator!r}; expected one of {KL_ESTIMATORS}")
 
 
-def ppo_rewards(
-    scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token rewards: `-β·kl` on every response token, plus the sequence's score on its last token.
+SCORE_PLACEMENTS = ("after_eos", "eos")
 
-    (open-instruct L1302-1307 adds the score one position *after* the last token, inside its value mask; here it
-    lands on the last token itself, the EOS when there is one, which the value and GAE masks both cover.)
-    Returns (rewards, non-score reward per sequence).
+
+def response_lengths(response: torch.Tensor, eos_id: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each sampled response ends, as open-instruct decides it (OI L1203-1208, L1273; `truncate_response` and
+    `first_true_indices` of `open_instruct/model_utils.py` at 9502f163): everything after the first EOS becomes
+    padding, then the response is the tokens before the first pad. So the EOS is kept, and a pad token the policy
+    sampled *before* its EOS ends the response there (the pad and what follows are not part of it).
+
+    When the tokenizer's pad is its EOS, the first EOS ends the response and is kept (open-instruct never ran so:
+    Tulu's tokenizer has its own pad). Returns (lengths: response tokens per row, has_eos: an EOS was sampled at
+    all in a non-empty response, open-instruct's `contain_stop_token`, which drives the non-stop penalty)."""
+    width = response.shape[1]
+    cols = torch.arange(width, device=response.device)
+    is_eos = response == eos_id
+    first_eos = torch.where(
+        is_eos.any(1), is_eos.long().argmax(1), torch.full_like(is_eos[:, 0], width, dtype=torch.long)
+    )
+    end = (first_eos + 1).clamp(max=width)  # the EOS is kept
+    if pad_id != eos_id:
+        is_pad = (response == pad_id) & (cols[None] < first_eos[:, None])
+        first_pad = torch.where(is_pad.any(1), is_pad.long().argmax(1), torch.full_like(end, width))
+        end = torch.minimum(end, first_pad)
+    return end, is_eos.any(1) & (end > 0)  # OI L1276: an empty response does not count as stopped
+
+
+def length_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """A float mask of shape (batch, width): 1 on the first `lengths[i]` columns of row i."""
+    return (torch.arange(width, device=lengths.device)[None] < lengths[:, None]).float()
+
+
+def score_index(lengths: torch.Tensor, width: int, placement: str = "after_eos") -> torch.Tensor:
+    """The column that receives each sequence's score.
+
+    * `after_eos` (the default; open-instruct OI L1287-1307 and TRL's `PPOTrainer` up to 1.12): one column after the
+      last response token (`sequence_lengths + 1`), or the last token when the response fills every column. The
+      value model is trained on that column too (its mask is the response plus one column, `value_mask`), so
+      `V_{T+1}`, the value of the finished response, learns the score, and the score reaches the last action through
+      GAE as `γλ(score - V_{T+1})`.
+    * `eos`: on the last response token itself (its EOS when there is one), the value trained on response tokens
+      only. The kit's earlier choice, kept as an option for its reason: the score lands undamped on the action
+      that earned it, and no value is fit at a state where the policy takes no action.
     """
-    mask = mask.to(kl.dtype)
-    rewards = -beta * kl * mask
+    if placement not in SCORE_PLACEMENTS:
+        raise ValueError(f"unknown score placement {placement!r}; expected one of {SCORE_PLACEMENTS}")
+    last = (lengths - 1).clamp(min=0)
+    if placement == "eos":
+        return last
+    return torch.where(lengths < width, lengths, last)
+
+
+def value_mask(lengths: torch.Tensor, width: int, placement: str = "after_eos") -> torch.Tensor:
+    """The columns the value model is trained on and GAE runs over: the response, plus (after_eos) the score's
+    column (open-instruct's `~padding_mask_p1`)."""
+    mask = length_mask(lengths, width)
+    if placement == "eos":
+        return mask
+    return torch.maximum(mask, length_mask(score_index(lengths, width, placement) + 1, width))
+
+
+def ppo_rewards(
+    scores: torch.Tensor, kl: torch.Tensor, lengths: torch.Tensor, beta: float, placement: str = "after_eos"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards: `-β·kl_t` on every response token, plus the sequence's score at `score_index` (OI
+    L1291-1307). Returns (rewards, 0 outside `value_mask`; non-score reward per sequence)."""
+    width = kl.shape[1]
+    rewards = -beta * kl * length_mask(lengths, width).to(kl.dtype)
     non_score = rewards.sum(1)
-    last = (mask.sum(1).long() - 1).clamp(min=0)
     rewards = rewards.clone()
-    rewards[torch.arange(rewards.shape[0]), last] += scores
-    return rewards * mask, non_score
+    rewards[torch.arange(rewards.shape[0]), score_index(lengths, width, placement)] += scores
+    return rewards * value_mask(lengths, width, placement).to(kl.dtype), non_score
 
 
 def gae(

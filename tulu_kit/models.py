@@ -344,6 +344,19 @@ def merge_lora(
 
 
 @torch.no_grad()
+def pad_batch(seqs: list[list[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists as one (batch, longest) tensor of ids, padded with ``pad_id`` on the right (or ``left``, for
+    generation), and its attention mask (1 on tokens). The one padding helper of the kit's own loops."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        cols = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[r, cols] = torch.tensor(s, dtype=torch.long)
+        mask[r, cols] = 1
+    return ids, mask
+
+
 def response_logprobs(model, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Summed log p(response | prompt) of tokenized pairs (``prompt_ids``, ``chosen_ids``, ``rejected_ids``).
 

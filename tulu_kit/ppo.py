@@ -9,11 +9,14 @@ accelerate, after open-instruct's `open_instruct/ppo_vllm_thread_ray_gtrl.py` (c
    reference's per-token log-probs and the value model's per-token values (OI L1150-1250);
 2. **reward**: `score = reward_model_multiplier × RM(prompt + response) + verification_reward × verifier(row,
    response)` (OI L1210-1232; the verifier is `tulu_kit.rewards.verifiable_reward`, i.e. the eval scorers); with
-   `non_stop_penalty` a response without EOS gets `penalty_reward_value` instead (OI L1271-1281). Per-token
-   rewards are `-β·kl_t` plus the score on the last token, `kl_t` Schulman's estimator `kl_estimator` (k1 by
-   default, as OI L1291-1307; `tulu_kit.losses.kl_penalty`);
-3. **advantage**: GAE with γ, λ on the value model's values (γ 1, λ 0.95), returns = advantages + values,
-   advantages whitened over the batch's response tokens (OI L1313-1327; `tulu_kit.losses.gae`, `masked_whiten`);
+   `non_stop_penalty` a response without EOS gets `penalty_reward_value` instead (OI L1271-1281). A response ends
+   at its first EOS (kept) or at a pad token sampled before it (OI L1203-1208). Per-token rewards are `-β·kl_t` on
+   the response tokens, `kl_t` Schulman's estimator `kl_estimator` (k1 by default; `tulu_kit.losses.kl_penalty`),
+   plus the score one column *after* the last response token, where the value model is trained too
+   (`score_placement: after_eos`, open-instruct's and TRL's placement, OI L1282-1307); `score_placement: eos`
+   puts it on the last token instead (`tulu_kit.losses.score_index` says why one might);
+3. **advantage**: GAE with γ, λ on the value model's values (γ 1, λ 0.95) over the value mask (the response,
+   plus the score's column), returns = advantages + values, advantages whitened over the batch's response tokens (OI L1313-1327; `tulu_kit.losses.gae`, `masked_whiten`);
 4. **update**: `num_ppo_epochs` passes over the rollouts in shuffled mini-batches of
    `per_device_train_batch_size × gradient_accumulation_steps`, each one optimizer step of the clipped policy
    loss (ε `cliprange`) + `vf_coef` × the clipped value loss (`cliprange_value`) (OI L1329-1390).
@@ -22,8 +25,9 @@ Models: the policy starts from `model` (SFT or DPO); the reference is a frozen c
 the same weights with the adapter disabled (no second copy). The value model is an
 `AutoModelForSequenceClassification` started from `value_model`, else `reward_model` (OI L723: from the reward
 model), else the policy's weights with a fresh scalar head. Policy and value model train together as one module
-with one AdamW (as TRL's old `PolicyAndValueWrapper`); since their parameters are disjoint and gradient clipping is
-off by default this equals OI's two optimizers with the same learning rate. With `offload_models` the reference
+with one AdamW (as TRL's old `PolicyAndValueWrapper`); their parameters are disjoint, so this equals OI's two
+optimizers with the same learning rate, and `max_grad_norm` clips each model's own gradient norm as OI's two DeepSpeed
+engines do (under DeepSpeed the kit's one engine clips their joint norm). With `offload_models` the reference
 and reward models wait on the CPU while the policy trains (a GPU memory saver; a no-op on CPU).
 
 Launching: `launcher: accelerate` on 1..N processes: DDP (gloo on CPU), or DeepSpeed ZeRO-2 (`deepspeed:
@@ -34,7 +38,8 @@ generates, and slow: the reason open-instruct generated with vLLM); `offload_mod
 shards. DDP, ZeRO-2 and ZeRO-3 on 2 processes end with the same weights (within 2e-6 on the tiny model, fp32).
 Every process seeds its sampling
 from (seed, iteration, rank), so a run resumed from a checkpoint (`save_steps`, `resume`) repeats the same
-rollouts and ends with the uninterrupted run's weights (`tests/test_ppo.py`).
+rollouts and ends with the uninterrupted run's weights (`tests/test_ppo.py` kills it at each point of the save).
+Checkpoints follow :mod:`tulu_kit.checkpoints`, the protocol of every other stage.
 """
 
 from __future__ import annotations
@@ -42,7 +47,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -51,25 +55,28 @@ from typing import Literal
 
 import torch
 
-from tulu_kit import launch, plots, training
+from tulu_kit import checkpoints, launch, models, plots, training
 from tulu_kit.config import to_dict
-from tulu_kit.io import atomic_write_json, atomic_write_text, iter_jsonl, read_json, write_jsonl
+from tulu_kit.io import atomic_write_json, read_json, write_jsonl
 from tulu_kit.losses import (
     KL_ESTIMATORS,
+    SCORE_PLACEMENTS,
     gae,
     kl_penalty,
+    length_mask,
     masked_mean,
     masked_whiten,
     ppo_policy_loss,
     ppo_rewards,
     ppo_value_loss,
+    response_lengths,
+    value_mask,
 )
 from tulu_kit.results import write_result
 from tulu_kit.training import LoRAFields
 
 logger = logging.getLogger(__name__)
 STATE_NAME = "ppo_state.json"
-SYNTHETIC = "synthetic_arithmetic"  # train_file naming the offline toy task
 CURVES = ("verifiable_reward", "score", "kl", "response_length", "pg_clipfrac", "vf_loss")
 
 
@@ -107,6 +114,9 @@ class PPOConfig(LoRAFields):
     # --- PPO
     beta: float = 0.05  # KL penalty β per token (Tulu 3 8B: 0.05)
     kl_estimator: Literal["kl1", "kl2", "kl3"] = "kl1"  # Schulman's k1/k2/k3 (open-instruct default: kl1)
+    # where the sequence score sits: after_eos (open-instruct, TRL: one column after the response, the value
+    # trained there), or eos (on the last response token; see tulu_kit.losses.score_index for why one might)
+    score_placement: Literal["after_eos", "eos"] = "after_eos"
     gamma: float = 1.0  # GAE discount γ
     lam: float = 0.95  # GAE λ
     cliprange: float = 0.2  # policy ratio clip ε
@@ -137,8 +147,15 @@ class PPOConfig(LoRAFields):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        for name in ("reward_model_multiplier", "verification_reward", "penalty_reward_value"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0 (PPO samples), got {self.temperature}")
+        if self.score_placement not in SCORE_PLACEMENTS:
+            raise ValueError(
+                f"score_placement must be one of {SCORE_PLACEMENTS}, got {self.score_placement!r}"
+            )
         if self.kl_estimator not in KL_ESTIMATORS:
             raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}")
         if self.reward_model_multiplier and not self.reward_model and not self.verification_reward:
@@ -149,24 +166,13 @@ class PPOConfig(LoRAFields):
 
 
 def load_prompts(cfg: PPOConfig, tokenizer) -> tuple[list[dict], int]:
-    """RLVR rows with their prompt token ids (chat template, generation prompt); returns (rows, dropped as too long).
-
-    A row a verifier could never score is an error naming the file, line and key, before any model loads."""
-    from tulu_kit import rewards
+    """RLVR rows (:func:`tulu_kit.training.load_rlvr_rows`: checked, naming file, line and key, before any model
+    loads) with their prompt token ids (chat template, generation prompt); returns (rows, dropped as too long)."""
     from tulu_kit.data.templates import encode_chat
 
     rows, dropped, limit = [], 0, cfg.max_length - cfg.response_length
-    for lineno, row in _rlvr_rows(cfg):
-        try:
-            rewards.check_rows([row], source=cfg.train_file)
-        except ValueError as e:
-            raise ValueError(str(e).replace(": line 1:", f": line {lineno}:")) from None
-        messages = list(row["messages"])
-        while messages and messages[-1].get("role") == "assistant":  # a reference answer is not the prompt
-            messages.pop()
-        if not messages:
-            raise ValueError(f"{cfg.train_file}: line {lineno}: key 'messages' holds no user turn")
-        ids = encode_chat(tokenizer, messages, add_generation_prompt=True)
+    for row in training.load_rlvr_rows(cfg):
+        ids = encode_chat(tokenizer, training.rlvr_prompt(row), add_generation_prompt=True)
         if len(ids) > limit:
             dropped += 1
             continue
@@ -174,18 +180,6 @@ def load_prompts(cfg: PPOConfig, tokenizer) -> tuple[list[dict], int]:
     if not rows:
         raise ValueError(f"{cfg.train_file}: no prompt fits max_length - response_length = {limit} tokens")
     return rows, dropped
-
-
-def _rlvr_rows(cfg: PPOConfig):
-    if cfg.train_file == SYNTHETIC:
-        from tulu_kit.data.synthetic import synthetic_arithmetic
-
-        return enumerate(synthetic_arithmetic(cfg.synthetic_size, seed=cfg.seed), 1)
-    if Path(cfg.train_file).is_file() or cfg.train_file.endswith((".jsonl", ".json", ".gz")):
-        return iter_jsonl(cfg.train_file)
-    from tulu_kit.io import read_rows
-
-    return enumerate(read_rows(cfg.train_file, cfg.train_split), 1)  # a Hub dataset id
 
 
 def batch_indices(n: int, iteration: int, batch: int, rank: int, world: int, seed: int) -> list[int]:
@@ -197,15 +191,6 @@ def batch_indices(n: int, iteration: int, batch: int, rank: int, world: int, see
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
         out.append(int(perm[i]))
     return out
-
-
-def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s) :], mask[i, width - len(s) :] = torch.tensor(s), 1
-    return ids, mask
 
 
 # --------------------------------------------------------------------------- models
@@ -221,7 +206,7 @@ class PolicyAndValue(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, context: int, temperature: float):
         """Per-token (log-prob of the response token, value of the state before it) for positions context..end."""
-        logprobs = response_logprobs(self.policy, input_ids, attention_mask, context, temperature)
+        logprobs = per_token_logprobs(self.policy, input_ids, attention_mask, context, temperature)
         return logprobs, token_scores(self.value, input_ids, attention_mask)[:, context - 1 : -1]
 
 
@@ -231,7 +216,7 @@ def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
     )  # left padding: positions start at each row's 0
 
 
-def response_logprobs(model, input_ids, attention_mask, context: int, temperature: float) -> torch.Tensor:
+def per_token_logprobs(model, input_ids, attention_mask, context: int, temperature: float) -> torch.Tensor:
     """log π(token_t | tokens_<t) of the response tokens (columns ``context`` on), logits / temperature (OI L560)."""
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_positions(attention_mask))
     logits = out.logits[:, context - 1 : -1].float() / temperature
@@ -258,8 +243,6 @@ def _disable_dropout(model) -> None:
 def load_models(cfg: PPOConfig, pad_id: int):
     """(policy+value module, reference model or None with LoRA, reward model or None)."""
     from transformers import AutoModelForSequenceClassification
-
-    from tulu_kit import models
 
     def scalar_model(path):
         m = AutoModelForSequenceClassification.from_pretrained(
@@ -344,7 +327,7 @@ def rollout(cfg: PPOConfig, accelerator, model, reference, reward_model, tokeniz
     from tulu_kit import rewards
 
     device, eos, pad = accelerator.device, tokenizer.eos_token_id, tokenizer.pad_token_id
-    query, query_mask = left_pad([r["prompt_ids"] for r in rows], pad)
+    query, query_mask = models.pad_batch([r["prompt_ids"] for r in rows], pad, left=True)
     query, query_mask, context = query.to(device), query_mask.to(device), query.shape[1]
     unwrapped = accelerator.unwrap_model(model)
     model.eval()
@@ -353,12 +336,10 @@ def rollout(cfg: PPOConfig, accelerator, model, reference, reward_model, tokeniz
     with gathered(unwrapped.policy):
         out = unwrapped.policy.generate(input_ids=query, attention_mask=query_mask, generation_config=gen)
     response = out[:, context:]
-    # the response ends at its first EOS (kept); what generate wrote after it is padding
-    is_eos = response == eos
-    has_eos = is_eos.any(1)
-    after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
-    mask = ~after_eos
-    response = response.masked_fill(after_eos, pad)
+    # the response ends at its first EOS (kept), or at a pad sampled before it (OI L1203-1208); the rest is padding
+    lengths, has_eos = response_lengths(response, eos, pad)
+    mask = length_mask(lengths, response.shape[1]).bool()
+    response = response.masked_fill(~mask, pad)
     ids, attn = torch.cat([query, response], 1), torch.cat([query_mask, mask.long()], 1)
     logprobs, values, ref_logprobs, rm_scores = [], [], [], []
     step = cfg.per_device_train_batch_size
@@ -374,10 +355,12 @@ def rollout(cfg: PPOConfig, accelerator, model, reference, reward_model, tokeniz
             if reference is None:  # LoRA: the reference is the base, adapter disabled
                 with unwrapped.policy.disable_adapter():
                     ref_logprobs.append(
-                        response_logprobs(unwrapped.policy, ids[sl], attn[sl], context, cfg.temperature)
+                        per_token_logprobs(unwrapped.policy, ids[sl], attn[sl], context, cfg.temperature)
                     )
             else:
-                ref_logprobs.append(response_logprobs(reference, ids[sl], attn[sl], context, cfg.temperature))
+                ref_logprobs.append(
+                    per_token_logprobs(reference, ids[sl], attn[sl], context, cfg.temperature)
+                )
             if reward_model is not None:
                 last = attn[sl].shape[1] - 1 - attn[sl].flip(-1).argmax(-1)
                 scores = token_scores(reward_model, ids[sl], attn[sl])
@@ -390,11 +373,12 @@ def rollout(cfg: PPOConfig, accelerator, model, reference, reward_model, tokeniz
     score = score + cfg.reward_model_multiplier * rm
     if cfg.non_stop_penalty:
         score = torch.where(has_eos, score, torch.full_like(score, cfg.penalty_reward_value))
-    fmask = mask.float()
+    fmask, width = mask.float(), response.shape[1]
+    vmask = value_mask(lengths, width, cfg.score_placement)  # the response (+ the score's column: after_eos)
     kl = kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator) * fmask
-    token_rewards, non_score = ppo_rewards(score, kl, fmask, cfg.beta)
-    values = values * fmask
-    raw_advantages, returns = gae(token_rewards, values, fmask, cfg.gamma, cfg.lam)
+    token_rewards, non_score = ppo_rewards(score, kl, lengths, cfg.beta, cfg.score_placement)
+    values = values * vmask
+    raw_advantages, returns = gae(token_rewards, values, vmask, cfg.gamma, cfg.lam)
     advantages = masked_whiten(raw_advantages, fmask)
     stats = {
         "verifiable_reward": verified.mean(),
@@ -410,12 +394,15 @@ def rollout(cfg: PPOConfig, accelerator, model, reference, reward_model, tokeniz
     samples = [{"prompt": tokenizer.decode(r["prompt_ids"], skip_special_tokens=True), "response": t,
                 "ground_truth": r["ground_truth"], "verifiable_reward": float(v), "score": float(sc)}
                for r, t, v, sc in zip(rows, texts, verified, score)][: cfg.n_samples_logged]  # fmt: skip
-    batch = dict(ids=ids, attn=attn, mask=fmask, logprobs=logprobs, values=values, advantages=advantages,
-                 returns=returns, rewards=token_rewards, raw_advantages=raw_advantages, kl=kl)  # fmt: skip
+    batch = dict(ids=ids, attn=attn, mask=fmask, value_mask=vmask, logprobs=logprobs, values=values,
+                 advantages=advantages, returns=returns, rewards=token_rewards, raw_advantages=raw_advantages,
+                 kl=kl)  # fmt: skip
     return {"batch": batch, "context": context, "stats": stats, "samples": samples}
 
 
-def update(cfg: PPOConfig, accelerator, model, optimizer, scheduler, data: dict, generator) -> dict:
+def update(
+    cfg: PPOConfig, accelerator, model, optimizer, scheduler, data: dict, generator, step: int = 0
+) -> dict:
     """``num_ppo_epochs`` passes over one rollout batch in shuffled mini-batches; one optimizer step each."""
     b, context = data["batch"], data["context"]
     n, micro = b["ids"].shape[0], cfg.per_device_train_batch_size
@@ -429,15 +416,24 @@ def update(cfg: PPOConfig, accelerator, model, optimizer, scheduler, data: dict,
             i = order[s : s + micro].to(b["ids"].device)
             with accelerator.accumulate(model):
                 logprobs, values = model(b["ids"][i], b["attn"][i], context, cfg.temperature)
-                mask = b["mask"][i]
+                mask, vmask = b["mask"][i], b["value_mask"][i]
                 pg_loss, pg = ppo_policy_loss(
                     logprobs, b["logprobs"][i], b["advantages"][i], mask, cfg.cliprange
                 )
-                vf_loss, vf = ppo_value_loss(values * mask, b["values"][i], b["returns"][i], mask,
+                vf_loss, vf = ppo_value_loss(values * vmask, b["values"][i], b["returns"][i], vmask,
                                              cfg.cliprange_value)  # fmt: skip
-                accelerator.backward(pg_loss + cfg.vf_coef * vf_loss)
+                loss = pg_loss + cfg.vf_coef * vf_loss
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"ppo: non-finite loss {loss.item()} (policy {pg_loss.item()}, value {vf_loss.item()}) "
+                        f"at iteration {step}; the weights were not updated"
+                    )
+                accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    inner = accelerator.unwrap_model(model)  # each model's own norm, as OI's two engines clip
+                    for part in (inner.policy, inner.value):  # (DeepSpeed: its config clips the joint norm)
+                        accelerator.clip_grad_norm_([p for p in part.parameters() if p.requires_grad],
+                                                    cfg.max_grad_norm)  # fmt: skip
                 optimizer.step()
                 if accelerator.sync_gradients:
                     scheduler.step()
@@ -452,13 +448,11 @@ def update(cfg: PPOConfig, accelerator, model, optimizer, scheduler, data: dict,
 def inspect_rollout(cfg: PPOConfig, model: str = "", n: int = 4) -> dict:
     """One rollout of ``n`` prompts in this process, for notebook 08's by-hand cell: the policy has the weights of
     ``model`` (a trained policy; default ``cfg.model``), the reference is ``cfg.model``. ``batch`` holds per-token
-    ``rewards``, ``values``, ``mask``, ``raw_advantages`` (GAE before whitening), ``advantages`` and ``returns``;
-    ``samples`` the decoded responses."""
+    ``rewards``, ``values``, ``mask`` (response tokens), ``value_mask`` (+ the score's column), ``raw_advantages``
+    (GAE before whitening), ``advantages`` and ``returns``; ``samples`` the decoded responses."""
     from dataclasses import replace
 
     from transformers import set_seed
-
-    from tulu_kit import models
 
     cfg = replace(cfg, rollout_batch_size=n, per_device_train_batch_size=n, gradient_accumulation_steps=1,
                   offload_models=False, n_samples_logged=n)  # fmt: skip
@@ -485,27 +479,15 @@ def _mean_over_ranks(accelerator, stats: dict) -> dict:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def complete_checkpoint(folder: Path, config: dict, step: int, save_total_limit: int) -> None:
-    """On the main rank, after every rank wrote its part: the config and the COMPLETE marker (last), then rotation.
-
-    The same files as :func:`tulu_kit.launch.complete_checkpoint_callback` writes for Trainer-based stages."""
-    atomic_write_json(folder / launch.CONFIG_NAME, config)
-    atomic_write_text(folder / launch.COMPLETE, f'{{"global_step": {step}}}\n')
-    done = sorted((p for p in folder.parent.glob("checkpoint-*") if (p / launch.COMPLETE).is_file()),
-                  key=lambda p: int(p.name.split("-")[1]))  # fmt: skip
-    for old in done[:-save_total_limit]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def save_checkpoint(cfg: PPOConfig, accelerator, iteration: int, state: dict) -> Path:
+    """``checkpoint-<iteration>`` by :mod:`tulu_kit.checkpoints`' protocol: a stale folder of that step removed,
+    every rank's part (model, optimizer, scheduler, RNG; the loop's state), then config, marker and rotation."""
     folder = Path(cfg.out_dir) / "checkpoints" / f"checkpoint-{iteration}"
-    accelerator.save_state(str(folder))  # model, optimizer, scheduler (registered), RNG; every rank
+    checkpoints.begin_save(folder)
+    accelerator.save_state(str(folder))  # every rank
     if accelerator.is_main_process:
         atomic_write_json(folder / STATE_NAME, state)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        complete_checkpoint(folder, to_dict(cfg), iteration, cfg.save_total_limit)
-    accelerator.wait_for_everyone()
+    checkpoints.complete(folder, to_dict(cfg), iteration, cfg.save_total_limit)
     return folder
 
 
@@ -576,12 +558,16 @@ def train(cfg: PPOConfig, callbacks=None) -> dict:
             frozen.to(accelerator.device)
 
     # ---- resume from the last complete checkpoint of this run
-    state = {"iteration": 0, "log_history": [], "samples": []}
-    checkpoint = launch.last_complete_checkpoint(out / "checkpoints", to_dict(cfg)) if cfg.resume else None
+    state = {"iteration": 0, "log_history": [], "samples": [], "reward_failures": {}}
+    folder = out / "checkpoints"
+    checkpoint = checkpoints.last_complete_checkpoint(folder, to_dict(cfg)) if cfg.resume else None
     if checkpoint:
         logger.info("resuming from %s", checkpoint)
         accelerator.load_state(str(checkpoint))
         state = read_json(checkpoint / STATE_NAME)
+        rewards.FAILURES.update(state.get("reward_failures", {}))  # the counts of the iterations before
+    else:
+        checkpoints.fresh_start(folder)  # another run's checkpoints go before this run writes any
 
     # ---- the loop: rollout -> reward -> advantage -> update
     from tqdm.auto import tqdm
@@ -595,7 +581,7 @@ def train(cfg: PPOConfig, callbacks=None) -> dict:
         data = rollout(cfg, accelerator, model, reference, reward_model, tokenizer, [rows[i] for i in idx])
         t1 = time.perf_counter()
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + it * 1_009 + rank)
-        losses = update(cfg, accelerator, model, optimizer, scheduler, data, generator)
+        losses = update(cfg, accelerator, model, optimizer, scheduler, data, generator, step=it + 1)
         t2 = time.perf_counter()
         log = _mean_over_ranks(
             accelerator, {**data["stats"], **losses, "rollout_s": t1 - t0, "train_s": t2 - t1}
@@ -606,6 +592,7 @@ def train(cfg: PPOConfig, callbacks=None) -> dict:
         if it == 0 or it == iterations - 1:
             state["samples"] += [{"step": it + 1, **s} for s in data["samples"]]
         state["iteration"] = it + 1
+        state["reward_failures"] = rewards.failure_counts()
         if accelerator.is_main_process and (it + 1) % cfg.logging_steps == 0:
             logger.info("step %d: %s", it + 1, {k: round(v, 4) for k, v in log.items() if k in CURVES})
             bar.set_postfix(reward=round(log["verifiable_reward"], 3), kl=round(log["kl"], 3))
@@ -613,8 +600,6 @@ def train(cfg: PPOConfig, callbacks=None) -> dict:
             save_checkpoint(cfg, accelerator, it + 1, state)
     runtime = time.perf_counter() - start
     checksums = weight_checksums(accelerator, model)  # one per rank: equal when the ranks stayed in sync
-    from tulu_kit import models
-
     trainable, total = models.count_parameters(accelerator.unwrap_model(model).policy)  # before LoRA merges
 
     # ---- save: the policy (adapters merged), curves, samples, result
@@ -661,7 +646,7 @@ def save_policy(cfg: PPOConfig, accelerator, model, tokenizer) -> Path:
                 own = {k.removeprefix("policy."): v for k, v in state_dict.items() if k.startswith("policy.")}
                 policy.save_pretrained(tmp, state_dict=own)
             tokenizer.save_pretrained(tmp)
-            atomic_write_json(tmp / launch.CONFIG_NAME, to_dict(cfg))
+            atomic_write_json(tmp / checkpoints.CONFIG_NAME, to_dict(cfg))
     accelerator.wait_for_everyone()
     return target
 
@@ -675,8 +660,8 @@ def finish(cfg: PPOConfig, accelerator, model_dir: Path, state: dict, runtime_s:
     steps = state["iteration"]
     fields = dict(
         train_steps=steps, first_loss=first.get("loss"), last_loss=last.get("loss"),
-        first_reward=first.get("verifiable_reward"), last_reward=last.get("verifiable_reward"),
-        first_score=first.get("score"), last_score=last.get("score"), last_kl=last.get("kl"),
+        **training.reward_summary([h["verifiable_reward"] for h in history], [h["kl"] for h in history]),
+        score_first=first.get("score"), score_last=last.get("score"),
         rollout_share=(sum(h["rollout_s"] for h in history) / max(sum(h["rollout_s"] + h["train_s"]
                        for h in history), 1e-9)) if history else None,
         world_size=accelerator.num_processes,

@@ -306,7 +306,16 @@ def training_curves(run_dir: Path) -> dict[str, pd.DataFrame]:
     return curves
 
 
-TRAINING_FIELDS = ["train_steps", "first_loss", "last_loss", "first_nll", "last_nll", "pref_accuracy"]
+TRAINING_FIELDS = [
+    "train_steps",
+    "first_loss",
+    "last_loss",
+    "first_nll",
+    "last_nll",
+    "reward_first",
+    "reward_last",
+    "kl_last",
+]  # fmt: skip  (the RL stages' names: tulu_kit.training.reward_summary)
 
 
 def training_table(run_dir: Path) -> pd.DataFrame:

@@ -62,15 +62,6 @@ def get_reward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> 
     return scores[torch.arange(scores.shape[0], device=scores.device), last]
 
 
-def _pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), 1
-    return ids, mask
-
-
 def _full_weights(model):
     """A context in which a DeepSpeed ZeRO-3 model holds its full weights (its parameters are empty shards
     outside the engine's forward); a no-op for any other model. Every rank must enter it together."""
@@ -95,7 +86,7 @@ def score_pairs(model, rows: list[dict], pad_id: int, batch_size: int = 16) -> d
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
             for key, out in (("chosen_ids", chosen), ("rejected_ids", rejected)):
-                ids, mask = _pad([r[key] for r in batch], pad_id)
+                ids, mask = models.pad_batch([r[key] for r in batch], pad_id)
                 out.append(get_reward(model, ids.to(device), mask.to(device)).float().cpu())
     r_c, r_r = torch.cat(chosen), torch.cat(rejected)
     return {

@@ -10,7 +10,8 @@ matching benchmark, never a copy of it:
   equivalent to the ground truth by :func:`tulu_kit.evals.math.is_equiv`;
 * ``ifeval``: the share of instructions the completion follows, strict (:func:`tulu_kit.evals.ifeval.check`);
   ground truth ``{"instruction_id_list": [...], "kwargs": [...]}`` (a dict or its JSON text; open-instruct's
-  ``instruction_id`` is accepted for ``instruction_id_list``);
+  ``instruction_id`` is accepted for ``instruction_id_list``); Tulu 3's RLVR rows instead carry
+  ``{"func_name": ..., <kwargs>}``, scored by open-instruct's own check of that name (:func:`if_function_call`);
 * ``code``: the completion's Python (its first fenced block, else all of it) runs in the evals sandbox and the
   ground truth's tests run against it in the sandbox's trusted process (:func:`tulu_kit.evals.sandbox.run_tests`);
   ground truth a string of ``assert`` lines, a list of them, or ``{"tests": ..., "prefix": ...}``; tests without
@@ -94,8 +95,45 @@ def ifeval_input(ground_truth, row: dict | None = None) -> dict:
     return {"key": gt.get("key", 0), "prompt": prompt, "instruction_id_list": ids, "kwargs": kwargs}
 
 
+def if_function_call(ground_truth) -> tuple[Callable, dict] | None:
+    """Tulu 3's IFEval-constraint ground truth ``{"func_name": ..., <kwargs>}`` (allenai/RLVR-GSM-MATH-IF-Mixed-
+    Constraints): open-instruct's check of that name (``tulu_kit.evals._if_functions``, vendored) and its non-null
+    keyword arguments; None for any other ground truth. An unknown name or arguments it does not take raise."""
+    import inspect
+
+    from tulu_kit.evals import _if_functions
+
+    gt = (
+        json.loads(ground_truth)
+        if isinstance(ground_truth, str) and ground_truth.lstrip()[:1] == "{"
+        else ground_truth
+    )
+    if not isinstance(gt, dict) or "func_name" not in gt:
+        return None
+    func = _if_functions.IF_FUNCTIONS_MAP.get(gt["func_name"])
+    if func is None:
+        known = sorted(_if_functions.IF_FUNCTIONS_MAP)
+        raise ValueError(
+            f"ifeval func_name {gt['func_name']!r} is not one of open-instruct's checks: {known}"
+        )
+    kwargs = {k: v for k, v in gt.items() if k != "func_name" and v is not None}
+    try:
+        inspect.signature(func).bind("text", **kwargs)
+    except TypeError as exc:
+        raise ValueError(
+            f"ifeval func_name {gt['func_name']!r}: arguments {sorted(kwargs)} do not fit: {exc}"
+        ) from None
+    return func, kwargs
+
+
 def ifeval_reward(completion: str, ground_truth, row: dict | None = None) -> float:
-    """The share of the row's IFEval instructions ``completion`` follows, strict (IFEval's eval checkers)."""
+    """The share of the row's IFEval instructions ``completion`` follows, strict (IFEval's eval checkers); for
+    Tulu 3's ``func_name`` rows, open-instruct's check (1.0 or 0.0) on the text after the last assistant header,
+    as its ``IFEvalVerifier`` (ground_truth_utils.py L158-172 at 686a521a)."""
+    call = if_function_call(ground_truth)
+    if call is not None:
+        func, kwargs = call
+        return float(func(completion.split("<|assistant|>\n")[-1].strip(), **kwargs))
     strict, _loose = ifeval.check(ifeval_input(ground_truth, row), completion)
     return sum(strict) / len(strict)
 
@@ -235,7 +273,8 @@ def check_rows(rows: list[dict], source: str = "data") -> None:
             )
         if dataset == "ifeval":
             try:
-                ifeval_input(row["ground_truth"], row)
+                if if_function_call(row["ground_truth"]) is None:  # Tulu 3's func_name form, else IFEval's
+                    ifeval_input(row["ground_truth"], row)
             except (ValueError, TypeError, KeyError) as exc:
                 raise ValueError(f"{where}: key 'ground_truth': {exc}") from None
         problem = _unscorable(dataset, row["ground_truth"])

@@ -7,6 +7,9 @@ private methods and attributes where TRL cannot express a Tulu choice:
   (``reduce_loss: mean|sum``); TRL 1.16 always divides by the tokens of the whole accumulated batch.
 * :func:`dpo_trainer_class` — ``DPOTrainer`` with the kit's reference log-prob cache (keyed by data and
   weights, shared across runs) and the losses TRL lacks (SimPO, open-instruct's WPO weight, label smoothing).
+* :func:`load_finished_checkpoint` — a run killed after its last checkpoint (during the final save) resumes into
+  that checkpoint's weights; ``Trainer.train(resume_from_checkpoint=...)`` would train one step past ``max_steps``
+  when the run ends mid-epoch (transformers 5 checks ``max_steps`` only after a step).
 * :func:`trl_dpo_loss`, :func:`trl_reward_loss` — TRL's own loss code run on given tensors, the reference the
   kit's losses are tested against.
 
@@ -46,6 +49,10 @@ PRIVATE_SURFACE: list[tuple[str, str]] = [
     ("trl.DPOTrainer", "_compute_loss"),  # overridden for the kit's losses; called for TRL's
     ("trl.DPOTrainer", "_metrics"),  # written: rewards, margins, accuracies, log-probs
     ("trl.models", "prepare_deepspeed"),  # called: wraps the model for reference passes under ZeRO
+    (
+        "transformers.Trainer",
+        "_load_from_checkpoint",
+    ),  # called: a finished run's last checkpoint, not retrained
 ]
 # public names the kit relies on, with the meaning it assumes
 PUBLIC_SURFACE: list[tuple[str, str]] = [
@@ -289,3 +296,24 @@ def trl_reward_loss(rewards_chosen: torch.Tensor, rewards_rejected: torch.Tensor
         inputs["margin"] = margin
     logits = torch.cat([rewards_chosen, rewards_rejected])[:, None]
     return RewardTrainer.compute_loss(stub, lambda **kw: types.SimpleNamespace(logits=logits), inputs).item()
+
+
+# --------------------------------------------------------------------------- a finished run's checkpoint
+
+
+def is_finished(checkpoint: str | Path) -> bool:
+    """Whether a Trainer checkpoint holds the run's last step (its ``trainer_state.json``: global_step >= max_steps)."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    return state.get("max_steps", 0) > 0 and state.get("global_step", 0) >= state["max_steps"]
+
+
+def load_finished_checkpoint(trainer, checkpoint: str | Path) -> None:
+    """The weights and state (log history, global step) of a finished run's last checkpoint, without training."""
+    from transformers import TrainerState
+
+    if trainer.is_deepspeed_enabled:  # the engine exists only inside train(); its checkpoint needs it
+        raise RuntimeError(f"{checkpoint} is this run's last step; under DeepSpeed the kit cannot load it without "
+                           "training one more step. Its weights are in that folder; or delete it to retrain "
+                           "from the checkpoint before.")  # fmt: skip
+    trainer._load_from_checkpoint(str(checkpoint))
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))

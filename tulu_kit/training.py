@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from tulu_kit import launch
+from tulu_kit import checkpoints, launch
 from tulu_kit.config import from_dict, load_yaml, to_dict
 from tulu_kit.io import atomic_write_json, write_jsonl
 from tulu_kit.models import TULU_LORA_TARGETS
@@ -283,7 +283,7 @@ def training_arguments(cfg: TrainingFields, trl_config_cls: type, has_eval: bool
         logging_steps=cfg.logging_steps,
         save_strategy="steps" if cfg.save_steps > 0 else "no",
         save_steps=max(cfg.save_steps, 1),
-        save_total_limit=None,  # the kit rotates, after the new checkpoint is complete (launch)
+        save_total_limit=None,  # the kit rotates, after the new checkpoint is complete (tulu_kit.checkpoints)
         eval_strategy="steps" if has_eval and cfg.eval_steps > 0 else "no",
         eval_steps=cfg.eval_steps if cfg.eval_steps > 0 else None,
         report_to=report_to or "none",
@@ -298,20 +298,46 @@ def training_arguments(cfg: TrainingFields, trl_config_cls: type, has_eval: bool
 
 
 def callbacks(cfg: TrainingFields, extra=None) -> list:
-    """The callbacks every stage's trainer gets: checkpoint completion (config + COMPLETE marker, rotation)."""
-    return [launch.complete_checkpoint_callback(to_dict(cfg), cfg.save_total_limit), *(extra or [])]
+    """The callbacks every stage's trainer gets: the checkpoint protocol (:mod:`tulu_kit.checkpoints`) and a stop
+    on a non-finite logged loss."""
+    return [checkpoints.complete_checkpoint_callback(to_dict(cfg), cfg.save_total_limit), finite_loss_callback(),
+            *(extra or [])]  # fmt: skip
+
+
+def finite_loss_callback():
+    """A TrainerCallback that stops training with an error naming the step when a logged loss is NaN or infinite
+    (a NaN loss would otherwise train on, and save, NaN weights)."""
+    from transformers import TrainerCallback
+
+    class FiniteLoss(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if isinstance(loss, (int, float)) and not math.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss} logged at step {state.global_step}; stopping "
+                                         "(the last complete checkpoint is before it)")  # fmt: skip
+
+    return FiniteLoss()
 
 
 def fit(trainer, cfg: TrainingFields) -> float:
-    """``trainer.train()``, resuming (with ``resume``) from the last complete checkpoint of this same run.
+    """``trainer.train()``, resuming (with ``resume``) from the last complete checkpoint of this same run; a
+    checkpoint of the run's last step (a kill during the final save) is loaded, not trained past.
 
     Returns the wall time of training in seconds.
     """
+    from tulu_kit import trainers
+
     out = Path(cfg.out_dir)
-    checkpoint = launch.last_complete_checkpoint(out / "checkpoints", to_dict(cfg)) if cfg.resume else None
+    checkpoint = (
+        checkpoints.last_complete_checkpoint(out / "checkpoints", to_dict(cfg)) if cfg.resume else None
+    )
+    start = time.perf_counter()
+    if checkpoint and trainers.is_finished(checkpoint):
+        logger.info("%s holds the run's last step: loading it, nothing left to train", checkpoint)
+        trainers.load_finished_checkpoint(trainer, checkpoint)
+        return time.perf_counter() - start
     if checkpoint:
         logger.info("resuming from %s", checkpoint)
-    start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     return time.perf_counter() - start
 
@@ -331,14 +357,66 @@ def save_model(trainer, cfg: TrainingFields, name: str = "model", merge_adapter:
     with launch.atomic_dir(target, main) as tmp:
         trainer.save_model(str(tmp))  # weights + tokenizer (chat_template.jinja)
         if main:
-            atomic_write_json(tmp / launch.CONFIG_NAME, config)
+            atomic_write_json(tmp / checkpoints.CONFIG_NAME, config)
     if use_lora:
         if merge_adapter and main:
             merged = models.merge_lora(cfg.model, target, out / name, qlora=cfg.load_in_4bit, dtype=cfg.dtype)
-            atomic_write_json(merged / launch.CONFIG_NAME, config)
+            atomic_write_json(merged / checkpoints.CONFIG_NAME, config)
         target = out / name if merge_adapter else target
     trainer.accelerator.wait_for_everyone()
     return target
+
+
+TOY_TASK = "synthetic_arithmetic"  # an RL stage's train_file naming the offline toy task
+
+
+def load_rlvr_rows(cfg) -> list[dict]:
+    """The one RLVR loader of the RL stages: the toy task (``synthetic_size`` rows), a JSONL file or a Hub dataset
+    (``train_split``), cut to ``max_train_samples`` where the stage has it, every row checked by
+    :func:`tulu_kit.rewards.check_rows` (an error names the file, line and key) before any model loads."""
+    from tulu_kit import rewards
+    from tulu_kit.io import read_rows
+
+    if cfg.train_file == TOY_TASK:
+        from tulu_kit.data.synthetic import synthetic_arithmetic
+
+        rows = synthetic_arithmetic(cfg.synthetic_size, seed=cfg.seed)
+    else:
+        rows = read_rows(cfg.train_file, cfg.train_split)
+    limit = getattr(cfg, "max_train_samples", 0)
+    rows = rows[:limit] if limit else rows
+    if not rows:
+        raise ValueError(f"{cfg.train_file}: no RLVR rows")
+    rewards.check_rows(rows, cfg.train_file)
+    for n, row in enumerate(rows, 1):
+        if not all(isinstance(m, dict) for m in row["messages"]) or not rlvr_prompt(row):
+            raise ValueError(
+                f"{cfg.train_file}: line {n}: key 'messages' holds no user turn ({{role, content}})"
+            )
+    return rows
+
+
+def rlvr_prompt(row: dict) -> list[dict]:
+    """The prompt of an RLVR row: its messages without trailing assistant turns (a reference answer)."""
+    messages = list(row["messages"])
+    while messages and messages[-1].get("role") == "assistant":
+        messages.pop()
+    return messages
+
+
+def reward_summary(rewards: list[float], kls: list[float]) -> dict:
+    """The RL stages' (PPO, GRPO) one result vocabulary: first and last logged mean reward, the mean reward of the
+    first and last quarter of the logged steps, and the last and largest logged KL to the reference."""
+    nan = float("nan")
+    q = max(1, len(rewards) // 4)
+    return {
+        "reward_first": rewards[0] if rewards else nan,
+        "reward_last": rewards[-1] if rewards else nan,
+        "reward_first_quarter": sum(rewards[:q]) / q if rewards else nan,
+        "reward_last_quarter": sum(rewards[-q:]) / q if rewards else nan,
+        "kl_last": kls[-1] if kls else nan,
+        "kl_max": max(kls) if kls else nan,
+    }
 
 
 def loss_curve(log_history: list[dict], key: str = "loss") -> tuple[float, float]:

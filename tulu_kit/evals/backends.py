@@ -225,13 +225,9 @@ class HFBackend(Backend):
         bar.close()
 
     def _pad(self, seqs: list[list[int]], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for r, s in enumerate(seqs):
-            sl = slice(width - len(s), width) if left else slice(0, len(s))
-            ids[r, sl] = torch.tensor(s, dtype=torch.long)
-            mask[r, sl] = 1
+        from tulu_kit.models import pad_batch
+
+        ids, mask = pad_batch(seqs, self.pad_id, left=left)
         return ids.to(self.device), mask.to(self.device)
 
     @torch.no_grad()
