@@ -264,3 +264,94 @@ def test_truthfulqa_gen(shared_data):
     assert stated("truthfulqa_gen") == []  # not measured (the judges are models)
     with open(shared_data / truthfulqa_gen.FILE, encoding="utf-8", newline="") as f:
         assert len(list(csv.DictReader(f))) == 817
+
+
+# ---------------------------------------------------------------------------------------------- AlpacaEval 2 LC
+LC_DIR = "alpaca_eval_lc"
+
+
+def _lc_annotations(shared_data: Path) -> tuple[dict[str, list[dict]], dict[str, dict]]:
+    """model -> its official annotation rows (output_1 joined back by instruction), and the leaderboard rows."""
+    import gzip
+
+    baseline = {r["instruction"]: r["output"] for r in
+                json.loads((shared_data / "alpaca_eval/results/gpt4_1106_preview/model_outputs.json").read_text())}  # fmt: skip
+    by_model: dict[str, list[dict]] = {}
+    with gzip.open(shared_data / LC_DIR / "annotations_slim.jsonl.gz", "rt", encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            name = "NullModel" if r["generator_2"] == "example" else r["generator_2"]
+            by_model.setdefault(name, []).append({**r, "output_1": baseline[r["instruction"]]})
+    with open(shared_data / LC_DIR / "leaderboard_selected.csv", newline="", encoding="utf-8") as f:
+        board = {r[""]: r for r in csv.DictReader(f)}
+    return by_model, board
+
+
+def _stand_in_difficulty(by_model: dict[str, list[dict]]) -> list[float]:
+    """alpaca_eval's instruction_difficulty is a Hub file (not offline): a stand-in fitted on these annotations
+    alone (logit P = a_model + b_model tanh(std_delta_len) + d_instruction, ridge 1 on d), no leaderboard input."""
+    import numpy as np
+    from scipy.optimize import minimize
+
+    models = [m for m in by_model if m != "gpt4_1106_preview"]
+    m_idx, pos, x, y = [], [], [], []
+    for k, m in enumerate(models):
+        rows = by_model[m]
+        delta = np.array([len(r["output_1"]) - len(r["output_2"]) for r in rows], dtype=float)
+        x += list(np.tanh(delta / delta.std(ddof=1)))
+        y += [r["preference"] - 1 for r in rows]
+        m_idx += [k] * len(rows)
+        pos += [r["index"] for r in rows]
+    m_idx, pos, x, y, n = np.array(m_idx), np.array(pos), np.array(x), np.array(y), len(models)
+
+    def loss(t):
+        a, b, d = t[:n], t[n : 2 * n], t[2 * n :]
+        p = 1 / (1 + np.exp(-(a[m_idx] + b[m_idx] * x + d[pos])))
+        g = p - y
+        nll = -(y * np.log(p + 1e-12) + (1 - y) * np.log(1 - p + 1e-12)).sum() + (d**2).sum() / 2
+        grad = [np.bincount(m_idx, g, n), np.bincount(m_idx, g * x, n), np.bincount(pos, g, 805) + d]
+        return nll, np.concatenate(grad)
+
+    return list(minimize(loss, np.zeros(2 * n + 805), jac=True, method="L-BFGS-B").x[2 * n :])
+
+
+def test_alpaca_eval_lc(shared_data, tmp_path, monkeypatch):
+    pytest.importorskip("alpaca_eval")
+    from alpaca_eval.metrics import glm_winrate
+
+    by_model, board = _lc_annotations(shared_data)
+    # the stand-in for the Hub's df_gamed.csv: the difficulty column, no gamed-baseline rows (not offline)
+    stand_in = tmp_path / "df_gamed.csv"
+    with open(stand_in, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(
+            ["model", "index", "instruction_difficulty", "preference", "std_delta_len", "not_gamed_baseline"]
+        )
+        w.writerows(["none", i, d, "", 0.0, False] for i, d in enumerate(_stand_in_difficulty(by_model)))
+    monkeypatch.setattr(glm_winrate, "hf_hub_download", lambda **kw: str(stand_in))
+    gaps = lc_table()
+    assert set(gaps) == set(by_model) == set(board)  # all 11 models, each stated in the README
+    for model in sorted(by_model):
+        got = alpaca_eval.official_win_rates(by_model[model])
+        row = board[model]
+        assert got["win_rate"] == pytest.approx(float(row["win_rate"]), abs=1e-6), model
+        counts = [got[k] for k in ("n_wins", "n_wins_base", "n_draws", "n_total")]
+        assert counts == [int(row[k]) for k in ("n_wins", "n_wins_base", "n_draws", "n_total")], model
+        official, stated_official, stated_gap = float(row["length_controlled_winrate"]), *gaps[model]
+        assert stated_official == pytest.approx(official, abs=0.005), model
+        assert got["length_controlled_winrate"] - official == pytest.approx(stated_gap, abs=0.006), model
+        assert got["lc_method"].startswith(
+            "alpaca_eval 0.6.6 metrics.glm_winrate.get_length_controlled_winrate"
+        )
+
+
+def lc_table() -> dict[str, tuple[float, float]]:
+    """model -> (official LC, kit LC - official) from the README's AlpacaEval 2 LC table."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("### AlpacaEval 2 length-controlled win rate", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = (float(cells[3]), float(cells[5]))
+    return rows
