@@ -19,13 +19,13 @@ from tulu_kit.evals.core import (
     EvalConfig,
     GenParams,
     Scored,
+    draw,
     finish,
     generate_predictions,
     make_metrics,
     norm_text,
     require_file,
     select_subset,
-    take,
 )
 from tulu_kit.io import read_json
 
@@ -48,6 +48,7 @@ class BBHConfig(EvalConfig):
 
     out_dir: str = "../runs/lab/eval_bbh"
     max_examples: int | None = 40  # examples per task (open-instruct: 40; None: all)
+    subset: str = "open-instruct"  # open-instruct's seeded sample (tasks in sorted order); "" = nested draw
 
 
 CONFIG = BBHConfig
@@ -149,7 +150,7 @@ def run(cfg: BBHConfig, backend=None) -> dict:
     """Generate CoT answers for every task (max_examples per task), score, write metrics.json."""
     names = select_subset(tasks(cfg.data_dir), cfg.subset, "BBH tasks")
     prompts = {t: task_prompt(cfg.data_dir, t, cfg.n_shot) for t in names}
-    examples = [e for t in names for e in take(load_task(cfg.data_dir, t), cfg.max_examples, cfg.seed)]
+    examples = draw(cfg, [load_task(cfg.data_dir, t) for t in names])
     params = GenParams(max_new_tokens=cfg.max_new_tokens or 512, stop=() if cfg.chat else ("\n\n",))
     build = lambda e, chat: build_prompt(e, prompts[e["task"]], chat)  # noqa: E731
     preds = generate_predictions(cfg, examples, build, params, backend)
