@@ -83,6 +83,19 @@ def normalize(text: str, task: str = "") -> str:
     return out.rstrip(".") if keep else out
 
 
+def is_correct(pred: str, target: str, task: str) -> bool:
+    """Exact match after `normalize`; on the numeric tasks a number equal in value counts too ("24.0" = "24":
+    open-instruct's regex stops at the first period, so it read "24" there; lm-eval scores it wrong)."""
+    if normalize(pred, task) == normalize(target, task):
+        return True
+    if task in ("multistep_arithmetic_two", "object_counting"):
+        try:
+            return float(normalize(pred, task)) == float(normalize(target, task))
+        except ValueError:
+            return False
+    return False
+
+
 def tasks(data_dir: str | None) -> list[str]:
     folder = require_file(data_dir, "bbh/bbh", NAME)
     return sorted(p.stem for p in folder.glob("*.json"))
@@ -134,7 +147,7 @@ def score_predictions(preds: list[dict], data_dir: str | None = None) -> Scored:
         if g is None:
             raise ValueError(f"prediction {n}: input {p['input'][:60]!r}... is not in bbh/{p['task']}.json")
         pred = extract_answer(str(p["output"]))
-        ok = normalize(pred, g["task"]) == normalize(g["target"], g["task"])
+        ok = is_correct(pred, g["target"], g["task"])
         values.append(float(ok))
         groups.setdefault(g["task"], []).append(float(ok))
         verdicts.append(

@@ -102,8 +102,9 @@ def format_example(row: dict, with_answer: bool) -> str:
 
 def build_prompt(row: dict, dev: list[dict], n_shot: int, style: str = "open-instruct") -> str:
     words = row["subject"].split("_")
-    subject = "".join(" " + w for w in words) if style == "open-instruct" else " " + " ".join(words)
-    head = f"The following are multiple choice questions (with answers) about{subject}.\n\n"
+    # open-instruct (hendrycks/test): "about {}".format(" abstract algebra") -- two spaces; lm-eval: one
+    subject = "".join(" " + w for w in words) if style == "open-instruct" else " ".join(words)
+    head = f"The following are multiple choice questions (with answers) about {subject}.\n\n"
     return head + "".join(format_example(d, True) for d in dev[:n_shot]) + format_example(row, False)
 
 
