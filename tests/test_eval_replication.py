@@ -1,0 +1,173 @@
+"""Scores a researcher can cite: open-instruct's own subsets, resume keyed on the model evaluated, a manifest that
+regenerates an eval, one prediction per benchmark item."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+
+import pytest
+
+from tulu_kit.evals import bbh, core, gsm8k, math, mmlu, tydiqa
+from tulu_kit.io import read_json, read_jsonl, write_jsonl
+
+
+class FakeTokenizer:
+    chat_template = None
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": text.split(" ")}
+
+    def decode(self, ids):
+        return " ".join(ids)
+
+
+class FakeBackend:
+    """Answers "0" to everything; enough to run a benchmark's example selection and scoring."""
+
+    tokenizer = FakeTokenizer()
+
+    def generate(self, prompts, params):
+        return ["0"] * len(prompts)
+
+    def choice_logprobs(self, prompts, choices):
+        return [[0.0] * len(choices) for _ in prompts]
+
+
+@pytest.fixture
+def global_random():
+    state = random.getstate()  # open-instruct's code seeds the global generator
+    yield
+    random.setstate(state)
+
+
+def _ran(out_dir) -> list[dict]:
+    return read_jsonl(out_dir / "predictions.jsonl")
+
+
+def test_gsm8k_and_math_subsets_are_open_instructs(shared_data, tmp_path, global_random):
+    from ref_open_instruct import gsm_sample, math_sample
+
+    cfg = gsm8k.GSM8KConfig(model="unused", data_dir=str(shared_data), out_dir=str(tmp_path / "g"))
+    assert cfg.subset == "open-instruct" and cfg.max_examples == 200  # the default
+    gsm8k.run(cfg, backend=FakeBackend())
+    theirs = {r["question"] for r in gsm_sample(str(shared_data / "gsm8k"))}
+    ours = _ran(tmp_path / "g")
+    assert len(ours) == 200 and {r["question"] for r in ours} == theirs
+    recorded = read_json(tmp_path / "g" / "metrics.json")["manifest"]["subset"]
+    assert recorded["rule"] == "open-instruct" and sorted(recorded["ids"]) == sorted(r["id"] for r in ours)
+    # the kit's nested draw is another sample (what the README used to call "open-instruct's subset")
+    nested = core.take(gsm8k.load_examples(str(shared_data)), 200, 42)
+    assert len({e["question"] for e in nested} & theirs) < 20
+
+    math.run(math.MATHConfig(model="unused", data_dir=str(shared_data), out_dir=str(tmp_path / "m")),
+             backend=FakeBackend())  # fmt: skip
+    problems = [{"question": e["problem"]} for e in math.load_examples(str(shared_data))]
+    assert {r["problem"] for r in _ran(tmp_path / "m")} == {r["question"] for r in math_sample(problems)}
+
+
+def test_bbh_subset_is_open_instructs(shared_data, tmp_path, global_random):
+    from ref_open_instruct import bbh_sample
+
+    bbh.run(
+        bbh.BBHConfig(model="unused", data_dir=str(shared_data), out_dir=str(tmp_path)), backend=FakeBackend()
+    )
+    theirs = {
+        (t, e["input"], e["target"]) for t, rows in bbh_sample(str(shared_data / "bbh")).items() for e in rows
+    }
+    ours = {(r["task"], r["input"], r["target"]) for r in _ran(tmp_path)}
+    assert len(ours) == 27 * 40 and ours == theirs
+
+
+def test_tydiqa_subset_is_open_instructs(shared_data, tmp_path, global_random):
+    from ref_open_instruct import tydiqa_sample
+
+    merged = {"data": []}  # the per-language files, back in one dev file (languages in sorted order)
+    for path in sorted((shared_data / "tydiqa_goldp" / "dev").glob("*.json")):
+        merged["data"] += json.loads(path.read_text(encoding="utf-8"))["data"]
+    theirs = {e["id"] for e in tydiqa_sample(merged)}
+    tydiqa.run(tydiqa.TydiQAConfig(model="unused", data_dir=str(shared_data), out_dir=str(tmp_path)),
+               backend=FakeBackend())  # fmt: skip
+    ours = {r["id"] for r in _ran(tmp_path)}
+    exemplars = read_json(tmp_path / "metrics.json")["exemplar_source"]
+    # a language without a train file holds its first dev item out as the exemplar: the only difference allowed
+    assert ours <= theirs and len(theirs - ours) <= sum("dev" in str(s) for s in exemplars.values())
+    assert len(ours) >= 9 * 100 - 6
+
+
+def test_mmlu_subset_is_open_instructs(shared_data, tmp_path):
+    import pandas as pd
+
+    cfg = mmlu.MMLUConfig(model="unused", data_dir=str(shared_data), out_dir=str(tmp_path),
+                          subset="open-instruct,abstract_algebra,anatomy", max_examples=10)  # fmt: skip
+    mmlu.run(cfg, backend=FakeBackend())
+    ours = [r["question"] for r in _ran(tmp_path)]
+    theirs = []
+    for s in ("abstract_algebra", "anatomy"):  # open-instruct: test_df.sample(n_instances, random_state=42)
+        df = pd.read_csv(shared_data / "mmlu" / "test" / f"{s}_test.csv", header=None)[1:].reset_index(
+            drop=True
+        )
+        theirs += list(df.sample(10, random_state=42)[0])  # (this copy has a header row: dropped first)
+    assert sorted(ours) == sorted(theirs) and len(ours) == 20
+
+
+def _lab(tmp_path, seed: int, stages: list[str]):
+    """A run folder like ../runs/lab: config.yaml names the stages, each stage folder holds model/."""
+    from tulu_kit.models import build_tiny_model
+
+    lab = tmp_path / "lab"
+    lab.mkdir(exist_ok=True)
+    (lab / "config.yaml").write_text("stages:\n" + "".join(f"  {s}: {{}}\n" for s in stages))
+    if not (lab / stages[-1] / "model").is_dir():
+        build_tiny_model(lab / stages[-1] / "model", seed=seed)
+    return lab
+
+
+def test_resume_after_a_new_stage_trained_refuses_instead_of_appending(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    lab = _lab(tmp_path, 0, ["sft"])
+    cfg = gsm8k.GSM8KConfig(model=str(lab), data_dir="demo", out_dir=str(tmp_path / "eval"), max_new_tokens=4)
+    first = gsm8k.run(cfg)
+    assert first["manifest"]["model"]["resolved"] == str(lab / "sft" / "model")
+    before = (tmp_path / "eval" / "predictions.jsonl").read_bytes()
+    _lab(tmp_path, 1, ["sft", "dpo"])  # a new stage trained since: the run folder now means dpo/model
+    with pytest.raises(ValueError, match="model_fingerprint") as e:
+        gsm8k.run(cfg)
+    assert "resolved_model" in str(e.value) and "never appended" in str(e.value)
+    assert (tmp_path / "eval" / "predictions.jsonl").read_bytes() == before  # nothing appended
+
+
+def test_an_eval_reruns_from_its_manifest_alone(tiny_model, tmp_path):
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    cfg = gsm8k.GSM8KConfig(model=str(model), data_dir="demo", out_dir=str(tmp_path / "a"), max_new_tokens=6)
+    metrics = gsm8k.run(cfg)
+    man = metrics["manifest"]
+    assert man["model"]["fingerprint"].startswith("sha256:") and man["scorer_versions"]["lm-eval"]
+    assert man["runtime"]["dtype"] == "float32" and man["runtime"]["device"] == "cpu"
+    assert man["runtime"]["truncated"] == 0 and man["runtime"]["tokenizer_sha256"]
+    assert man["subset"]["ids"] == [r["id"] for r in read_jsonl(tmp_path / "a" / "results.jsonl")]
+    again = core.rerun(tmp_path / "a" / "metrics.json", tmp_path / "b")
+    assert [r["output"] for r in _ran(tmp_path / "b")] == [r["output"] for r in _ran(tmp_path / "a")]
+    assert again["score"] == metrics["score"]
+    from tulu_kit.models import build_tiny_model
+
+    shutil.rmtree(model)
+    build_tiny_model(model, seed=3)  # other weights at the same path
+    with pytest.raises(ValueError, match="other weights"):
+        core.rerun(tmp_path / "a" / "metrics.json", tmp_path / "c")
+
+
+def test_score_refuses_two_predictions_of_one_item(shared_data, tmp_path):
+    q = gsm8k.load_examples(str(shared_data))[5]["question"]
+    path = tmp_path / "p.jsonl"
+    write_jsonl(path, [
+        {"question": gsm8k.load_examples(str(shared_data))[4]["question"], "output": "1"},
+        {"question": q, "output": "1", "id": 5},
+        {"question": q + "  ", "output": "2", "id": "5", "meta": {"run": 2}},  # same item, other fields differ
+    ])  # fmt: skip
+    with pytest.raises(
+        core.PredictionError, match=r"p.jsonl:3: predicts benchmark item '5' again \(first on line 2\)"
+    ):
+        core.score_file("gsm8k", path, data_dir=str(shared_data))
