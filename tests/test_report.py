@@ -74,6 +74,10 @@ def test_report_compares_like_with_like(fake_run, tmp_path):
     # SFT -> DPO side by side, with the change; demo scores on their own row
     comparison = result["comparison"]
     assert comparison.loc[("gsm8k", "exact_match"), "Δ dpo"] == pytest.approx(5.0)
+    # 5 points apart with a 10-point stderr each: within noise (1.96 * sqrt(10² + 10²) = 27.7)
+    assert comparison.loc[("gsm8k", "exact_match"), "Δ dpo within noise"] == True  # noqa: E712
+    assert published.loc[("gsm8k", "sft"), "stderr"] == pytest.approx(10.0)
+    assert published.loc[("gsm8k", "sft"), "within noise"] == (abs(25.0 - 34.5) < 19.6)
     assert ("gsm8k", "exact_match (demo items)") in comparison.index
     assert (out / "scores.csv").read_text().splitlines()[
         0
