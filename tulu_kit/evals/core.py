@@ -654,6 +654,15 @@ def model_fingerprint(model: str) -> str:
     return "sha256:" + digest.hexdigest()[:16]
 
 
+def model_line(model: str) -> str:
+    """What an eval notebook shows at its top: the model evaluated (resolved path) and its weights fingerprint."""
+    try:
+        resolved = resolve_model(model)
+    except (FileNotFoundError, OSError) as e:
+        return f"model {model!r}: {e}"
+    return f"model evaluated: {resolved} (given {model!r}); weights {model_fingerprint(model)}"
+
+
 def _model_dir(model: str) -> str:
     try:
         return resolve_model(model)
