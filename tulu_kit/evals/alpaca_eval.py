@@ -44,6 +44,7 @@ from tulu_kit.io import atomic_write_json, read_json
 log = logging.getLogger(__name__)
 
 NAME = "alpaca_eval"
+DATA = "alpaca_eval/results"  # under the data root: what the score depends on (hashed into the manifest)
 REFERENCES = {1: "text_davinci_003", 2: "gpt4_1106_preview"}
 FILE = "alpaca_eval/results/{ref}/model_outputs.json"
 URL = "https://raw.githubusercontent.com/tatsu-lab/alpaca_eval/main/results/{ref}/model_outputs.json"

@@ -30,6 +30,7 @@ from tulu_kit.evals.core import (
 from tulu_kit.io import read_json
 
 NAME = "bbh"
+DATA = "bbh"  # under the data root: what the score depends on (hashed into the manifest)
 PROTOCOL = {
     "shots": "3 chain-of-thought exemplars per task (cot-prompts/<task>.txt)",
     "prompt": "{task prompt}\\n\\nQ: {input}\\nA:",

@@ -6,7 +6,10 @@ A benchmark module is found by convention, not by registration: it defines
 * `PROTOCOL: dict`   shots, prompt, decoding, extraction, metric and source (also shown in `eval/README.md`);
 * a config dataclass (`EvalConfig` or a subclass) named in `CONFIG`, e.g. `CONFIG = GSM8KConfig`;
 * `run(cfg, backend=None) -> dict`           evaluate a model, write predictions.jsonl + metrics.json;
-* `score_predictions(preds, data_dir=None) -> Scored`   score prediction records produced anywhere.
+* `score_predictions(preds, data_dir=None) -> Scored`   score prediction records produced anywhere;
+
+and optionally `DATA` (the file or folder under the data root its score depends on, hashed into the manifest;
+default: its `FILE`) and `REPEATS = True` (its protocol repeats an example: n samples per task, per group).
 
 `get_benchmark(name)` imports `tulu_kit.evals.<name>`; the `eval`/`score` CLI and the notebooks dispatch through it.
 
@@ -682,24 +685,20 @@ def _chat_template_text(model: str) -> str | None:
     return None
 
 
-# benchmark -> the data its score depends on, under the data root (when the module's FILE does not say)
-_DATA = {"mmlu": "mmlu", "bbh": "bbh", "tydiqa": "tydiqa_goldp", "toxigen": "toxigen/prompts"}
-
-
 def _data_fingerprint(benchmark: str, data_dir: str | None, version: str | None = None) -> dict:
     """sha256 (16 hex digits) over the benchmark's data file(s): each relative path and its bytes."""
     import hashlib
 
     try:
-        rel = getattr(get_benchmark(benchmark), "FILE", None)
+        mod = get_benchmark(benchmark)
     except ValueError:
         return {"path": None, "sha256": None}
-    if benchmark == "truthfulqa":
-        rel = f"truthfulqa/{version or 'v1_817'}/TruthfulQA.csv"
-    elif benchmark == "alpaca_eval":
-        rel = "alpaca_eval/results"
-    elif not isinstance(rel, str) or "{" in rel:
-        rel = _DATA.get(benchmark, benchmark)
+    # the module's DATA (a file or folder; "{version}" filled in), else its FILE, else a folder named after it
+    rel = getattr(mod, "DATA", None) or getattr(mod, "FILE", None)
+    if isinstance(rel, str) and "{version}" in rel:
+        rel = rel.format(version=version or getattr(mod.CONFIG, "version", ""))
+    if not isinstance(rel, str) or "{" in rel:
+        rel = benchmark
     root = data_root(data_dir)
     path = root / rel
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -858,8 +857,15 @@ class PredictionError(ValueError):
 # fields holding the model's answer (everything else in a record identifies the example it answers)
 _ANSWER_TEXT = ("output", "completion", "response", "prediction")
 _ANSWER_SCORES = ("logprobs",)
-# benchmarks whose protocol repeats an example: n samples per task (pass@k), many generations per group
-_REPEATS = {"humaneval", "humaneval_plus", "mbpp_plus", "toxigen"}
+
+
+def _repeats(benchmark: str) -> bool:
+    """Whether the benchmark's protocol repeats an example (its module sets `REPEATS = True`: n samples per task
+    for pass@k, many generations per group)."""
+    try:
+        return bool(getattr(get_benchmark(benchmark), "REPEATS", False))
+    except ValueError:
+        return False
 
 
 def _decode_lines(path: Path) -> Iterable[tuple[int, bytes]]:
@@ -912,6 +918,7 @@ def _read_predictions(path: str | Path, benchmark: str = "") -> tuple[list[dict]
     if not path.is_file() and not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file")
     rows, seen, lines = [], {}, []
+    repeats = _repeats(benchmark)
     for n, line in _decode_lines(path):
         if not line.strip():
             continue
@@ -932,7 +939,7 @@ def _read_predictions(path: str | Path, benchmark: str = "") -> tuple[list[dict]
         for k in _ANSWER_SCORES:
             if k in rec and not isinstance(rec[k], (list, dict)):
                 raise PredictionError(f"{path}:{n}: field {k!r} must be a list or an object of log-probs")
-        if benchmark not in _REPEATS:
+        if not repeats:
             ident = _ident(rec)
             if ident in seen:
                 raise PredictionError(
@@ -949,7 +956,7 @@ def _refuse_repeated_items(path: Path, benchmark: str, verdicts: list[dict], lin
     """Two predictions the scorer matched to one benchmark item (whatever else differs between them: an id's
     type, an extra field, trailing spaces) are refused, naming both lines; code benchmarks and ToxiGen repeat
     items by protocol."""
-    if benchmark in _REPEATS or len(verdicts) != len(lines):
+    if _repeats(benchmark) or len(verdicts) != len(lines):
         return
     first: dict[str, int] = {}
     for v, n in zip(verdicts, lines):

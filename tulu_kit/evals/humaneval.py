@@ -40,6 +40,7 @@ from tulu_kit.io import iter_jsonl
 log = logging.getLogger(__name__)
 
 NAME = "humaneval"
+REPEATS = True  # n samples per task (pass@k): a predictions file repeats a task by protocol
 FILE = "humaneval/HumanEval.jsonl.gz"
 URL = "https://github.com/openai/human-eval/raw/master/data/HumanEval.jsonl.gz"
 INSTRUCTION = "Complete the following python function.\n\n\n"

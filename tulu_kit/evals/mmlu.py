@@ -31,6 +31,7 @@ from tulu_kit.evals.core import (
 )
 
 NAME = "mmlu"
+DATA = "mmlu"  # under the data root: what the score depends on (hashed into the manifest)
 LETTERS = ["A", "B", "C", "D"]
 PROTOCOL = {
     "shots": "0 (default) or 5 dev-set exemplars",

@@ -33,6 +33,7 @@ from tulu_kit.evals.core import (
 from tulu_kit.io import read_json
 
 NAME = "tydiqa"
+DATA = "tydiqa_goldp"  # under the data root: what the score depends on (hashed into the manifest)
 # language -> (instruction, passage label, question label, answer label), as open-instruct wrote them
 TEMPLATES = {
     "english": (
