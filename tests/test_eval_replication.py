@@ -171,3 +171,28 @@ def test_score_refuses_two_predictions_of_one_item(shared_data, tmp_path):
         core.PredictionError, match=r"p.jsonl:3: predicts benchmark item '5' again \(first on line 2\)"
     ):
         core.score_file("gsm8k", path, data_dir=str(shared_data))
+
+
+def test_bootstrap_stderr_matches_the_binomial_one_for_a_mean():
+    items = [1.0] * 200 + [0.0] * 200
+    se = core.bootstrap_stderr(items, lambda xs: sum(xs) / len(xs))
+    assert se == pytest.approx((0.25 / 400) ** 0.5, rel=0.1)  # 0.025
+    assert core.bootstrap_stderr(items, lambda xs: sum(xs) / len(xs)) == se  # seeded
+
+
+def test_xstest_f1_has_a_bootstrap_error_bar(shared_data, tmp_path):
+    import csv
+
+    from tulu_kit.evals import xstest
+
+    path = (
+        shared_data / "xstest/evaluation/automated_evaluation_labels/xstest_v2_completions_gpt4_streval.csv"
+    )
+    prompt = {p["id"]: p["prompt"] for p in xstest.load_prompts(str(shared_data))}
+    with open(path, newline="", encoding="utf-8") as f:
+        preds = [
+            {"prompt": prompt[r["id"].removeprefix("v2-")], "completion": r["completion"]}
+            for r in csv.DictReader(f)
+        ]
+    m = xstest.score_predictions(preds, str(shared_data)).metrics
+    assert m["counts"]["n"] == 450 and 0.005 < m["stderr"] < 0.05  # not the 0 a single F1 value would give

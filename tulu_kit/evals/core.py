@@ -577,6 +577,16 @@ def make_metrics(
     }
 
 
+def bootstrap_stderr(items: list, statistic: Callable[[list], float], n: int = 1000, seed: int = 0) -> float:
+    """Standard error of `statistic(items)` by the bootstrap: the std of the statistic over `n` resamples of the
+    items with replacement (seeded), for scores that are not a mean over examples (F1 of a label set, ...)."""
+    if len(items) < 2:
+        return 0.0
+    rng = random.Random(seed)
+    stats = [statistic([items[rng.randrange(len(items))] for _ in items]) for _ in range(n)]
+    return mean_stderr(stats)[1] * math.sqrt(n)  # the std of the resampled statistics
+
+
 @dataclass
 class Scored:
     """What `score_predictions` returns: metrics.json content and one verdict per prediction, in input order."""
