@@ -3,6 +3,7 @@ regenerates an eval, one prediction per benchmark item."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import random
 import shutil
@@ -196,3 +197,17 @@ def test_xstest_f1_has_a_bootstrap_error_bar(shared_data, tmp_path):
         ]
     m = xstest.score_predictions(preds, str(shared_data)).metrics
     assert m["counts"]["n"] == 450 and 0.005 < m["stderr"] < 0.05  # not the 0 a single F1 value would give
+
+
+def test_manifest_names_the_judge_and_the_classifier_weights(tiny_model):
+    man = core.eval_manifest("toxigen", {"classifier": str(tiny_model), "counts": {"n": 3}})
+    assert man["judge"]["classifier"] == str(tiny_model)
+    assert man["judge"]["revisions"][str(tiny_model)] == core.model_fingerprint(str(tiny_model))
+    assert man["judge"]["revisions"][str(tiny_model)].startswith("sha256:")
+    man = core.eval_manifest("xstest", {"judge": "gpt-4", "judge_endpoint": "http://j/v1/chat/completions"})
+    assert man["judge"] == {
+        "judge": "gpt-4",
+        "judge_endpoint": "http://j/v1/chat/completions",
+        "revisions": {},
+    }
+    assert man["kit_commit"] and man["scorer_versions"]["lm-eval"] == importlib.metadata.version("lm-eval")

@@ -788,7 +788,11 @@ def eval_manifest(
     }
     out["kit_commit"] = kit_commit()
     out["scorer_versions"] = scorer_versions()
-    out["judge"] = {k: metrics[k] for k in ("judge", "judge_endpoint", "classifier") if k in metrics} or None
+    # judges and classifiers: model, endpoint, and for a model run here its weights (fingerprint / Hub revision)
+    judge = {k: metrics[k] for k in ("judge", "judge_endpoint", "classifier", "judges") if metrics.get(k)}
+    local = [metrics.get("classifier")] + list((metrics.get("judges") or {}).values())
+    judge["revisions"] = {m: model_fingerprint(m) for m in local if isinstance(m, str) and m}
+    out["judge"] = judge if len(judge) > 1 or judge["revisions"] else None
     if metrics.get("lc_method"):
         out["lc_method"] = metrics["lc_method"]
     if cfg is None:

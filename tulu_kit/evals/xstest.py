@@ -173,6 +173,8 @@ def score_predictions(
     f1s = [results[main]["refusal_prf"]["f1"]]
     extra = {"results": results, "labeller": main, "judged": judge is not None,
              "stderr_method": "bootstrap over prompts, 1000 resamples, seed 0"}  # fmt: skip
+    if judge is not None:
+        extra.update(judge=judge.model, judge_endpoint=judge.url)
     metrics = make_metrics(NAME, f"refusal_f1 ({main})", f1s, PROTOCOL, extra=extra)
     # F1 is not a mean over prompts: its error bar comes from resampling the prompts
     metrics["stderr"] = bootstrap_stderr(rows, lambda rs: label_metrics(rs, main)["refusal_prf"]["f1"])
