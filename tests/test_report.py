@@ -128,3 +128,13 @@ def test_side_by_side_scores_list_the_settings_they_differ_in(tmp_path):
     diff = setting_differences([tmp_path / "a", tmp_path / "b"])
     assert diff["setting"].tolist() == ["decoding.temperature"]
     assert diff.iloc[0]["first"].endswith(": 0.0") and diff.iloc[0]["other"].endswith(": 0.7")
+
+
+def test_open_instructs_own_sample_is_the_benchmark_and_the_nested_draw_a_subset():
+    from tulu_kit.report import FULL, SUBSET, data_kind
+
+    def kind(**config):
+        return data_kind({"benchmark": "gsm8k", "config": {"data_dir": "/d", "max_examples": 200, **config}})
+
+    assert kind(subset="open-instruct") == FULL  # the default: open-instruct's 200 ids
+    assert kind(subset="") == SUBSET  # the kit's nested draw: other questions, not comparable to Tulu's

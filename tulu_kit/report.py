@@ -140,12 +140,12 @@ def _percent(metric: str, value) -> float | None:
     return float(value) if metric in PERCENT_METRICS else 100.0 * float(value)
 
 
-def _default_max_examples(benchmark: str):
-    """The protocol's own subset size (the CONFIG default), or ``...`` when it cannot be told."""
+def _default_max_examples(benchmark: str, field: str = "max_examples"):
+    """The protocol's own subset size (the CONFIG default; or another field's), or ``...`` when it cannot be told."""
     try:
         from tulu_kit.evals import get_benchmark
 
-        return getattr(get_benchmark(benchmark).CONFIG(), "max_examples", None)
+        return getattr(get_benchmark(benchmark).CONFIG(), field, None)
     except Exception:  # an unknown or broken benchmark module: the run is just not comparable
         return ...
 
@@ -157,7 +157,10 @@ def data_kind(metrics: dict) -> str:
         return DEMO
     if "config" not in metrics:  # scored with `tulu-kit score`: whatever the predictions covered
         return FULL
-    if config.get("subset") or config.get("max_examples") != _default_max_examples(metrics["benchmark"]):
+    # the protocol's own draw ("open-instruct" where it has one) at its own size is the benchmark, not a subset
+    own_subset = _default_max_examples(metrics["benchmark"], "subset") or ""
+    own_size = _default_max_examples(metrics["benchmark"])
+    if (config.get("subset", own_subset) or "") != own_subset or config.get("max_examples") != own_size:
         return SUBSET
     return FULL
 
