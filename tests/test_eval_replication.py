@@ -3,6 +3,7 @@ regenerates an eval, one prediction per benchmark item."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 import random
@@ -125,18 +126,24 @@ def _lab(tmp_path, seed: int, stages: list[str]):
     return lab
 
 
-def test_resume_after_a_new_stage_trained_refuses_instead_of_appending(tmp_path, monkeypatch):
+def test_resume_after_a_new_stage_trained_starts_fresh_instead_of_appending(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     lab = _lab(tmp_path, 0, ["sft"])
     cfg = gsm8k.GSM8KConfig(model=str(lab), data_dir="demo", out_dir=str(tmp_path / "eval"), max_new_tokens=4)
     first = gsm8k.run(cfg)
     assert first["manifest"]["model"]["resolved"] == str(lab / "sft" / "model")
     before = (tmp_path / "eval" / "predictions.jsonl").read_bytes()
+    n = len(before.splitlines())
     _lab(tmp_path, 1, ["sft", "dpo"])  # a new stage trained since: the run folder now means dpo/model
-    with pytest.raises(ValueError, match="model_fingerprint") as e:
-        gsm8k.run(cfg)
-    assert "resolved_model" in str(e.value) and "never appended" in str(e.value)
-    assert (tmp_path / "eval" / "predictions.jsonl").read_bytes() == before  # nothing appended
+    second = gsm8k.run(cfg)
+    assert second["manifest"]["model"]["resolved"] == str(lab / "dpo" / "model")
+    assert second["manifest"]["model"]["fingerprint"] != first["manifest"]["model"]["fingerprint"]
+    after = (tmp_path / "eval" / "predictions.jsonl").read_bytes()
+    assert len(after.splitlines()) == n and after != before  # the new model's outputs only, nothing appended
+    (stale,) = (tmp_path / "eval").glob("predictions.stale-*.jsonl")
+    assert stale.read_bytes() == before  # the old model's file is kept aside, not lost
+    with pytest.raises(ValueError, match="never appended"):  # another protocol is still refused
+        gsm8k.run(dataclasses.replace(cfg, n_shot=2))
 
 
 def test_an_eval_reruns_from_its_manifest_alone(tiny_model, tmp_path):

@@ -14,7 +14,8 @@ default: its `FILE`) and `REPEATS = True` (its protocol repeats an example: n sa
 `get_benchmark(name)` imports `tulu_kit.evals.<name>`; the `eval`/`score` CLI and the notebooks dispatch through it.
 
 Files under `cfg.out_dir`: `predictions.jsonl` (appended one example at a time, so an interrupted run resumes),
-`eval_config.json` (what the predictions were made with; a resume with a different model or protocol is refused),
+`eval_config.json` (what the predictions were made with: another model starts a fresh file, the old one moved to
+`predictions.stale-<time>.jsonl`; another protocol is refused),
 `metrics.json` (written atomically: score, stderr, counts, protocol) and, from `score_file`, `results.jsonl`.
 """
 
@@ -28,6 +29,7 @@ import math
 import os
 import pkgutil
 import random
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -390,6 +392,7 @@ class PredictionStore:
 
 
 # ---------------------------------------------------------------------------------------------- running
+_MODEL_KEYS = {"model", "resolved_model", "model_fingerprint"}  # a change here is another model, not a resume
 _RESUME_IGNORED = {"out_dir", "max_examples", "subset", "batch_size", "data_dir", "gpu_memory_utilization"}
 
 
@@ -431,10 +434,19 @@ def _check_resume(cfg: EvalConfig, out: Path) -> None:
         if "model_fingerprint" not in before:  # written before the model was fingerprinted: unknown, refuse
             before["model_fingerprint"] = "not recorded"
         diff = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v}
+        if diff and set(diff) <= _MODEL_KEYS:  # another model (a new stage trained since): a fresh file
+            stale = out / f"predictions.stale-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+            preds.rename(stale)
+            log.warning(
+                "%s was made by another model %s (before, now): moved to %s; starting a fresh predictions file",
+                preds, diff, stale.name,
+            )  # fmt: skip
+            diff = {}
         if diff:
             raise ValueError(
                 f"{out}/predictions.jsonl was made with other settings {diff} (before, now); "
-                "a different model or protocol is never appended: use another out_dir or delete predictions.jsonl"
+                "predictions made with another protocol are never appended: use another out_dir or delete "
+                "predictions.jsonl"
             )
     write_json_atomic(path, _resume_settings(cfg))
 
