@@ -431,7 +431,7 @@ def _check_resume(cfg: EvalConfig, out: Path) -> None:
             raise ValueError(f"{path}: expected a JSON object; delete it and predictions.jsonl to start over")
         before = {k: v for k, v in before.items() if k not in _RESUME_IGNORED}
         before.setdefault("data_root", now["data_root"])  # written before the data folder was recorded
-        if "model_fingerprint" not in before:  # written before the model was fingerprinted: unknown, refuse
+        if "model_fingerprint" not in before:  # made before models were fingerprinted: another model
             before["model_fingerprint"] = "not recorded"
         diff = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v}
         if diff and set(diff) <= _MODEL_KEYS:  # another model (a new stage trained since): a fresh file
