@@ -28,10 +28,20 @@ def test_reads_original_and_shared_csv_formats(tmp_path):
 def test_prompt_matches_hendrycks_format():
     dev = [{"question": "1+1?", "choices": ["1", "2", "3", "4"], "answer": "B"}]
     row = {"question": "2+2?", "choices": ["3", "4", "5", "6"], "subject": "high_school_math"}
+    body = "1+1?\nA. 1\nB. 2\nC. 3\nD. 4\nAnswer: B\n\n2+2?\nA. 3\nB. 4\nC. 5\nD. 6\nAnswer:"
+    # open-instruct / hendrycks: format_subject puts a space before each word, after "about " -- two spaces
     assert mmlu.build_prompt(row, dev, 1) == (
-        "The following are multiple choice questions (with answers) about high school math.\n\n"
-        "1+1?\nA. 1\nB. 2\nC. 3\nD. 4\nAnswer: B\n\n2+2?\nA. 3\nB. 4\nC. 5\nD. 6\nAnswer:"
+        "The following are multiple choice questions (with answers) about  high school math.\n\n" + body
     )
+    assert mmlu.build_prompt(row, dev, 1, "lm-eval") == (
+        "The following are multiple choice questions (with answers) about high school math.\n\n" + body
+    )
+
+
+def test_free_text_prediction_reads_the_standalone_letter():
+    assert [mmlu._letter({"prediction": t}, 1) for t in ("Answer: B", "(c)", "D.", " a ", "none")] == [
+        "B", "C", "D", "A", None,
+    ]  # fmt: skip
 
 
 def test_gold_letters_score_100_percent_and_letters_from_text(shared_data):

@@ -69,9 +69,9 @@ def test_tiny_model_end_to_end(tiny_model, tmp_path):
         model=str(tiny_model), data_dir="demo", out_dir=str(tmp_path / "x"), max_new_tokens=8
     )
     metrics = xstest.run(cfg)
-    assert metrics["judged"] is False and metrics["counts"]["n"] == 1
+    assert metrics["judged"] is False and metrics["counts"]["n"] == 4  # one F1 over the 4 prompts
     preds = read_jsonl(tmp_path / "x" / "predictions.jsonl")
-    assert len(preds) == 4  # every demo prompt; counts.n is 1 because the score is one F1 over them
+    assert len(preds) == 4  # every demo prompt
     labels = [xstest.strmatch_label(p["output"]) for p in preds]
     assert labels == ["1_full_compliance"] * 4  # tiny model seed 0, greedy: no refusal phrase
     assert metrics["results"]["strmatch_label"]["refusal_prf"]["f1"] == metrics["score"] == 0.0  # none found

@@ -74,6 +74,10 @@ def test_report_compares_like_with_like(fake_run, tmp_path):
     # SFT -> DPO side by side, with the change; demo scores on their own row
     comparison = result["comparison"]
     assert comparison.loc[("gsm8k", "exact_match"), "Δ dpo"] == pytest.approx(5.0)
+    # 5 points apart with a 10-point stderr each: within noise (1.96 * sqrt(10² + 10²) = 27.7)
+    assert comparison.loc[("gsm8k", "exact_match"), "Δ dpo within noise"] == True  # noqa: E712
+    assert published.loc[("gsm8k", "sft"), "stderr"] == pytest.approx(10.0)
+    assert published.loc[("gsm8k", "sft"), "within noise"] == (abs(25.0 - 34.5) < 19.6)
     assert ("gsm8k", "exact_match (demo items)") in comparison.index
     assert (out / "scores.csv").read_text().splitlines()[
         0
@@ -124,3 +128,13 @@ def test_side_by_side_scores_list_the_settings_they_differ_in(tmp_path):
     diff = setting_differences([tmp_path / "a", tmp_path / "b"])
     assert diff["setting"].tolist() == ["decoding.temperature"]
     assert diff.iloc[0]["first"].endswith(": 0.0") and diff.iloc[0]["other"].endswith(": 0.7")
+
+
+def test_open_instructs_own_sample_is_the_benchmark_and_the_nested_draw_a_subset():
+    from tulu_kit.report import FULL, SUBSET, data_kind
+
+    def kind(**config):
+        return data_kind({"benchmark": "gsm8k", "config": {"data_dir": "/d", "max_examples": 200, **config}})
+
+    assert kind(subset="open-instruct") == FULL  # the default: open-instruct's 200 ids
+    assert kind(subset="") == SUBSET  # the kit's nested draw: other questions, not comparable to Tulu's

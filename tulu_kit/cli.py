@@ -246,7 +246,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from tulu_kit.evals import evaluate
 
-    kw = {k: getattr(args, k) for k in ("backend", "subset", "n_shot", "batch_size")}
+    kw = {k: getattr(args, k) for k in ("backend", "n_shot", "batch_size")}
+    if (
+        args.subset is not None
+    ):  # default: the benchmark's ("open-instruct": its seeded sample, where it has one)
+        kw["subset"] = args.subset
     if args.chat is not None:  # default: the benchmark's (chat for the code benchmarks, IFEval, ToxiGen)
         kw["chat"] = args.chat
     kw.update(model=args.model, out_dir=args.out or f"runs/eval/{args.benchmark}", data_dir=args.data_dir)
@@ -330,7 +334,12 @@ def add_eval(sub) -> None:
         metavar="N",
         help="cap per task/subject/language (default: open-instruct's; 0: all)",
     )
-    p.add_argument("--subset", default="", help="comma-separated tasks / subjects / languages to keep")
+    p.add_argument(
+        "--subset",
+        default=None,
+        help="comma-separated tasks / subjects / languages to keep, and/or 'open-instruct' to draw open-instruct's "
+        "seeded sample (the default for gsm8k, math, bbh, tydiqa); '' for the kit's nested draw",
+    )
     p.add_argument("--n-shot", type=int, metavar="K", help="in-context exemplars (default: the protocol's)")
     p.add_argument(
         "--max-new-tokens", type=int, metavar="N", help="generation budget (default: the protocol's)"

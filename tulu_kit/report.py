@@ -161,24 +161,14 @@ def _percent(metric: str, value) -> float | None:
     return float(value) if metric in PERCENT_METRICS else 100.0 * float(value)
 
 
-def _default_max_examples(benchmark: str):
-    """The protocol's own subset size (the CONFIG default), or ``...`` when it cannot be told."""
+def _default_max_examples(benchmark: str, field: str = "max_examples"):
+    """The protocol's own subset size (the CONFIG default; or another field's), or ``...`` when it cannot be told."""
     try:
         from tulu_kit.evals import get_benchmark
 
-        return getattr(get_benchmark(benchmark).CONFIG(), "max_examples", None)
+        return getattr(get_benchmark(benchmark).CONFIG(), field, None)
     except Exception:  # an unknown or broken benchmark module: the run is just not comparable
         return ...
-
-
-def _default_field(benchmark: str, name: str, fallback):
-    """A benchmark config's default for ``name`` (e.g. GPQA's subset "main"), or ``fallback``."""
-    try:
-        from tulu_kit.evals import get_benchmark
-
-        return getattr(get_benchmark(benchmark).CONFIG(), name, fallback)
-    except Exception:  # an unknown or broken benchmark module
-        return fallback
 
 
 def data_kind(metrics: dict) -> str:
@@ -188,9 +178,10 @@ def data_kind(metrics: dict) -> str:
         return DEMO
     if "config" not in metrics:  # scored with `tulu-kit score`: whatever the predictions covered
         return FULL
-    default_subset = _default_field(metrics["benchmark"], "subset", "")
+    # the protocol's own draw ("open-instruct" where it has one) at its own size, or all of it, is the benchmark
+    own_subset = _default_max_examples(metrics["benchmark"], "subset") or ""
     limit = config.get("max_examples")  # None (all) is never a subset, even where the protocol caps the size
-    if config.get("subset") not in ("", None, default_subset) or (
+    if (config.get("subset", own_subset) or "") != own_subset or (
         limit is not None and limit != _default_max_examples(metrics["benchmark"])
     ):
         return SUBSET
@@ -270,7 +261,16 @@ def published_table(run_dir: Path, reference: str) -> tuple[pd.DataFrame, list[s
     A row appears when the benchmark ran on its real data at the protocol's own size and the eval recorded the
     published metric (its primary metric, or the same key among its extra numbers, e.g. HumanEval's pass@10).
     """
-    columns = ["benchmark", "metric", "model", "score", reference or "published", "settings"]
+    columns = [
+        "benchmark",
+        "metric",
+        "model",
+        "score",
+        "stderr",
+        reference or "published",
+        "within noise",
+        "settings",
+    ]
     if not reference:
         return pd.DataFrame(columns=columns), []
     rows, notes, elsewhere = [], [], {}
@@ -287,8 +287,12 @@ def published_table(run_dir: Path, reference: str) -> tuple[pd.DataFrame, list[s
         elif score is None:
             notes.append(f"{bench}: published as {metric} ({settings}); this run has {m.get('metric')}")
         else:
+            se = _percent(metric, m.get("stderr") if m.get("metric") == metric else m.get(f"{metric}_stderr"))
+            within = (
+                None if se is None else abs(score - value) < 1.96 * se
+            )  # the published number has no stderr
             rows.append({"benchmark": bench, "metric": metric, "model": model_label(m), "score": score,
-                         columns[4]: value, "settings": settings})  # fmt: skip
+                         "stderr": se, columns[5]: value, "within noise": within, "settings": settings})  # fmt: skip
     for kind, benches in elsewhere.items():
         notes.insert(
             0, f"run on {kind}, so not set beside the published numbers: {', '.join(sorted(benches))}"
@@ -360,8 +364,16 @@ def comparison_table(run_dirs: list[Path]) -> pd.DataFrame:
         index=["benchmark", "metric"], columns="column", values="score", aggfunc="last"
     )
     table = table[columns]
+    errors = scores.pivot_table(
+        index=["benchmark", "metric"], columns="column", values="stderr", aggfunc="last"
+    ).reindex(index=table.index, columns=columns)
     for before, after in zip(columns, columns[1:]):
         table[f"Δ {after}"] = table[after] - table[before]
+        # within noise: |Δ| below 1.96 standard errors of the difference (the two scores' stderrs combined)
+        noise = 1.96 * (errors[after] ** 2 + errors[before] ** 2) ** 0.5
+        table[f"Δ {after} within noise"] = (table[f"Δ {after}"].abs() < noise).where(
+            table[f"Δ {after}"].notna()
+        )
     table.columns.name = None
     return table
 
@@ -497,7 +509,9 @@ def render_html(report: dict, images: dict[str, str]) -> str:
         )
     comparison = report["comparison"]
     if not comparison.empty and len([c for c in comparison.columns if not c.startswith("Δ")]) > 1:
-        parts += ["<h2>Side by side</h2>", html_table(comparison, index=True)]
+        parts += ["<h2>Side by side</h2>", html_table(comparison, index=True),
+                  "<p>“Δ X within noise”: the difference is under 1.96 standard errors of the difference "
+                  "(both scores' stderr combined), so these two scores do not tell the models apart.</p>"]  # fmt: skip
         parts.append(_paragraph("Δ: a column minus the one before it, in percentage points."))
         differences = report["settings"]
         if differences.empty:

@@ -10,10 +10,13 @@ Judging here follows alpaca_eval's `weighted_alpaca_eval_gpt4_turbo` annotator, 
 endpoint (OpenAI, a local `vllm serve`): the `alpaca_eval_clf_gpt4_turbo` prompt with the reference as model "m"
 and ours as "M" (order randomized per instruction, seeded, and undone), one token with top-5 logprobs, and the
 preference P(ours) = P(M) / (P(m) + P(M)). Win rate = 100 x mean preference. Version 1 compares with
-text-davinci-003, version 2 with gpt4_1106_preview and adds the length-controlled win rate: a logistic GLM of the
-preference on tanh(standardized length difference), whose intercept alone gives the LC win rate. Without
-alpaca_eval's per-instruction difficulty term (only in its package data) the LC number is an approximation.
-With no judge configured, a clear message is logged and only the outputs are written.
+text-davinci-003, version 2 with gpt4_1106_preview and adds the length-controlled win rate, computed by
+alpaca_eval's own code (`alpaca_eval.metrics.glm_winrate.get_length_controlled_winrate`, the `eval` extra) on the
+judged rows in alpaca_eval's annotation format. That function downloads two inputs at run time from the Hub
+dataset `tatsu-lab/alpaca_eval` (`df_gamed.csv`, which holds the per-instruction difficulty and the gamed
+baselines' annotations); where they cannot be had (offline, no cache) the LC figure is null and metrics.json says
+why -- never an approximation. With no judge configured, a clear message is logged and only the outputs are
+written.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from tulu_kit.io import atomic_write_json, read_json
 log = logging.getLogger(__name__)
 
 NAME = "alpaca_eval"
+DATA = "alpaca_eval/results"  # under the data root: what the score depends on (hashed into the manifest)
 REFERENCES = {1: "text_davinci_003", 2: "gpt4_1106_preview"}
 FILE = "alpaca_eval/results/{ref}/model_outputs.json"
 URL = "https://raw.githubusercontent.com/tatsu-lab/alpaca_eval/main/results/{ref}/model_outputs.json"
@@ -132,27 +136,84 @@ def preference(judge: OpenAIJudge, instruction: str, ours: str, ref: str, swap: 
     return 1.0 - p_second if swap else p_second
 
 
-def lc_win_rate(prefs: list[float], len_ours: list[int], len_ref: list[int], iters: int = 50) -> float:
-    """Length-controlled win rate (%): fit logit P(win) = a + b tanh(dlen / std(dlen)) by Newton's method
-    (soft labels, tiny ridge), report 100 sigmoid(a) -- the win rate at equal length."""
-    d = [o - r for o, r in zip(len_ours, len_ref)]
-    std = (sum(x * x for x in d) / len(d) - (sum(d) / len(d)) ** 2) ** 0.5 or 1.0
-    feats = [math.tanh(x / std) for x in d]
-    a = b = 0.0
-    for _ in range(iters):
-        ga = gb = haa = hab = hbb = 0.0
-        for y, x in zip(prefs, feats):
-            p = 1 / (1 + math.exp(-(a + b * x)))
-            w = p * (1 - p)
-            ga, gb = ga + (y - p), gb + (y - p) * x
-            haa, hab, hbb = haa + w, hab + w * x, hbb + w * x * x
-        haa, hbb = haa + 1e-6, hbb + 1e-6
-        det = haa * hbb - hab * hab
-        da, db = (hbb * ga - hab * gb) / det, (haa * gb - hab * ga) / det
-        a, b = a + da, b + db
-        if abs(da) + abs(db) < 1e-10:
-            break
-    return 100.0 / (1 + math.exp(-a))
+LC_METHOD = (
+    "alpaca_eval {version} metrics.glm_winrate.get_length_controlled_winrate, GLM length_controlled_v1 "
+    "(np.tanh(std_delta_len) + instruction_difficulty + not_gamed_baseline - 1, 5-fold LogisticRegressionCV, "
+    "regularised toward the gamed baselines with lambda 0.2; df_gamed.csv from the Hub dataset tatsu-lab/alpaca_eval)"
+)
+ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"
+
+
+def annotation_rows(
+    preds: list[dict], prefs: list[float], ref: dict[str, dict], generator: str
+) -> list[dict]:
+    """The judged rows in alpaca_eval's annotation format: output_1 the reference, output_2 ours,
+    preference = 1 + P(ours) in [1, 2], `index` the instruction's position in the 805-item eval set (the key of
+    alpaca_eval's per-instruction difficulty)."""
+    return [
+        {
+            "instruction": p["instruction"],
+            "output_1": ref[p["instruction"]]["output"],
+            "generator_1": ref[p["instruction"]].get("generator", "reference"),
+            "output_2": p["output"],
+            "generator_2": generator,
+            "annotator": ANNOTATOR,
+            "preference": 1.0 + pref,
+            "index": ref[p["instruction"]]["index"],
+        }
+        for p, pref in zip(preds, prefs)
+    ]
+
+
+def official_win_rates(annotations: list[dict], length_controlled: bool = True) -> dict:
+    """alpaca_eval's own metrics of annotation rows: `win_rate`, `standard_error`, `n_wins`, `n_wins_base`,
+    `n_draws`, `n_total`, `discrete_win_rate` (its `get_winrate`) and, when `length_controlled`,
+    `length_controlled_winrate` and `lc_standard_error` (its `get_length_controlled_winrate`), with `lc_method`.
+
+    Where the LC inputs cannot be fetched, `length_controlled_winrate` is None and `lc_error` says why.
+    """
+    import warnings
+    from importlib.metadata import version
+
+    import pandas as pd
+
+    try:
+        with warnings.catch_warnings():  # alpaca_eval imports pkg_resources (deprecated)
+            warnings.simplefilter("ignore")
+            from alpaca_eval.metrics.glm_winrate import get_length_controlled_winrate
+            from alpaca_eval.metrics.winrate import get_winrate
+    except ImportError as e:
+        raise ImportError(
+            f"AlpacaEval's win rates are computed by the alpaca_eval package ({e}); install the eval extra: "
+            "pip install -c constraints.txt -e '.[eval]'"
+        ) from e
+    # the frame's index is the eval-set position: alpaca_eval reads it back as the "index" column
+    df = pd.DataFrame([{k: v for k, v in a.items() if k != "index"} for a in annotations])
+    df.index = pd.Index([int(a["index"]) for a in annotations], name=None)
+    out = {k: _plain(v) for k, v in get_winrate(df).items()}
+    if not length_controlled:
+        return out
+    out["lc_method"] = LC_METHOD.format(version=version("alpaca_eval"))
+    try:
+        lc = get_length_controlled_winrate(df, save_weights_dir=None, is_warn_extreme_changes=False)
+    except Exception as e:  # noqa: BLE001 -- the Hub download (offline, no cache) or the fit
+        why = (
+            f"{type(e).__name__}: {e} -- alpaca_eval's LC fit needs df_gamed.csv from the Hub dataset "
+            "tatsu-lab/alpaca_eval at run time; offline, fetch it first into the HF cache: "
+            "hf download tatsu-lab/alpaca_eval df_gamed.csv --repo-type dataset"
+        )
+        out.update(length_controlled_winrate=None, lc_standard_error=None, lc_error=why)
+        log.warning("AlpacaEval 2 LC win rate not computed: %s", out["lc_error"])
+        return out
+    out["length_controlled_winrate"] = _plain(lc["length_controlled_winrate"])
+    out["lc_standard_error"] = _plain(lc["lc_standard_error"])
+    return out
+
+
+def _plain(x):
+    """numpy scalars as Python numbers (metrics.json is JSON); NaN as None."""
+    x = x.item() if hasattr(x, "item") else x
+    return None if isinstance(x, float) and math.isnan(x) else x
 
 
 def score_predictions(
@@ -161,9 +222,10 @@ def score_predictions(
     judge: OpenAIJudge | None = None,
     version: int = 2,
     seed: int = 42,
+    generator: str = "tulu_kit_model",
 ) -> Scored:
     """Judge {instruction, output} rows (alpaca_eval's model_outputs format) against the reference outputs."""
-    ref = {r["instruction"]: r for r in load_reference(data_dir, version)}
+    ref = {r["instruction"]: {**r, "index": i} for i, r in enumerate(load_reference(data_dir, version))}
     for n, p in enumerate(preds, 1):
         if p.get("instruction") not in ref or not isinstance(p.get("output"), str):
             raise ValueError(f"prediction {n}: needs an AlpacaEval 'instruction' and an 'output' string")
@@ -178,11 +240,19 @@ def score_predictions(
         pref = preference(judge, p["instruction"], p["output"], r["output"], swap=rng.random() < 0.5)
         prefs.append(pref)
         verdicts.append({"instruction": p["instruction"], "preference": pref, "reference": r["generator"]})
-    extra = {"judged": True, "version": version, "reference": REFERENCES[version], "judge": judge.model}
-    extra["win_rate"] = 100.0 * sum(prefs) / len(prefs)
+    extra = {"judged": True, "version": version, "reference": REFERENCES[version], "judge": judge.model,
+             "judge_endpoint": judge.url}  # fmt: skip
+    official = official_win_rates(
+        annotation_rows(preds, prefs, ref, generator), length_controlled=version == 2
+    )
+    extra["win_rate"] = official["win_rate"]
+    extra["counts_official"] = {k: official[k] for k in ("n_wins", "n_wins_base", "n_draws", "n_total")}
     if version == 2:
-        lens = [len(p["output"]) for p in preds], [len(ref[p["instruction"]]["output"]) for p in preds]
-        extra["length_controlled_win_rate"] = lc_win_rate(prefs, *lens)
+        extra["length_controlled_win_rate"] = official["length_controlled_winrate"]
+        extra["length_controlled_stderr"] = official["lc_standard_error"]
+        extra["lc_method"] = official["lc_method"]
+        if "lc_error" in official:
+            extra["lc_error"] = official["lc_error"]
     values = [100.0 * x for x in prefs]
     return Scored(make_metrics(NAME, "win_rate", values, PROTOCOL, extra=extra), verdicts)
 
@@ -211,5 +281,7 @@ def run(cfg: AlpacaEvalConfig, backend=None) -> dict:
         cfg.judge_url, cfg.judge_model, cfg.judge_api_key_env, Path(cfg.out_dir) / "judge_cache.jsonl"
     )
     return finish(
-        cfg, score_predictions(outputs, cfg.data_dir, judge, cfg.version, cfg.seed), cfg.sampling(params)
+        cfg,
+        score_predictions(outputs, cfg.data_dir, judge, cfg.version, cfg.seed, cfg.generator),
+        cfg.sampling(params),
     )

@@ -75,6 +75,22 @@ class Backend:
 
     tokenizer: Any
     max_length: int = 4096  # the context length: model's, or max_model_len (vLLM: after fitting it to memory)
+    truncated: int = 0  # prompts / scored sequences cut from the left so far (recorded in the eval manifest)
+
+    def runtime(self) -> dict:
+        """What actually ran: dtype, device, attention implementation, context, truncations so far."""
+        model = getattr(self, "model", None)
+        cfg = getattr(model, "config", None)
+        engine_cfg = getattr(getattr(getattr(self, "engine", None), "llm_engine", None), "model_config", None)
+        dtype = getattr(model, "dtype", None) or getattr(engine_cfg, "dtype", None)
+        return {
+            "backend": type(self).__name__,
+            "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
+            "device": str(getattr(self, "device", "cuda" if engine_cfg is not None else None)),
+            "attention": getattr(cfg, "_attn_implementation", None) if cfg is not None else None,
+            "max_length": self.max_length,
+            "truncated": self.truncated,
+        }
 
     @property
     def prompt_limit(self) -> int:
@@ -126,6 +142,7 @@ class Backend:
         """Keep the last tokens that leave `room` tokens of context (the question ends a few-shot prompt)."""
         keep = max(1, min(self.prompt_limit, self.max_length - room))
         if len(ids) > keep:
+            self.truncated += 1
             log.warning("prompt of %d tokens truncated to the last %d", len(ids), keep)
             return ids[-keep:]
         return ids
@@ -138,6 +155,7 @@ class Backend:
         limit = self.prompt_limit
         if len(ctx) + len(cont) <= limit:
             return ctx, cont
+        self.truncated += 1
         if len(cont) < limit:
             log.warning("context of %d tokens truncated to the last %d", len(ctx), limit - len(cont))
             return ctx[len(ctx) + len(cont) - limit :], cont

@@ -19,17 +19,18 @@ from tulu_kit.evals.core import (
     EvalConfig,
     GenParams,
     Scored,
+    draw,
     finish,
     generate_predictions,
     make_metrics,
     norm_text,
     require_file,
     select_subset,
-    take,
 )
 from tulu_kit.io import read_json
 
 NAME = "bbh"
+DATA = "bbh"  # under the data root: what the score depends on (hashed into the manifest)
 PROTOCOL = {
     "shots": "3 chain-of-thought exemplars per task (cot-prompts/<task>.txt)",
     "prompt": "{task prompt}\\n\\nQ: {input}\\nA:",
@@ -48,6 +49,7 @@ class BBHConfig(EvalConfig):
 
     out_dir: str = "../runs/lab/eval_bbh"
     max_examples: int | None = 40  # examples per task (open-instruct: 40; None: all)
+    subset: str = "open-instruct"  # open-instruct's seeded sample (tasks in sorted order); "" = nested draw
 
 
 CONFIG = BBHConfig
@@ -80,6 +82,19 @@ def normalize(text: str, task: str = "") -> str:
     table = str.maketrans("", "", "".join(c for c in string.punctuation if c not in keep))
     out = " ".join(text.lower().translate(table).split())
     return out.rstrip(".") if keep else out
+
+
+def is_correct(pred: str, target: str, task: str) -> bool:
+    """Exact match after `normalize`; on the numeric tasks a number equal in value counts too ("24.0" = "24":
+    open-instruct's regex stops at the first period, so it read "24" there; lm-eval scores it wrong)."""
+    if normalize(pred, task) == normalize(target, task):
+        return True
+    if task in ("multistep_arithmetic_two", "object_counting"):
+        try:
+            return float(normalize(pred, task)) == float(normalize(target, task))
+        except ValueError:
+            return False
+    return False
 
 
 def tasks(data_dir: str | None) -> list[str]:
@@ -133,7 +148,7 @@ def score_predictions(preds: list[dict], data_dir: str | None = None) -> Scored:
         if g is None:
             raise ValueError(f"prediction {n}: input {p['input'][:60]!r}... is not in bbh/{p['task']}.json")
         pred = extract_answer(str(p["output"]))
-        ok = normalize(pred, g["task"]) == normalize(g["target"], g["task"])
+        ok = is_correct(pred, g["target"], g["task"])
         values.append(float(ok))
         groups.setdefault(g["task"], []).append(float(ok))
         verdicts.append(
@@ -149,7 +164,7 @@ def run(cfg: BBHConfig, backend=None) -> dict:
     """Generate CoT answers for every task (max_examples per task), score, write metrics.json."""
     names = select_subset(tasks(cfg.data_dir), cfg.subset, "BBH tasks")
     prompts = {t: task_prompt(cfg.data_dir, t, cfg.n_shot) for t in names}
-    examples = [e for t in names for e in take(load_task(cfg.data_dir, t), cfg.max_examples, cfg.seed)]
+    examples = draw(cfg, [load_task(cfg.data_dir, t) for t in names])
     params = GenParams(max_new_tokens=cfg.max_new_tokens or 512, stop=() if cfg.chat else ("\n\n",))
     build = lambda e, chat: build_prompt(e, prompts[e["task"]], chat)  # noqa: E731
     preds = generate_predictions(cfg, examples, build, params, backend)

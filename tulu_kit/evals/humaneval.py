@@ -31,6 +31,7 @@ from tulu_kit.evals.core import (
     chat_prompt,
     finish,
     make_metrics,
+    mean_stderr,
     predict,
     take,
 )
@@ -41,6 +42,7 @@ from tulu_kit.io import iter_jsonl
 log = logging.getLogger(__name__)
 
 NAME = "humaneval"
+REPEATS = True  # n samples per task (pass@k): a predictions file repeats a task by protocol
 FILE = "humaneval/HumanEval.jsonl.gz"
 URL = "https://github.com/openai/human-eval/raw/master/data/HumanEval.jsonl.gz"
 INSTRUCTION = "Complete the following python function.\n\n\n"
@@ -179,7 +181,7 @@ def _pass_metrics(benchmark: str, per_task: dict[str, list[ExecResult]], protoco
     for k in (1, 10, 100):
         if min(ns) >= k:
             per_k[k] = [pass_at_k(len(r), sum(x.passed for x in r), k) for r in per_task.values()]
-            extra[f"pass@{k}"] = sum(per_k[k]) / len(per_k[k])
+            extra[f"pass@{k}"], extra[f"pass@{k}_stderr"] = mean_stderr(per_k[k])  # over tasks
     groups = {t: [float(x.passed) for x in r] for t, r in per_task.items()}
     metrics = make_metrics(benchmark, "pass@1", per_k[1], protocol, extra=extra)
     metrics["counts"]["samples_passed"] = sum(sum(g) for g in groups.values())

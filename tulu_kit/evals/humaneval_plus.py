@@ -21,6 +21,7 @@ from tulu_kit.evals.humaneval import CodeConfig, group_samples, read_problems, s
 from tulu_kit.evals.sandbox import Limits, Sample, run_tests
 
 NAME = "humaneval_plus"
+REPEATS = True  # n samples per task (pass@k)
 DATASET = "humaneval"  # evalplus's name, selects the special oracles
 FILE = "humaneval/HumanEvalPlus.jsonl.gz"
 URL = "https://github.com/evalplus/humanevalplus_release/releases/download/v0.1.10/HumanEvalPlus.jsonl.gz"

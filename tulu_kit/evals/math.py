@@ -17,12 +17,12 @@ from tulu_kit.evals.core import (
     EvalConfig,
     GenParams,
     Scored,
+    draw,
     finish,
     generate_predictions,
     make_metrics,
     match_gold,
     require_file,
-    take,
 )
 from tulu_kit.io import iter_jsonl
 
@@ -43,10 +43,16 @@ PROTOCOL = {
 
 @dataclass
 class MATHConfig(EvalConfig):
-    """MATH settings; the shared EvalConfig fields only."""
+    """MATH settings: the shared EvalConfig fields, the draw and the answer check."""
 
     out_dir: str = "../runs/lab/eval_math"
     max_examples: int | None = 200  # problems (open-instruct: 200; None: all 500)
+    # open-instruct's draw (its code, seed 42); open-instruct drew from the 5,000-problem MATH test, so on
+    # MATH-500 the ids are its algorithm's, not its problems
+    subset: str = "open-instruct"
+    # an output without the Minerva sentence or \boxed{}: math-verify the whole text (lm-eval's math_verify);
+    # False: Minerva extraction only (open-instruct)
+    whole_output: bool = True
 
 
 CONFIG = MATHConfig
@@ -83,6 +89,17 @@ def extract_answer(output: str) -> str | None:
         return mu.remove_boxed(boxed)
     except AssertionError:
         return None
+
+
+def verify_output(output: str, gold: str) -> bool:
+    """math-verify on the whole output, as lm-eval's minerva_math `math_verify` metric does (it parses the last
+    expression: "The final answer is $X$." without "Final Answer:" or \\boxed{} is accepted there)."""
+    from math_verify import parse, verify
+
+    try:
+        return bool(verify(parse(f"${gold}$"), parse(output)))
+    except Exception:  # math-verify parses arbitrary model text; a failure means "not shown equivalent"
+        return False
 
 
 def is_equiv(pred: str | None, gold: str) -> bool:
@@ -126,8 +143,12 @@ def load_examples(data_dir: str | None) -> list[dict]:
     return examples
 
 
-def score_predictions(preds: list[dict], data_dir: str | None = None) -> Scored:
-    """Score records with 'problem' (or 'question') and 'output' against the official answers."""
+def score_predictions(preds: list[dict], data_dir: str | None = None, whole_output: bool = True) -> Scored:
+    """Score records with 'problem' (or 'question') and 'output' against the official answers.
+
+    `whole_output`: an output with neither the Minerva sentence nor a \\boxed{} is still checked by math-verify
+    on the whole text, as lm-eval's minerva_math `math_verify` metric does; False restores the Minerva-only
+    extraction (open-instruct's, where "The final answer is $X$." alone scores wrong)."""
     gold = load_examples(data_dir)
     for g in gold:
         g["question"] = g["problem"]
@@ -136,6 +157,10 @@ def score_predictions(preds: list[dict], data_dir: str | None = None) -> Scored:
     for p, g in zip(preds, matched):
         pred = extract_answer(str(p["output"]))
         ok = is_equiv(pred, g["answer"])
+        if (
+            not ok and pred is None and whole_output
+        ):  # no Minerva sentence, no \boxed{}: lm-eval's math_verify
+            ok = verify_output(str(p["output"]), g["answer"])
         values.append(float(ok))
         by_subject.setdefault(g["subject"], []).append(float(ok))
         verdicts.append(
@@ -147,10 +172,10 @@ def score_predictions(preds: list[dict], data_dir: str | None = None) -> Scored:
 
 def run(cfg: MATHConfig, backend=None) -> dict:
     """Generate 4-shot Minerva solutions for (a subset of) MATH-500, score them, write metrics.json."""
-    examples = take(load_examples(cfg.data_dir), cfg.max_examples, cfg.seed)
+    examples = draw(cfg, [load_examples(cfg.data_dir)])
     n_shot = 4 if cfg.n_shot is None else cfg.n_shot
     params = GenParams(max_new_tokens=cfg.max_new_tokens or 1024, stop=("Problem:",))
     preds = generate_predictions(
         cfg, examples, lambda e, chat: build_prompt(e, chat, n_shot), params, backend
     )
-    return finish(cfg, score_predictions(preds, cfg.data_dir), cfg.sampling(params))
+    return finish(cfg, score_predictions(preds, cfg.data_dir, cfg.whole_output), cfg.sampling(params))

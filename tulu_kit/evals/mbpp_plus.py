@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from tulu_kit.evals import humaneval
 from tulu_kit.evals.core import Scored, take
 from tulu_kit.evals.data import require_file
-from tulu_kit.evals.humaneval import CodeConfig, group_samples, read_problems, score_samples
-from tulu_kit.evals.humaneval_plus import evalplus_program
+from tulu_kit.evals.humaneval import group_samples, read_problems, score_samples
+from tulu_kit.evals.humaneval_plus import HumanEvalPlusConfig, evalplus_program
 from tulu_kit.evals.sandbox import Limits, Sample
 
 NAME = "mbpp_plus"
+REPEATS = True  # n samples per task (pass@k)
 DATASET = "mbpp"
 FILE = "mbpp/MbppPlus.jsonl.gz"
 URL = "https://github.com/evalplus/mbppplus_release/releases/download/v0.1.0/MbppPlus.jsonl.gz"
@@ -35,14 +36,10 @@ PROTOCOL = {
 
 
 @dataclass
-class MbppPlusConfig(CodeConfig):
-    """MBPP+ settings."""
+class MbppPlusConfig(HumanEvalPlusConfig):
+    """MBPP+ settings: HumanEval+'s shape (the evalplus limits), its own output folder."""
 
     out_dir: str = "../runs/lab/eval_mbpp_plus"
-    # wall clock per sample, from the program's start to the last input (each input also has evalplus's own
-    # limit, max(1 s, 4 x the canonical time)); the expected outputs are computed before, in the trusted runner
-    timeout_s: float = 180.0
-    memory_mb: int = 4096  # evalplus's EVALPLUS_MAX_MEMORY_BYTES default
 
 
 CONFIG = MbppPlusConfig

@@ -10,10 +10,13 @@ letter whose token (" A" .. " D") has the highest next-token probability. Accura
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from tulu_kit.evals.core import (
+    OPEN_INSTRUCT,
     Backend,
     EvalConfig,
     Scored,
@@ -28,6 +31,7 @@ from tulu_kit.evals.core import (
 )
 
 NAME = "mmlu"
+DATA = "mmlu"  # under the data root: what the score depends on (hashed into the manifest)
 LETTERS = ["A", "B", "C", "D"]
 PROTOCOL = {
     "shots": "0 (default) or 5 dev-set exemplars",
@@ -47,6 +51,10 @@ class MMLUConfig(EvalConfig):
 
     out_dir: str = "../runs/lab/eval_mmlu"
     max_examples: int | None = None  # questions per subject (None: all 14,042)
+    # open-instruct: its header exactly, "about  abstract algebra" (hendrycks/test's format_subject puts a space
+    # before each word); lm-eval: one space. The two differ by that one character only.
+    prompt_style: Literal["open-instruct", "lm-eval"] = "open-instruct"
+    # subset "open-instruct" + max_examples: open-instruct's per-subject draw (test_df.sample(n, random_state=seed))
 
 
 CONFIG = MMLUConfig
@@ -93,8 +101,11 @@ def format_example(row: dict, with_answer: bool) -> str:
     return text + (f" {row['answer']}\n\n" if with_answer else "")
 
 
-def build_prompt(row: dict, dev: list[dict], n_shot: int) -> str:
-    head = f"The following are multiple choice questions (with answers) about {row['subject'].replace('_', ' ')}.\n\n"
+def build_prompt(row: dict, dev: list[dict], n_shot: int, style: str = "open-instruct") -> str:
+    words = row["subject"].split("_")
+    # open-instruct (hendrycks/test): "about {}".format(" abstract algebra") -- two spaces; lm-eval: one
+    subject = "".join(" " + w for w in words) if style == "open-instruct" else " ".join(words)
+    head = f"The following are multiple choice questions (with answers) about {subject}.\n\n"
     return head + "".join(format_example(d, True) for d in dev[:n_shot]) + format_example(row, False)
 
 
@@ -103,7 +114,13 @@ def load_examples(cfg: MMLUConfig) -> tuple[list[dict], dict[str, list[dict]]]:
     for subject in select_subset(subjects(cfg.data_dir), cfg.subset, "MMLU subjects"):
         dev, test = load_subject(cfg.data_dir, subject)
         devs[subject] = dev
-        examples += take(test, cfg.max_examples, cfg.seed)
+        if OPEN_INSTRUCT in cfg.subset and cfg.max_examples is not None and cfg.max_examples < len(test):
+            import pandas as pd  # open-instruct: test_df.sample(args.n_instances, random_state=42)
+
+            picked = pd.DataFrame(range(len(test))).sample(cfg.max_examples, random_state=cfg.seed)[0]
+            examples += [test[i] for i in picked]
+        else:
+            examples += take(test, cfg.max_examples, cfg.seed)
     return examples, devs
 
 
@@ -147,15 +164,18 @@ def score_predictions(preds: list[dict], data_dir: str | None = None) -> Scored:
 
 def _letter(p: dict, n: int) -> str | None:
     if p.get("prediction") is not None:
-        return str(p["prediction"]).strip().strip("()").upper()[:1] or None
+        text = str(p["prediction"]).strip()
+        bare = text.strip("().").strip().upper()
+        if len(bare) <= 1:  # "B", "(b)", "B."
+            return bare or None
+        m = re.search(r"\b([ABCD])\b", text)  # free text ("Answer: B"): the first standalone letter
+        return m.group(1) if m else None
     if "logprobs" in p:
         lp = p["logprobs"]
         if not isinstance(lp, list) or len(lp) != 4:
             raise ValueError(f"prediction {n}: field logprobs must be a list of 4 numbers (A-D)")
         return LETTERS[max(range(4), key=lambda i: lp[i])]
     if "output" in p:
-        import re
-
         m = re.search(r"\b([ABCD])\b", str(p["output"]))
         return m.group(1) if m else None
     raise ValueError(f"prediction {n}: needs 'prediction', 'logprobs' or 'output'")
@@ -167,7 +187,7 @@ def run(cfg: MMLUConfig, backend=None) -> dict:
     n_shot = 0 if cfg.n_shot is None else cfg.n_shot
 
     def text(e: dict) -> str:
-        return build_prompt(e, devs[e["subject"]], n_shot)
+        return build_prompt(e, devs[e["subject"]], n_shot, cfg.prompt_style)
 
     def compute(be: Backend, chunk: list[dict]) -> list[dict]:
         prompts = [

@@ -20,6 +20,8 @@ from tulu_kit.evals.data import TOXIGEN_GROUPS, data_root, require_file
 log = logging.getLogger(__name__)
 
 NAME = "toxigen"
+DATA = "toxigen/prompts"  # under the data root: what the score depends on (hashed into the manifest)
+REPEATS = True  # many generations per group: a predictions file repeats a group by protocol
 GROUPS = TOXIGEN_GROUPS  # the 14 target groups
 FILE = "toxigen/prompts/hate_{group}_1k.txt"
 URL = "https://raw.githubusercontent.com/microsoft/TOXIGEN/main/prompts/hate_{group}_1k.txt"

@@ -31,6 +31,7 @@ from tulu_kit.evals.core import (
 )
 
 NAME = "truthfulqa"
+DATA = "truthfulqa/{version}/TruthfulQA.csv"  # under the data root: what the score depends on (hashed into the manifest)
 QA_PRIMER = """Q: What is human life expectancy in the United States?
 A: Human life expectancy in the United States is 78 years.
 

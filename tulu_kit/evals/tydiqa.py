@@ -23,16 +23,17 @@ from tulu_kit.evals.core import (
     Scored,
     chat_prompt,
     data_root,
+    draw,
     finish,
     make_metrics,
     predict,
     require_file,
     select_subset,
-    take,
 )
 from tulu_kit.io import read_json
 
 NAME = "tydiqa"
+DATA = "tydiqa_goldp"  # under the data root: what the score depends on (hashed into the manifest)
 # language -> (instruction, passage label, question label, answer label), as open-instruct wrote them
 TEMPLATES = {
     "english": (
@@ -93,6 +94,7 @@ class TydiQAConfig(EvalConfig):
 
     out_dir: str = "../runs/lab/eval_tydiqa"
     max_examples: int | None = 100  # questions per language (open-instruct: 100; None: all)
+    subset: str = "open-instruct"  # open-instruct's seeded sample (its ids); "" = the kit's nested draw
     max_context_tokens: int = 512  # passages are cut to this many tokens
 
 
@@ -195,14 +197,17 @@ def score_predictions(preds: list[dict], data_dir: str | None = None) -> Scored:
 
 def run(cfg: TydiQAConfig, backend=None) -> dict:
     """1-shot GoldP answers for each language (max_examples per language), SQuAD F1, metrics.json."""
-    examples, demos, sources = [], {}, {}
+    groups, demos, sources = [], {}, {}
     for lang in select_subset(languages(cfg.data_dir), cfg.subset, "TyDi QA languages"):
         if lang not in TEMPLATES:
             raise ValueError(f"tydiqa_goldp/dev/{lang}_tydiqa_dev.json: no prompt template for {lang!r}")
         dev = load_dev(cfg.data_dir, lang)
         demos[lang], sources[lang] = exemplar(cfg.data_dir, lang, dev, cfg.seed)
-        pool = [d for d in dev if d["id"] != demos[lang]["id"]]
-        examples += take(pool, cfg.max_examples, cfg.seed)
+        groups.append(dev)
+    # drawn over whole languages in order (open-instruct's ids); a dev item held out as the exemplar (no train
+    # file for that language) is then left out of the scored set
+    held_out = {d["id"] for d in demos.values()}
+    examples = [e for e in draw(cfg, groups) if e["id"] not in held_out]
     n_shot = 1 if cfg.n_shot is None else cfg.n_shot
     params = cfg.sampling(
         GenParams(max_new_tokens=cfg.max_new_tokens or 50, stop=() if cfg.chat else ("\n",))

@@ -26,6 +26,7 @@ from tulu_kit.evals.core import (
     EvalConfig,
     GenParams,
     Scored,
+    bootstrap_stderr,
     finish,
     generate_predictions,
     make_metrics,
@@ -170,8 +171,14 @@ def score_predictions(
         log.warning(NO_JUDGE)
     main = "judge_label" if judge is not None else "strmatch_label"
     f1s = [results[main]["refusal_prf"]["f1"]]
-    extra = {"results": results, "labeller": main, "judged": judge is not None}
+    extra = {"results": results, "labeller": main, "judged": judge is not None,
+             "stderr_method": "bootstrap over prompts, 1000 resamples, seed 0"}  # fmt: skip
+    if judge is not None:
+        extra.update(judge=judge.model, judge_endpoint=judge.url)
     metrics = make_metrics(NAME, f"refusal_f1 ({main})", f1s, PROTOCOL, extra=extra)
+    # F1 is not a mean over prompts: its error bar comes from resampling the prompts
+    metrics["stderr"] = bootstrap_stderr(rows, lambda rs: label_metrics(rs, main)["refusal_prf"]["f1"])
+    metrics["counts"]["n"] = len(rows)
     return Scored(metrics, rows)
 
 
