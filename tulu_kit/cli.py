@@ -25,6 +25,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tulu_kit.config import load_recipe
 
     recipe = load_recipe(args.recipe, args.set, run_dir=args.out)
+    if args.write_configs:
+        from tulu_kit.run import write_stage_configs
+
+        for path in write_stage_configs(recipe, args.write_configs):
+            print(path)
+        return 0
     if args.dry_run:
         print(yaml.safe_dump(recipe.resolved(), sort_keys=False), end="")
         return 0
@@ -55,6 +61,12 @@ def add_run(sub) -> None:
     p.add_argument("--force", action="store_true", help="re-run stages that already completed")
     p.add_argument(
         "--dry-run", action="store_true", help="validate the recipe, print it resolved, run nothing"
+    )
+    p.add_argument(
+        "--write-configs",
+        metavar="DIR",
+        help="validate, then write each stage's resolved fields to DIR/<stage>.yaml (for `tulu-kit <stage> FILE`, "
+        "recipes/slurm/train.sbatch or `papermill -f FILE`); run nothing",
     )
     p.add_argument("--log-output", action="store_true", help="stream each cell's output to the terminal")
     p.set_defaults(func=cmd_run)
