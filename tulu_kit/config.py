@@ -459,7 +459,9 @@ def apply_overrides(raw: dict, overrides: Iterable[str], source: str) -> dict:
                 raise ConfigError(f"override '{item}': unknown recipe key '{key}' (stage keys are stage.key)")
             raw[key] = value
         elif stage not in raw["stages"]:
-            raise ConfigError(f"override '{item}': {source} has no stage '{stage}'")
+            close = difflib.get_close_matches(stage, list(raw["stages"]), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"stages: {', '.join(raw['stages'])}"
+            raise ConfigError(f"override '{item}': {source} has no stage '{stage}' ({hint})")
         else:
             target = raw["stages"][stage]
             *parents, leaf = sub.split(".")

@@ -132,6 +132,7 @@ def stream(cmd: list[str], log_path: str | Path, env: dict | None = None, tail_l
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+    errors: list[str] = []  # every "SomeError: message" line, for the root cause
     partial = ""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     with log_path.open("w", encoding="utf-8", buffering=1) as log:
@@ -156,6 +157,8 @@ def stream(cmd: list[str], log_path: str | Path, env: dict | None = None, tail_l
                 partial += text
                 *lines, partial = re.split(r"[\r\n]", partial)
                 tail.extend(line for line in lines if line.strip())
+                errors.extend(line for line in lines if _ERROR_LINE.match(line) or _DISK_FULL.search(line))
+                del errors[:-200]
             rc = proc.wait()
         except BaseException:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -164,10 +167,46 @@ def stream(cmd: list[str], log_path: str | Path, env: dict | None = None, tail_l
     if rc != 0:
         if partial.strip():
             tail.append(partial)
+            errors.append(partial)
+        cause = root_cause(errors, log_path.parent)
         raise LaunchError(
-            f"command exited with code {rc}: {' '.join(cmd)}\n--- last lines of {log_path} ---\n"
+            (f"{cause}\n" if cause else "")
+            + f"(the training command exited with code {rc}; whole log: {log_path})\n"
+            + f"$ {' '.join(cmd)}\n--- last lines of {log_path} ---\n"
             + "\n".join(tail)
         )
+
+
+# "[rank0]: FileNotFoundError: x", "ValueError: x", "torch.OutOfMemoryError: x": a traceback's last line
+_ERROR_LINE = re.compile(
+    r"^(?:\[rank\d+\]:\s*)?((?:\w+\.)*\w*(?:Error|Exception|Mismatch|Interrupt|Exit)\b:?.*)$"
+)
+_DISK_FULL = re.compile(
+    r"No space left on device|\[Errno 28\]|inline_container\.cc.*unexpected pos|file write failed"
+)
+# the launchers' own reports that a worker failed: never the cause
+_WRAPPERS = (
+    "subprocess.CalledProcessError",
+    "CalledProcessError",
+    "torch.distributed.elastic",
+    "ChildFailedError",
+)
+
+
+def root_cause(lines: list[str], where: Path) -> str:
+    """The first error a launched job printed, in one line (the launchers' "a child failed" reports skipped);
+    a full disk says so, with the folder and the space left on it."""
+    if any(_DISK_FULL.search(line) for line in lines):
+        try:
+            free = f"{shutil.disk_usage(where).free / 1e9:.1f} GB free"
+        except OSError:
+            free = "free space unknown"
+        return f"disk full while writing under {where.parent} ({free} there now): free space, or set out_dir elsewhere"
+    for line in lines:
+        match = _ERROR_LINE.match(line)
+        if match and not match.group(1).startswith(_WRAPPERS):
+            return match.group(1).strip()
+    return ""
 
 
 def launch(module: str, config: dict, out_dir: str | Path, **launch_args) -> Path:
@@ -175,6 +214,12 @@ def launch(module: str, config: dict, out_dir: str | Path, **launch_args) -> Pat
 
     ``launch_args`` are :func:`build_command`'s keywords (launcher, num_processes, deepspeed, ...).
     """
+    if isinstance(
+        config.get("model"), str
+    ):  # a missing folder or an offline Hub id: now, not after the imports
+        from tulu_kit.models import check_model_source
+
+        check_model_source(config["model"])
     folder = Path(out_dir) / "launch"
     if launch_args.get("num_machines", 1) > 1:  # every node writes its own command, config and log
         folder = folder / f"node{launch_args.get('machine_rank', 0)}"
