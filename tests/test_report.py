@@ -124,3 +124,33 @@ def test_side_by_side_scores_list_the_settings_they_differ_in(tmp_path):
     diff = setting_differences([tmp_path / "a", tmp_path / "b"])
     assert diff["setting"].tolist() == ["decoding.temperature"]
     assert diff.iloc[0]["first"].endswith(": 0.0") and diff.iloc[0]["other"].endswith(": 0.7")
+
+
+def test_report_frame_final_status_judges_and_next_steps(fake_run, tmp_path):
+    from tulu_kit.report import run_status
+
+    assert run_status(fake_run) == "failed"  # bbh failed; the report's own "running" stage does not count
+    run_json = fake_run / "run.json"
+    import json
+
+    info = json.loads(run_json.read_text())
+    del info["stages"]["bbh"]
+    atomic_write_json(run_json, info)
+    assert run_status(fake_run) == "completed"  # written while its own stage runs, it states the end
+    assert run_status(tmp_path / "notebooks_only").startswith("notebooks run one by one")
+    # a judged benchmark scored by the untrained demo model is named and flagged
+    tiny = fake_run / "quickstart" / "model"
+    atomic_write_json(tiny / "config.json", {"model_type": "llama", "hidden_size": 64})
+    tq = _eval(fake_run, "tq", "truthfulqa_gen", "pct_true_and_info", 0.0, "dpo", data_dir="demo")
+    atomic_write_json(
+        fake_run / "tq" / "metrics.json", {**tq, "judges": {"truth": str(tiny), "info": "x/judge"}}
+    )
+    out = tmp_path / "report"
+    result = run(ReportConfig(out_dir=str(out), run_dir=str(fake_run), reference=""))
+    judges = result["judges"].set_index("role")
+    assert judges.loc["truth judge", "note"].startswith("the untrained demo model")
+    assert judges.loc["info judge", "note"] == ""
+    steps = " ".join(result["next_steps"])
+    assert "prepare-eval" in steps and "recipes/one_gpu/" in steps and "judges" in steps
+    page = (out / "report.html").read_text()
+    assert "status completed" in page and "<h2>Next steps</h2>" in page and "Judges and classifiers" in page

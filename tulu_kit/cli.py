@@ -266,7 +266,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     kw = {k: getattr(args, k) for k in ("backend", "subset", "n_shot", "batch_size")}
     if args.chat is not None:  # default: the benchmark's (chat for the code benchmarks, IFEval, ToxiGen)
         kw["chat"] = args.chat
-    kw.update(model=args.model, out_dir=args.out or f"runs/eval/{args.benchmark}", data_dir=args.data_dir)
+    from tulu_kit.config import RUNS_DIR
+
+    out = args.out or str(RUNS_DIR / "eval" / args.benchmark)  # the project's runs/, wherever the command runs
+    kw.update(model=args.model, out_dir=out, data_dir=args.data_dir)
     if args.max_new_tokens:
         kw["max_new_tokens"] = args.max_new_tokens
     if args.max_examples is not None:  # default: the benchmark's (open-instruct's subset size); 0: all
@@ -357,7 +360,7 @@ def add_eval(sub) -> None:
         "--data-dir", help="benchmark data root (default: $TULU_KIT_DATA or ~/.cache/tulu_kit/data)"
     )
     p.add_argument(
-        "--out", metavar="DIR", help="output folder (default: runs/eval/BENCHMARK); resumes if present"
+        "--out", metavar="DIR", help="output folder (default: the project's runs/eval/BENCHMARK); resumes if present"
     )
     p.set_defaults(func=cmd_eval)
     s = sub.add_parser(

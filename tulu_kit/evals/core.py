@@ -134,9 +134,7 @@ def resolve_model(model: str | Path) -> str:
             raise FileNotFoundError(f"model {model!r}: a file, not a model folder")
         if _looks_like_path(str(model)):
             raise FileNotFoundError(f"model {model!r}: no such folder (looked in {Path.cwd()})")
-        from tulu_kit.models import check_model_source
-
-        return check_model_source(model)  # a Hub id: cached or reachable, else one line at once
+        return str(model)
     if _is_model_dir(p):
         return str(p)
     if _is_model_dir(p / "model"):
