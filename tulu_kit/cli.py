@@ -268,7 +268,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         kw["chat"] = args.chat
     from tulu_kit.config import RUNS_DIR
 
-    out = args.out or str(RUNS_DIR / "eval" / args.benchmark)  # the project's runs/, wherever the command runs
+    out = args.out or str(
+        RUNS_DIR / "eval" / args.benchmark
+    )  # the project's runs/, wherever the command runs
     kw.update(model=args.model, out_dir=out, data_dir=args.data_dir)
     if args.max_new_tokens:
         kw["max_new_tokens"] = args.max_new_tokens
@@ -360,7 +362,9 @@ def add_eval(sub) -> None:
         "--data-dir", help="benchmark data root (default: $TULU_KIT_DATA or ~/.cache/tulu_kit/data)"
     )
     p.add_argument(
-        "--out", metavar="DIR", help="output folder (default: the project's runs/eval/BENCHMARK); resumes if present"
+        "--out",
+        metavar="DIR",
+        help="output folder (default: the project's runs/eval/BENCHMARK); resumes if present",
     )
     p.set_defaults(func=cmd_eval)
     s = sub.add_parser(
