@@ -8,3 +8,32 @@ import os as _os
 # a GPU; say so up front instead (a user's own DS_ACCELERATOR wins).
 if not _os.path.exists("/dev/nvidiactl"):
     _os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+import logging as _logging
+import warnings as _warnings
+
+# Library messages a student cannot act on, dropped at their source (the kit's own code already uses the new
+# spellings; each line names where the message comes from and why it is harmless):
+# - peft probes `model.is_gradient_checkpointing` with getattr, which transformers 5 deprecates: one FutureWarning
+#   per probe (dozens per GRPO / PPO run);
+_warnings.filterwarnings(
+    "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+)
+
+
+class _DropMessages(_logging.Filter):
+    def __init__(self, *fragments: str):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: _logging.LogRecord) -> bool:
+        return not any(f in record.getMessage() for f in self.fragments)
+
+
+# - bitsandbytes on an AVX512-BF16 CPU tries to download an optional kernel from the Hub ("pip install kernels")
+#   and falls back to its own, which QLoRA on CPU uses;
+_logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+    _DropMessages("Failed to load CPU gemm_4bit_forward")
+)
+# - mergekit sets `config.torch_dtype` on the merged model's config (mergekit/merge.py), which transformers 5 renamed.
+_logging.getLogger("transformers.configuration_utils").addFilter(_DropMessages("`torch_dtype` is deprecated"))

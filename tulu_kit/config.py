@@ -349,6 +349,8 @@ def _writer_hint(path: Path) -> str:
         return ""
     notebook = Path(STAGES[stage][0]).stem
     number = notebook.split("_", 1)[0]
+    if number == "00":
+        return f"notebook {notebook} writes it: run it first"
     if number.isdigit():
         return f"notebook {notebook} writes it: run notebooks 00-{number} first, in order"
     return f"notebook {STAGES[stage][0]} writes it: run it first"
