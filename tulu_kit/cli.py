@@ -18,6 +18,7 @@ EPILOG = """examples:
   tulu-kit run recipes/one_gpu/olmo2_1b.yaml --dry-run      # validate offline and print the resolved recipe
   tulu-kit run recipes/one_gpu/olmo2_1b.yaml --write-configs cfg/   # one YAML per stage, for tulu-kit <stage>
   tulu-kit eval gsm8k --model runs/quickstart --data-dir demo       # a benchmark on a run's last model
+  sbatch --nodes=2 recipes/slurm/run.sbatch recipes/tulu3/sft_8b.yaml   # notebooks on node 0, training on both
 """
 
 
@@ -40,7 +41,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from tulu_kit.config import load_recipe
 
-    recipe = load_recipe(args.recipe, args.set, run_dir=args.out)
+    hosts = [h.strip() for h in (args.hosts or "").split(",") if h.strip()]
+    recipe = load_recipe(
+        args.recipe, args.set, run_dir=args.out, hosts=hosts, gpus_per_node=args.gpus_per_node
+    )
+    if len(hosts) > 1:  # the stages' kernels start the other nodes' launchers (tulu_kit.launch.other_nodes)
+        os.environ["TULU_KIT_HOSTS"] = ",".join(hosts)
     if args.write_configs:
         from tulu_kit.run import write_stage_configs
 
@@ -85,6 +91,21 @@ def add_run(sub) -> None:
         "recipes/slurm/train.sbatch or `papermill -f FILE`); run nothing",
     )
     p.add_argument("--log-output", action="store_true", help="stream each cell's output to the terminal")
+    p.add_argument(
+        "--hosts",
+        default=os.environ.get("TULU_KIT_HOSTS", ""),
+        metavar="H0,H1,...",
+        help="run on several nodes (this one, H0, first): the notebooks run here, each training cell's launch "
+        "starts one launcher per node (srun in a SLURM job, else ssh; recipes/slurm/run.sbatch); "
+        "default $TULU_KIT_HOSTS",
+    )
+    p.add_argument(
+        "--gpus-per-node",
+        type=int,
+        default=int(os.environ.get("TULU_KIT_GPUS_PER_NODE", "1")),
+        metavar="N",
+        help="processes per node with --hosts; gradient accumulation shrinks to keep each effective batch",
+    )
     p.set_defaults(func=cmd_run)
 
 

@@ -505,8 +505,17 @@ def _substitute(value: Any, variables: dict[str, str], where: str, source: str) 
     return value
 
 
-def load_recipe(path: str | Path, overrides: Iterable[str] = (), run_dir: str | Path | None = None) -> Recipe:
-    """Load and validate a whole recipe; every stage's config is built (and so checked) before anything runs."""
+def load_recipe(
+    path: str | Path,
+    overrides: Iterable[str] = (),
+    run_dir: str | Path | None = None,
+    hosts: list[str] | None = None,
+    gpus_per_node: int = 1,
+) -> Recipe:
+    """Load and validate a whole recipe; every stage's config is built (and so checked) before anything runs.
+
+    With ``hosts`` (several nodes, the main one first), every training stage is spread over them:
+    :func:`spread_over_nodes`."""
     source = str(path)
     raw = load_yaml(path)
     if not isinstance(raw, dict):
@@ -543,10 +552,41 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = (), run_dir: str | 
         if "seed" in field_names:
             params.setdefault("seed", seed)
         config = from_dict(cls, params, source, prefix=f"{where}.")
+        if hosts and len(hosts) > 1 and "num_machines" in field_names:
+            config = spread_over_nodes(config, hosts, gpus_per_node, f"{source}: {where}")
         stages.append(Stage(stage_name, kind, notebook, config))
     check_model_overrides(original, overrides, source)
     check_run_paths(stages, run_dir, source)
     return Recipe(name, seed, run_dir, stages, source)
+
+
+def spread_over_nodes(cfg: Any, hosts: list[str], gpus_per_node: int, where: str) -> Any:
+    """A training stage's config on ``len(hosts)`` nodes of ``gpus_per_node`` processes each: the launcher
+    starts one process per GPU on every node (the notebook runs on the first, ``hosts[0]``, the rendezvous
+    address), and gradient accumulation shrinks so that the effective batch (per-device batch x accumulation x
+    processes) stays what the recipe says; when it cannot, the error names what to set."""
+    processes = len(hosts) * gpus_per_node
+    batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * cfg.num_processes
+    per_pass = cfg.per_device_train_batch_size * processes
+    if batch % per_pass:
+        raise ConfigError(
+            f"{where}: its effective batch {batch} (per_device_train_batch_size {cfg.per_device_train_batch_size} "
+            f"x gradient_accumulation_steps {cfg.gradient_accumulation_steps} x num_processes {cfg.num_processes}) "
+            f"cannot be kept on {processes} processes ({len(hosts)} nodes x {gpus_per_node}): set "
+            "per_device_train_batch_size / gradient_accumulation_steps so it divides"
+        )
+    try:
+        return dataclasses.replace(
+            cfg,
+            launcher="accelerate" if cfg.launcher == "none" else cfg.launcher,
+            num_processes=processes,
+            num_machines=len(hosts),
+            machine_rank=0,
+            main_process_ip=hosts[0],
+            gradient_accumulation_steps=batch // per_pass,
+        )
+    except ValueError as e:
+        raise ConfigError(f"{where}: on {len(hosts)} nodes: {e}") from None
 
 
 # what a stage kind writes in its folder that a later stage may read as ``${run_dir}/<stage>/<name>``; every
