@@ -129,3 +129,28 @@ def test_benchmark_and_stage_typos_say_did_you_mean(capsys):
     recipe = str(REPO_ROOT / "recipes" / "quickstart.yaml")
     err = _fails(capsys, ["run", recipe, "--set", "sfft.learning_rate=1", "--dry-run"])
     assert "has no stage 'sfft' (did you mean 'sft'?)" in err
+
+
+def test_a_full_disk_and_a_failed_launch_end_in_their_cause(monkeypatch, capsys):
+    import errno
+
+    from tulu_kit import config, launch
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "/scratch/run/sft/model.safetensors")
+
+    monkeypatch.setattr(config, "load_recipe", full)
+    assert main(["run", "r.yaml"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "tulu-kit: error: disk full writing /scratch/run/sft/model.safetensors: free space there"
+    )
+
+    def failed(*args, **kwargs):
+        raise launch.LaunchError(
+            "FileNotFoundError: data/sft.jsonl: no such file\n(the training command ...)"
+        )
+
+    monkeypatch.setattr(config, "load_recipe", failed)
+    assert main(["run", "r.yaml"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tulu-kit: error: FileNotFoundError: data/sft.jsonl") and "Traceback" not in err

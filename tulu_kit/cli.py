@@ -6,6 +6,7 @@ Each subcommand is one small function that parses its arguments and calls into t
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -553,6 +554,20 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"tulu-kit: error: {e} (run with -v for the traceback)", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno != errno.ENOSPC or args.verbose:
+            raise
+        print(
+            f"tulu-kit: error: disk full writing {e.filename or 'a file'}: free space there", file=sys.stderr
+        )
+        return 1
+    except RuntimeError as e:
+        from tulu_kit.launch import LaunchError
+
+        if not isinstance(e, LaunchError) or args.verbose:
+            raise
+        print(f"tulu-kit: error: {e}", file=sys.stderr)  # the root cause first, then the launch's log tail
+        return 1
 
 
 if __name__ == "__main__":
