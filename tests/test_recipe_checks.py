@@ -81,3 +81,20 @@ def test_notebook_defaults_live_in_the_project_and_missing_inputs_name_the_noteb
         collect(DPOConfig, namespace)
     assert f"model {RUNS_DIR}/nothere/sft/model does not exist" in str(e.value)
     assert "notebook 02_sft writes it: run notebooks 00-02 first" in str(e.value)
+
+
+def test_no_notebook_default_resolves_outside_the_project():
+    import ast
+
+    import papermill as pm
+
+    from tulu_kit.config import STAGES, anchor_runs_path
+
+    for notebook, _ in sorted(set(STAGES.values())):
+        for name, param in pm.inspect_notebook(str(REPO_ROOT / notebook)).items():
+            value = anchor_runs_path(ast.literal_eval(param["default"]))
+            for text in value if isinstance(value, list) else [value]:
+                if isinstance(text, str) and text.startswith(".."):
+                    raise AssertionError(
+                        f"{notebook}: {name} = {text!r} leaves the project (only ../runs/...)"
+                    )

@@ -55,6 +55,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(path)
         return 0
     if args.dry_run:
+        print(f"# {args.recipe}, resolved and checked (nothing ran). One stage's fields as a file for "
+              "`tulu-kit <stage> FILE` or recipes/slurm/train.sbatch: --write-configs DIR")  # fmt: skip
         print(yaml.safe_dump(recipe.resolved(), sort_keys=False), end="")
         return 0
     from tulu_kit.run import run_recipe
