@@ -683,8 +683,22 @@ def check_model_overrides(raw: dict, overrides: list[str], source: str) -> None:
                   if t != stage and params.get(k) == old]  # fmt: skip
         stale = [k for k in stale if k not in given]
         if stale:
-            sets = " ".join(f"--set {k}=..." for k in stale)
+            sets = " ".join(f"--set {k}={_suggestion(k, kinds, text)}" for k in stale)
             raise ConfigError(
                 f"{source}: --set {key}={text} changes the model that {source} tuned for {old} (the tiny model): "
-                f"also give {sets}, or start from a recipe for a real model (recipes/one_gpu/)"
+                f"also give {sets} (learning rates: each stage's published default), or start from a recipe for "
+                "a real model (recipes/one_gpu/)"
             )
+
+
+def _suggestion(key: str, kinds: dict[str, str], model: str) -> str:
+    """What to set ``stage.field`` to for a real model: the new model for a model or tokenizer, else the stage's
+    dataclass default (the published value, e.g. SFT's 2e-5, DPO's 5e-7)."""
+    stage, _, name = key.partition(".")
+    if name in ("model", "tokenizer"):
+        return model
+    try:
+        fields = {f.name: f for f in dataclasses.fields(config_class(kinds[stage]))}
+        return repr(fields[name].default) if name in fields else "..."
+    except ConfigError:
+        return "..."
