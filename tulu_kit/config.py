@@ -13,7 +13,10 @@ A recipe is::
       sft:
         model: ${run_dir}/quickstart/model
 
-String values may use ``${run_dir}``, ``${name}`` and ``${seed}``. Each stage's ``out_dir`` defaults to
+String values may use ``${run_dir}``, ``${name}`` and ``${seed}``; every ``${run_dir}/<stage>/...`` a stage reads
+must be written by an earlier stage (:func:`check_run_paths`), and ``--set STAGE.model=...`` in a recipe tuned for
+the tiny model must come with the values tuned for it (:func:`check_model_overrides`). The notebooks' defaults
+``../runs/...`` mean this project's ``runs/`` wherever the process runs (:func:`anchor_runs_path`). Each stage's ``out_dir`` defaults to
 ``<run_dir>/<stage name>``, so the recipe and stage names must be plain folder names (no ``/``, no ``..``).
 YAML is read strictly: a duplicate key is an error (file, line, key), and so is a document that would expand
 through aliases to more than ``MAX_YAML_NODES`` values. ``--set key=`` sets the empty string.
@@ -362,13 +365,10 @@ def check_inputs_exist(cfg: Any, source: str) -> None:
     for key in INPUT_KEYS:
         values = getattr(cfg, key, None)
         for value in values if isinstance(values, list) else [values]:
-            if (
-                not isinstance(value, str)
-                or not value.startswith(str(RUNS_DIR) + "/")
-                and value != str(RUNS_DIR)
-            ):
-                continue
-            if not Path(value).exists():
+            inside = isinstance(value, str) and (
+                value == str(RUNS_DIR) or value.startswith(str(RUNS_DIR) + os.sep)
+            )
+            if inside and not Path(value).exists():
                 hint = _writer_hint(Path(value))
                 raise ConfigError(f"{source}: {key} {value} does not exist" + (f"; {hint}" if hint else ""))
 
