@@ -82,7 +82,11 @@ def add_run(sub) -> None:
         metavar="KEY=VALUE",
         help="override a value: 'seed=1' (recipe key) or 'sft.learning_rate=1e-4' (stage key); repeatable",
     )
-    p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<recipe name>)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="run folder (default: this project's runs/<recipe name>, wherever the command runs)",
+    )
     p.add_argument("--force", action="store_true", help="re-run stages that already completed")
     p.add_argument(
         "--dry-run", action="store_true", help="validate the recipe, print it resolved, run nothing"
