@@ -64,7 +64,8 @@ def test_failure_stops_then_rerun_skips_completed_then_force(tmp_path, capsys):
 
     assert run_recipe(load_recipe(recipe_path, run_dir=run_dir)) == 1
     err = capsys.readouterr().err
-    assert "stage 'second' failed" in err and 'raise ValueError("boom " + prompt)' in err
+    assert "stage 'second' failed: ValueError: boom fail\n" in err  # the root cause, first
+    assert 'raise ValueError("boom " + prompt)' in err
     assert "ValueError: boom fail" in err
     status = json.loads((run_dir / "run.json").read_text())
     assert status["status"] == "failed" and status["failed_stage"] == "second"

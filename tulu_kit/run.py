@@ -114,13 +114,18 @@ class RunStatus:
 
 
 def _print_failure(stage: Stage, error, output: Path) -> None:
+    """The root cause in one line first (the error's first line: file, key, "run notebook 02 first"), then the
+    cell it came from, the whole message and where the partial notebook (with the traceback) is."""
+    first = (str(error.evalue).strip().splitlines() or [""])[0]
     lines = [
-        f"\nstage '{stage.name}' failed in {stage.notebook.name}, cell [{error.exec_count}]:",
+        f"\nstage '{stage.name}' failed: {error.ename}: {first}",
+        f"in {stage.notebook.name}, cell [{error.exec_count}]:",
         "-" * 80,
         error.source.rstrip(),
         "-" * 80,
         f"{error.ename}: {error.evalue}",
-        f"partial executed notebook: {output}",
+        f"partial executed notebook (with the traceback): {output}",
+        "to continue once it is fixed, run the same command again: completed stages are skipped",
     ]
     print("\n".join(lines), file=sys.stderr)
 
