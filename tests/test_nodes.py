@@ -17,9 +17,24 @@ import pytest
 import torch
 import yaml
 
-from tests.test_launch import ENTRY
 from tulu_kit.config import REPO_ROOT, ConfigError, load_recipe
 from tulu_kit.io import write_jsonl
+
+# the sft stage's entry point, with a callback that dumps each rank's final weights (as in test_launch)
+ENTRY = """
+import os, sys
+from pathlib import Path
+import torch
+from transformers import TrainerCallback
+
+class DumpWeights(TrainerCallback):
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        flat = torch.cat([p.detach().float().flatten() for p in model.parameters()])
+        torch.save(flat, Path(args.output_dir).parent / f"weights_rank{os.environ['RANK']}.pt")
+
+from tulu_kit import sft
+sys.exit(sft.main(sys.argv[1:], callbacks=[DumpWeights()]))
+"""
 
 CELL = """\
 from tulu_kit import launch, training

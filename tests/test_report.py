@@ -154,3 +154,22 @@ def test_report_frame_final_status_judges_and_next_steps(fake_run, tmp_path):
     assert "prepare-eval" in steps and "recipes/one_gpu/" in steps and "judges" in steps
     page = (out / "report.html").read_text()
     assert "status completed" in page and "<h2>Next steps</h2>" in page and "Judges and classifiers" in page
+
+
+def test_olmo2_1b_rows_match_the_published_stage_scores(shared_data):
+    import csv
+
+    from tulu_kit.report import PUBLISHED
+
+    path = shared_data.parent / "reference" / "published-stage-scores.csv"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    names = {"GSM8K": "gsm8k", "MATH": "math", "BBH": "bbh", "IFEval": "ifeval", "AlpacaEval 2 LC": "alpaca_eval",
+             "TruthQA": "truthfulqa"}  # fmt: skip
+    stages = {"SFT": "OLMo 2 1B SFT", "DPO": "OLMo 2 1B DPO", "RLVR (final)": "OLMo 2 1B"}
+    checked = 0
+    for row in csv.DictReader(path.open()):
+        if row["model"] == "OLMo 2 1B" and row["benchmark"] in names:
+            assert PUBLISHED[stages[row["stage"]]][names[row["benchmark"]]][0] == float(row["value"]), row
+            checked += 1
+    assert checked == 18
