@@ -35,5 +35,22 @@ class _DropMessages(_logging.Filter):
 _logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
     _DropMessages("Failed to load CPU gemm_4bit_forward")
 )
+
+
+# - a causal LM loaded as a sequence classifier (a reward or value model started from a policy, as the recipes do)
+#   gets a "LOAD REPORT" table that only says its new head is new: lm_head unused, score initialised. Any other
+#   report (a key really missing or unexpected) still shows.
+class _NewHeadOnly(_logging.Filter):
+    def filter(self, record: _logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "ForSequenceClassification" not in text or "LOAD REPORT" not in text:
+            return True
+        rows = [[c.strip() for c in line.split("|")] for line in text.splitlines() if line.count("|") >= 2]
+        rows = [r for r in rows[1:] if r[0] and not set(r[0]) <= {"-", "+"}]  # skip the header and the rule
+        expected = {("lm_head.", "UNEXPECTED"), ("score.", "MISSING")}
+        return not rows or not all((r[0].split(".")[0] + ".", r[1]) in expected for r in rows)
+
+
+_logging.getLogger("transformers.modeling_utils").addFilter(_NewHeadOnly())
 # - mergekit sets `config.torch_dtype` on the merged model's config (mergekit/merge.py), which transformers 5 renamed.
 _logging.getLogger("transformers.configuration_utils").addFilter(_DropMessages("`torch_dtype` is deprecated"))
