@@ -137,16 +137,10 @@ def executed_path(recipe: Recipe, stage: Stage) -> Path:
     return recipe.run_dir / "notebooks" / name
 
 
-@contextlib.contextmanager
-def _kernel_options(log_path: Path):
-    """How papermill starts the kernel: its own stderr to ``log_path``, IPC sockets instead of TCP (POSIX).
-
-    The kernel's stderr carries only the kernel's own log (a cell's output reaches the notebook over ZMQ), so
-    it goes to a file beside the executed notebook, kept when not empty: the terminal keeps to the stage's
-    progress and a Ctrl-C no longer ends in the kernel's traceback about a closed socket. IPC sockets in a
-    private temporary folder keep the traffic off the network stack and silence the "running over TCP
-    without encryption" warning every stage printed.
-    """
+def stage_kernel_manager(log_path: Path) -> type:
+    """The kernel manager of a stage: the kernel's stderr to ``log_path``, the quiet environment, and no courtesy
+    SIGINT when papermill shuts a finished kernel down (jupyter_client interrupts first, and an idle kernel then
+    logs "KeyboardInterrupt caught in kernel", which a successful run left in its folder)."""
     from jupyter_client.manager import AsyncKernelManager
 
     class StageKernelManager(AsyncKernelManager):
@@ -157,7 +151,25 @@ def _kernel_options(log_path: Path):
             with open(log_path, "ab") as log:
                 return await super()._async_launch_kernel(kernel_cmd, **{**kw, "stderr": log, "env": env})
 
-    options: dict = {"kernel_manager_class": StageKernelManager}
+        async def _async_interrupt_kernel(self):
+            if self.shutting_down:  # the shutdown request follows; a Ctrl-C reaches the kernel by itself
+                return
+            await super()._async_interrupt_kernel()
+
+    return StageKernelManager
+
+
+@contextlib.contextmanager
+def _kernel_options(log_path: Path):
+    """How papermill starts the kernel: its own stderr to ``log_path``, IPC sockets instead of TCP (POSIX).
+
+    The kernel's stderr carries only the kernel's own log (a cell's output reaches the notebook over ZMQ), so
+    it goes to a file beside the executed notebook, kept when not empty: the terminal keeps to the stage's
+    progress and a Ctrl-C no longer ends in the kernel's traceback about a closed socket. IPC sockets in a
+    private temporary folder keep the traffic off the network stack and silence the "running over TCP
+    without encryption" warning every stage printed.
+    """
+    options: dict = {"kernel_manager_class": stage_kernel_manager(log_path)}
     try:
         with tempfile.TemporaryDirectory(prefix="tulu-kit-kernel-") as folder:
             if os.name != "nt":
