@@ -145,8 +145,11 @@ def test_report_frame_final_status_judges_and_next_steps(fake_run, tmp_path):
     atomic_write_json(
         fake_run / "tq" / "metrics.json", {**tq, "judges": {"truth": str(tiny), "info": "x/judge"}}
     )
+    alpaca = json.loads((fake_run / "alpaca" / "metrics.json").read_text())
+    atomic_write_json(fake_run / "alpaca" / "metrics.json", {**alpaca, "config": {"judge_model": "gpt-4"}})
     out = tmp_path / "report"
     result = run(ReportConfig(out_dir=str(out), run_dir=str(fake_run), reference=""))
+    assert "alpaca" not in set(result["judges"]["stage"])  # configured but unscored: no judge was used
     judges = result["judges"].set_index("role")
     assert judges.loc["truth judge", "note"].startswith("the untrained demo model")
     assert judges.loc["info judge", "note"] == ""

@@ -311,6 +311,8 @@ def judges_table(run_dir: Path) -> pd.DataFrame:
     """Who scored each judged benchmark (judge, classifier), flagged when it is the untrained demo model."""
     rows = []
     for m in eval_results(run_dir):
+        if _percent(m.get("metric", ""), m.get("score")) is None:
+            continue  # not scored: no judge was used (listed under "Not scored" with the reason)
         config = m.get("config") or {}
         found = {f"{role} judge": v for role, v in (m.get("judges") or {}).items()}
         for key in ("judge", "classifier", "judge_model"):
