@@ -93,3 +93,64 @@ def test_ifeval_official_responses_skip_and_count_the_unmatched_row(tmp_path, sh
         and metrics["unmatched_rows"] == [11]
     )
     assert "Downloaded punkt_tab" not in captured.out + captured.err
+
+
+def _parsers(parser, path=()):
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, (*path, name))
+
+
+def test_every_command_and_option_is_described_with_an_example(capsys):
+    from tulu_kit.cli import build_parser
+
+    for path, parser in _parsers(build_parser()):
+        name = " ".join(path) or "tulu-kit"
+        assert parser.description, f"{name}: no description"
+        assert "example" in (parser.epilog or ""), f"{name}: no example"
+        for action in parser._actions:
+            if action.dest not in ("help", "command", "what", "data_command"):
+                assert action.help, f"{name} {action.option_strings or action.dest}: no help"
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("tulu-kit ")
+
+
+def test_benchmark_and_stage_typos_say_did_you_mean(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "gsm8", "--model", "m"])
+    assert "unknown benchmark 'gsm8' (did you mean 'gsm8k'?)" in capsys.readouterr().err
+    from tulu_kit.config import REPO_ROOT
+
+    recipe = str(REPO_ROOT / "recipes" / "quickstart.yaml")
+    err = _fails(capsys, ["run", recipe, "--set", "sfft.learning_rate=1", "--dry-run"])
+    assert "has no stage 'sfft' (did you mean 'sft'?)" in err
+
+
+def test_a_full_disk_and_a_failed_launch_end_in_their_cause(monkeypatch, capsys):
+    import errno
+
+    from tulu_kit import config, launch
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "/scratch/run/sft/model.safetensors")
+
+    monkeypatch.setattr(config, "load_recipe", full)
+    assert main(["run", "r.yaml"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "tulu-kit: error: disk full writing /scratch/run/sft/model.safetensors: free space there"
+    )
+
+    def failed(*args, **kwargs):
+        raise launch.LaunchError(
+            "FileNotFoundError: data/sft.jsonl: no such file\n(the training command ...)"
+        )
+
+    monkeypatch.setattr(config, "load_recipe", failed)
+    assert main(["run", "r.yaml"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tulu-kit: error: FileNotFoundError: data/sft.jsonl") and "Traceback" not in err

@@ -60,6 +60,42 @@ def test_stream_tees_output_and_raises_with_the_tail_on_failure(tmp_path, capsys
     assert "boom: bad row 7" in str(err.value) and str(log) in str(err.value)
 
 
+def test_a_failed_launch_says_the_root_cause_first(tmp_path):
+    # rank 0's traceback, then the launcher's own (accelerate ends in CalledProcessError): the first line is rank 0's
+    code = (
+        "import subprocess, sys\n"
+        "print('Traceback (most recent call last):')\n"
+        "print('[rank0]: FileNotFoundError: data/sft.jsonl: no such file')\n"
+        "raise subprocess.CalledProcessError(1, ['python', '-m', 'tulu_kit.sft'])\n"
+    )
+    with pytest.raises(launch.LaunchError) as err:
+        launch.stream([sys.executable, "-c", code], tmp_path / "launch" / "train.log")
+    assert str(err.value).splitlines()[0] == "FileNotFoundError: data/sft.jsonl: no such file"
+    full = "print('RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos 4416 vs 4304'); exit(1)"
+    with pytest.raises(launch.LaunchError) as err:
+        launch.stream([sys.executable, "-c", full], tmp_path / "launch" / "train.log")
+    first = str(err.value).splitlines()[0]
+    assert first.startswith(f"disk full while writing under {tmp_path} (") and "GB free there now" in first
+
+
+def test_a_missing_model_stops_before_launching(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    launch_calls = []
+    monkeypatch.setattr(launch, "stream", lambda *a, **k: launch_calls.append(a))
+    with pytest.raises(FileNotFoundError, match="no such model folder"):
+        launch.launch("tulu_kit.sft", {"model": str(tmp_path / "nothere")}, tmp_path / "o")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="not a model folder"):
+        launch.launch("tulu_kit.sft", {"model": str(tmp_path / "empty")}, tmp_path / "o")
+    from tulu_kit.models import hub_reachable
+
+    hub_reachable.cache_clear()
+    with pytest.raises(FileNotFoundError, match="not a local folder, and the Hub is unreachable"):
+        launch.launch("tulu_kit.sft", {"model": "nobody/nothere-model"}, tmp_path / "o")
+    hub_reachable.cache_clear()
+    assert not launch_calls
+
+
 def test_last_complete_checkpoint_skips_unmarked_ones(tmp_path):
     assert checkpoints.last_complete_checkpoint(tmp_path / "missing") is None
     for step in (2, 10, 12):

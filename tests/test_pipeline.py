@@ -120,3 +120,23 @@ def test_demo_training_notebooks_leave_their_artifacts_and_learn(demo_run):
 def test_demo_report_notebook_shows_its_tables(demo_run):
     run_dir = demo_run[0]
     assert any(o.get("output_type") == "display_data" for o in _outputs(run_dir, "07_report.ipynb"))
+
+
+# stderr a cell may show: the kit's own messages, each saying what to do (set a judge, a classifier)
+OWN_STDERR = ("no judge endpoint configured", "no toxicity classifier configured")
+
+
+def test_demo_notebooks_and_kernels_are_quiet(demo_run):
+    """No library warning a student cannot act on reaches a cell (the filters in tulu_kit/__init__.py), and a
+    successful run leaves no kernel log (no "KeyboardInterrupt caught in kernel" from the shutdown)."""
+    run_dir = demo_run[0]
+    noisy = {}
+    for path in sorted((run_dir / "notebooks").glob("*.ipynb")):
+        for out in _outputs(run_dir, path.name):
+            text = out.get("text", "") if out.get("name") == "stderr" else ""
+            lines = [x for x in text.splitlines() if x.strip() and not any(own in x for own in OWN_STDERR)]
+            if lines:
+                noisy.setdefault(path.name, []).extend(lines[:5])
+    assert not noisy, noisy
+    logs = {p.name: p.read_text()[:300] for p in (run_dir / "notebooks").glob("*.kernel.log")}
+    assert not logs, logs

@@ -138,3 +138,55 @@ def test_open_instructs_own_sample_is_the_benchmark_and_the_nested_draw_a_subset
 
     assert kind(subset="open-instruct") == FULL  # the default: open-instruct's 200 ids
     assert kind(subset="") == SUBSET  # the kit's nested draw: other questions, not comparable to Tulu's
+
+
+def test_report_frame_final_status_judges_and_next_steps(fake_run, tmp_path):
+    from tulu_kit.report import run_status
+
+    assert run_status(fake_run) == "failed"  # bbh failed; the report's own "running" stage does not count
+    run_json = fake_run / "run.json"
+    import json
+
+    info = json.loads(run_json.read_text())
+    del info["stages"]["bbh"]
+    atomic_write_json(run_json, info)
+    assert run_status(fake_run) == "completed"  # written while its own stage runs, it states the end
+    assert run_status(tmp_path / "notebooks_only").startswith("notebooks run one by one")
+    # a judged benchmark scored by the untrained demo model is named and flagged
+    tiny = fake_run / "quickstart" / "model"
+    atomic_write_json(tiny / "config.json", {"model_type": "llama", "hidden_size": 64})
+    tq = _eval(fake_run, "tq", "truthfulqa_gen", "pct_true_and_info", 0.0, "dpo", data_dir="demo")
+    atomic_write_json(
+        fake_run / "tq" / "metrics.json", {**tq, "judges": {"truth": str(tiny), "info": "x/judge"}}
+    )
+    alpaca = json.loads((fake_run / "alpaca" / "metrics.json").read_text())
+    atomic_write_json(fake_run / "alpaca" / "metrics.json", {**alpaca, "config": {"judge_model": "gpt-4"}})
+    out = tmp_path / "report"
+    result = run(ReportConfig(out_dir=str(out), run_dir=str(fake_run), reference=""))
+    assert "alpaca" not in set(result["judges"]["stage"])  # configured but unscored: no judge was used
+    judges = result["judges"].set_index("role")
+    assert judges.loc["truth judge", "note"].startswith("the untrained demo model")
+    assert judges.loc["info judge", "note"] == ""
+    steps = " ".join(result["next_steps"])
+    assert "prepare-eval" in steps and "recipes/one_gpu/" in steps and "judges" in steps
+    page = (out / "report.html").read_text()
+    assert "status completed" in page and "<h2>Next steps</h2>" in page and "Judges and classifiers" in page
+
+
+def test_olmo2_1b_rows_match_the_published_stage_scores(shared_data):
+    import csv
+
+    from tulu_kit.report import PUBLISHED
+
+    path = shared_data.parent / "reference" / "published-stage-scores.csv"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    names = {"GSM8K": "gsm8k", "MATH": "math", "BBH": "bbh", "IFEval": "ifeval", "AlpacaEval 2 LC": "alpaca_eval",
+             "TruthQA": "truthfulqa"}  # fmt: skip
+    stages = {"SFT": "OLMo 2 1B SFT", "DPO": "OLMo 2 1B DPO", "RLVR (final)": "OLMo 2 1B"}
+    checked = 0
+    for row in csv.DictReader(path.open()):
+        if row["model"] == "OLMo 2 1B" and row["benchmark"] in names:
+            assert PUBLISHED[stages[row["stage"]]][names[row["benchmark"]]][0] == float(row["value"]), row
+            checked += 1
+    assert checked == 18

@@ -64,7 +64,8 @@ def test_failure_stops_then_rerun_skips_completed_then_force(tmp_path, capsys):
 
     assert run_recipe(load_recipe(recipe_path, run_dir=run_dir)) == 1
     err = capsys.readouterr().err
-    assert "stage 'second' failed" in err and 'raise ValueError("boom " + prompt)' in err
+    assert "stage 'second' failed: ValueError: boom fail\n" in err  # the root cause, first
+    assert 'raise ValueError("boom " + prompt)' in err
     assert "ValueError: boom fail" in err
     status = json.loads((run_dir / "run.json").read_text())
     assert status["status"] == "failed" and status["failed_stage"] == "second"
@@ -121,3 +122,31 @@ def test_cli_misspelt_key_fails_fast_naming_it(tmp_path):
     assert result.returncode == 2
     assert f"{path}: unknown key 'stages.quickstart.hiden_size' (did you mean" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_sigterm_marks_the_run_interrupted_and_says_how_to_continue(tmp_path):
+    import signal
+    import time
+
+    nb = _notebook(tmp_path / "stage.ipynb")
+    nb_json = nbformat.read(nb, as_version=4)
+    nb_json.cells.append(nbformat.v4.new_code_cell("import time\nif prompt == 'sleep':\n    time.sleep(120)"))
+    nbformat.write(nb_json, nb)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: t\nstages:\n  first: {{kind: quickstart, notebook: {nb}, prompt: sleep}}\n")
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tulu_kit.cli", "run", str(recipe), "--out", str(run_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 90
+    while time.time() < deadline and not (run_dir / "first" / "executions.txt").exists():
+        time.sleep(0.2)  # the stage's second cell has run: the kernel is in the sleeping cell
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM)" in err and "run the same command again" in err
+    status = json.loads((run_dir / "run.json").read_text())
+    assert status["status"] == "interrupted" and status["stages"]["first"]["status"] == "interrupted"

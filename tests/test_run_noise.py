@@ -40,3 +40,26 @@ def test_stage_kernel_is_quiet_and_named_like_its_notebook(tmp_path):
         or os.environ["TQDM_MININTERVAL"] != QUIET_ENV["TQDM_MININTERVAL"]
     )
     assert (tmp_path / "run" / "notebooks" / "probe.ipynb").is_file()  # the notebook's own name
+
+
+def test_shutting_a_finished_kernel_down_sends_it_no_interrupt(tmp_path):
+    import asyncio
+    import types
+
+    from tulu_kit.run import stage_kernel_manager
+
+    signals = []
+    manager = stage_kernel_manager(tmp_path / "k.log")(kernel_name="python3")
+
+    async def record(signum):
+        signals.append(signum)
+
+    manager._async_signal_kernel = record
+    manager.kernel_spec  # noqa: B018  (loaded, so the base class would signal)
+    manager.provisioner = types.SimpleNamespace(has_process=True)  # "has a kernel"
+    manager.shutting_down = True
+    asyncio.run(manager._async_interrupt_kernel())
+    assert signals == []  # the shutdown's courtesy SIGINT left an "KeyboardInterrupt caught" log behind
+    manager.shutting_down = False
+    asyncio.run(manager._async_interrupt_kernel())
+    assert signals  # a real interrupt (a cell over its time) still goes through

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -17,7 +18,10 @@ from tulu_kit.config import ConfigError
 EPILOG = """examples:
   tulu-kit run recipes/quickstart.yaml                      # the whole pipeline on CPU, into runs/quickstart
   tulu-kit run recipes/quickstart.yaml --set sft.learning_rate=1e-3 --out runs/lr1e-3
-  tulu-kit run recipes/tulu3/sft_8b.yaml --dry-run          # validate and print the resolved recipe
+  tulu-kit run recipes/one_gpu/olmo2_1b.yaml --dry-run      # validate offline and print the resolved recipe
+  tulu-kit run recipes/one_gpu/olmo2_1b.yaml --write-configs cfg/   # one YAML per stage, for tulu-kit <stage>
+  tulu-kit eval gsm8k --model runs/quickstart --data-dir demo       # a benchmark on a run's last model
+  sbatch --nodes=2 recipes/slurm/run.sbatch recipes/tulu3/sft_8b.yaml   # notebooks on node 0, training on both
 """
 
 
@@ -36,13 +40,40 @@ def _run_folder(out, rank: int = 0, beside: bool = False):
         yield
 
 
+def benchmark_name(name: str) -> str:
+    """argparse type of a benchmark argument: a known benchmark, else "did you mean"."""
+    from tulu_kit.config import STAGES
+
+    known = sorted(k.removeprefix("eval_") for k in STAGES if k.startswith("eval_"))
+    if name in known:
+        return name
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(known)}"
+    raise argparse.ArgumentTypeError(f"unknown benchmark '{name}' ({hint})")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import yaml
 
     from tulu_kit.config import load_recipe
 
-    recipe = load_recipe(args.recipe, args.set, run_dir=args.out)
+    hosts = [h.strip() for h in (args.hosts or "").split(",") if h.strip()]
+    recipe = load_recipe(
+        args.recipe, args.set, run_dir=args.out, hosts=hosts, gpus_per_node=args.gpus_per_node
+    )
+    if len(hosts) > 1:  # the stages' kernels start the other nodes' launchers (tulu_kit.launch.other_nodes)
+        os.environ["TULU_KIT_HOSTS"] = ",".join(hosts)
+    if args.write_configs:
+        from tulu_kit.run import write_stage_configs
+
+        for path in write_stage_configs(recipe, args.write_configs):
+            print(path)
+        return 0
     if args.dry_run:
+        print(f"# {args.recipe}, resolved and checked (nothing ran). One stage's fields as a file for "
+              "`tulu-kit <stage> FILE` or recipes/slurm/train.sbatch: --write-configs DIR")  # fmt: skip
         print(yaml.safe_dump(recipe.resolved(), sort_keys=False), end="")
         return 0
     from tulu_kit.run import run_recipe
@@ -68,12 +99,37 @@ def add_run(sub) -> None:
         metavar="KEY=VALUE",
         help="override a value: 'seed=1' (recipe key) or 'sft.learning_rate=1e-4' (stage key); repeatable",
     )
-    p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<recipe name>)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="run folder (default: this project's runs/<recipe name>, wherever the command runs)",
+    )
     p.add_argument("--force", action="store_true", help="re-run stages that already completed")
     p.add_argument(
         "--dry-run", action="store_true", help="validate the recipe, print it resolved, run nothing"
     )
+    p.add_argument(
+        "--write-configs",
+        metavar="DIR",
+        help="validate, then write each stage's resolved fields to DIR/<stage>.yaml (for `tulu-kit <stage> FILE`, "
+        "recipes/slurm/train.sbatch or `papermill -f FILE`); run nothing",
+    )
     p.add_argument("--log-output", action="store_true", help="stream each cell's output to the terminal")
+    p.add_argument(
+        "--hosts",
+        default=os.environ.get("TULU_KIT_HOSTS", ""),
+        metavar="H0,H1,...",
+        help="run on several nodes (this one, H0, first): the notebooks run here, each training cell's launch "
+        "starts one launcher per node (srun in a SLURM job, else ssh; recipes/slurm/run.sbatch); "
+        "default $TULU_KIT_HOSTS",
+    )
+    p.add_argument(
+        "--gpus-per-node",
+        type=int,
+        default=int(os.environ.get("TULU_KIT_GPUS_PER_NODE", "1")),
+        metavar="N",
+        help="processes per node with --hosts; gradient accumulation shrinks to keep each effective batch",
+    )
     p.set_defaults(func=cmd_run)
 
 
@@ -108,10 +164,20 @@ def _merge(args: argparse.Namespace) -> int:
 
 def add_merge(sub) -> None:
     p = sub.add_parser(
-        "merge", help="merge a LoRA/QLoRA adapter, make/recover a weight diff, or merge models"
+        "merge",
+        help="merge a LoRA/QLoRA adapter, make/recover a weight diff, or merge models",
+        description="Merging without a notebook: an adapter into its base (lora), a weight diff (diff, "
+        "recover), or several fine-tuned models into one (models). `tulu-kit merge WHAT --help` for each.",
+        epilog="example: tulu-kit merge models runs/a/sft/model runs/b/sft/model --out soup/",
     )
     kinds = p.add_subparsers(dest="what", metavar="WHAT", required=True)
-    lora = kinds.add_parser("lora", help="merge a LoRA (--qlora: QLoRA) adapter into its base")
+    lora = kinds.add_parser(
+        "lora",
+        help="merge a LoRA (--qlora: QLoRA) adapter into its base",
+        description="Merge a PEFT adapter into its base model and save a plain checkpoint with the tokenizer.",
+        epilog="example: tulu-kit merge lora --base runs/demo/quickstart/model --adapter runs/demo/lora/adapter "
+        "--out merged/",
+    )
     lora.add_argument("--base", required=True, help="base model folder or Hub id")
     lora.add_argument("--adapter", required=True, help="PEFT adapter folder")
     lora.add_argument(
@@ -120,7 +186,12 @@ def add_merge(sub) -> None:
     lora.add_argument(
         "--pad-to-multiple-of", type=int, metavar="N", help="pad embedding rows to a multiple of N"
     )
-    lora.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    lora.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="dtype the merge is computed and saved in (default float32)",
+    )
     diff = kinds.add_parser(
         "diff",
         help="write tuned - raw (Alpaca / Tulu 1 weight diff), streamed",
@@ -148,11 +219,16 @@ def add_merge(sub) -> None:
     )
     rec.add_argument("--diff", required=True, metavar="DIR", help="the diff folder written by `merge diff`")
     models = kinds.add_parser(
-        "models", help="merge same-architecture models (mergekit): soups, TIES, SLERP ..."
+        "models",
+        help="merge same-architecture models (mergekit): soups, TIES, SLERP ...",
+        description="Merge checkpoints of one architecture with mergekit's methods.",
+        epilog="example: tulu-kit merge models a/ b/ --method ties --base-model base/ --density 0.5 --out m/",
     )
     models.add_argument("models", nargs="+", help="checkpoint folders")
     models.add_argument("--method", default="linear", choices=["linear", "task_arithmetic", "ties", "slerp",
-                        "dare_linear", "dare_ties"])  # fmt: skip
+                        "dare_linear", "dare_ties"],
+                        help="linear: weighted average (a soup); task_arithmetic, ties, dare_*: task vectors "
+                        "added to --base-model; slerp: spherical interpolation of two models")  # fmt: skip
     models.add_argument("--weights", type=float, nargs="+", help="one per model (default: equal)")
     models.add_argument(
         "--base-model", default="", help="θ_0 of the task vectors; required by task_arithmetic, ties, dare_*"
@@ -204,11 +280,16 @@ def add_train(sub) -> None:
             help=f"train: {what}, from a flat config YAML (no notebook)",
             description=f"Train one {kind} stage from a YAML of its config fields (the notebook's parameters), "
             "launched on this node's processes (launcher, num_processes, deepspeed, num_machines, machine_rank, "
-            "main_process_ip, main_process_port).",
-            epilog=NODE_EPILOG.format(kind=kind),
+            "main_process_ip, main_process_port). A recipe writes one such YAML per stage: "
+            "`tulu-kit run RECIPE --write-configs DIR`.",
+            epilog=f"example:\n  tulu-kit run recipes/one_gpu/olmo2_1b.yaml --write-configs cfg/\n"
+            f"  tulu-kit {kind} cfg/{kind}.yaml --set learning_rate=1e-5\n\n" + NODE_EPILOG.format(kind=kind),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        p.add_argument("config", help="YAML of the stage's config fields, e.g. model, train_file, out_dir")
+        p.add_argument(
+            "config",
+            help="YAML of the stage's config fields (model, train_file, out_dir, ...), e.g. from --write-configs",
+        )
         p.add_argument(
             "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field; repeatable"
         )
@@ -253,7 +334,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         kw["subset"] = args.subset
     if args.chat is not None:  # default: the benchmark's (chat for the code benchmarks, IFEval, ToxiGen)
         kw["chat"] = args.chat
-    kw.update(model=args.model, out_dir=args.out or f"runs/eval/{args.benchmark}", data_dir=args.data_dir)
+    from tulu_kit.config import RUNS_DIR
+
+    out = args.out or str(
+        RUNS_DIR / "eval" / args.benchmark
+    )  # the project's runs/, wherever the command runs
+    kw.update(model=args.model, out_dir=out, data_dir=args.data_dir)
     if args.max_new_tokens:
         kw["max_new_tokens"] = args.max_new_tokens
     if args.max_examples is not None:  # default: the benchmark's (open-instruct's subset size); 0: all
@@ -314,8 +400,22 @@ example: tulu-kit score ifeval --predictions input_response_data.jsonl --data-di
 
 
 def add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a model on one benchmark (predictions.jsonl + metrics.json)")
-    p.add_argument("benchmark", help="gsm8k, math, mmlu, bbh, tydiqa, truthfulqa, ... (see eval/README.md)")
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a model on one benchmark (predictions.jsonl + metrics.json)",
+        description="Generate (or score log-probabilities) with MODEL on BENCHMARK under open-instruct's protocol "
+        "and write predictions.jsonl and metrics.json. The benchmark files come from --data-dir (`tulu-kit data "
+        "prepare-eval` fetches them; `--data-dir demo`: a few shipped items, scores that mean nothing).",
+        epilog="examples:\n"
+        "  tulu-kit eval gsm8k --model runs/quickstart --data-dir demo --max-examples 2\n"
+        "  tulu-kit eval ifeval --model allenai/OLMo-2-0425-1B-Instruct --backend vllm --out runs/eval/ifeval",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "benchmark",
+        type=benchmark_name,
+        help="gsm8k, math, mmlu, bbh, tydiqa, truthfulqa, ... (eval/README.md)",
+    )
     p.add_argument(
         "--model", required=True, help="model folder, run folder (its last stage's model/) or Hub id"
     )
@@ -344,14 +444,18 @@ def add_eval(sub) -> None:
     p.add_argument(
         "--max-new-tokens", type=int, metavar="N", help="generation budget (default: the protocol's)"
     )
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--batch-size", type=int, default=8, help="prompts per generate call / forward pass (default 8)"
+    )
     for key, (typ, text) in EVAL_ENGINE_FLAGS.items():
         p.add_argument("--" + key.replace("_", "-"), type=typ, help=text)
     p.add_argument(
         "--data-dir", help="benchmark data root (default: $TULU_KIT_DATA or ~/.cache/tulu_kit/data)"
     )
     p.add_argument(
-        "--out", metavar="DIR", help="output folder (default: runs/eval/BENCHMARK); resumes if present"
+        "--out",
+        metavar="DIR",
+        help="output folder (default: the project's runs/eval/BENCHMARK); resumes if present",
     )
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="a benchmark's own setting, e.g. version=v294 (ifbench), form=mc (mmlu_pro)")  # fmt: skip
@@ -363,7 +467,7 @@ def add_eval(sub) -> None:
         epilog=SCORE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    s.add_argument("benchmark", help="one of the benchmarks below")
+    s.add_argument("benchmark", type=benchmark_name, help="one of the benchmarks below")
     s.add_argument("--predictions", required=True, metavar="FILE", help="JSONL, one prediction per line")
     s.add_argument(
         "--skip-unmatched",
@@ -397,7 +501,12 @@ def cmd_prepare_eval(args: argparse.Namespace) -> int:
 
 def add_data_prepare_eval(kinds) -> None:
     """`tulu-kit data prepare-eval`."""
-    p = kinds.add_parser("prepare-eval", help="download the official benchmark files into the data root")
+    p = kinds.add_parser(
+        "prepare-eval",
+        help="download the official benchmark files into the data root",
+        description="Download each benchmark's official files into the data root that `tulu-kit eval` reads.",
+        epilog="example: tulu-kit data prepare-eval --only gsm8k math   # into $TULU_KIT_DATA or ~/.cache/tulu_kit/data",
+    )
     p.add_argument("--data-dir", help="data root (default: $TULU_KIT_DATA or ~/.cache/tulu_kit/data)")
     p.add_argument("--only", nargs="+", metavar="BENCHMARK", help="only these benchmarks")
     p.add_argument("--force", action="store_true", help="download again files that exist")
@@ -460,8 +569,15 @@ def add_data_mix(kinds) -> None:
         "--out", required=True, metavar="DIR", help="writes sft.jsonl, preference.jsonl, report.json"
     )
     p.add_argument("--tokenizer", help="model dir or Hub id for token statistics")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--on-bad-row", choices=["error", "drop"], default="error")
+    p.add_argument(
+        "--seed", type=int, default=42, help="sampling of fractional amounts and the held-out split"
+    )
+    p.add_argument(
+        "--on-bad-row",
+        choices=["error", "drop"],
+        default="error",
+        help="error: stop at a malformed row, naming file and line; drop: skip and count it",
+    )
     p.set_defaults(func=cmd_data_mix)
 
 
@@ -473,13 +589,22 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    from tulu_kit import __version__
+
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level, tracebacks in full")
+    parser.add_argument("--version", action="version", version=f"tulu-kit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_run(sub)
     add_merge(sub)
     add_eval(sub)
     add_train(sub)
-    data = sub.add_parser("data", help="prepare datasets")
+    data = sub.add_parser(
+        "data",
+        help="prepare datasets: mix training data, fetch benchmark files",
+        description="Data without a recipe: `data mix` converts and mixes SFT / preference sources, "
+        "`data prepare-eval` downloads the benchmark files.",
+        epilog="example: tulu-kit data mix --sft alpaca:alpaca.json 0.5 --out mix/",
+    )
     kinds = data.add_subparsers(dest="data_command", metavar="WHAT", required=True)
     add_data_prepare_eval(kinds)
     add_data_mix(kinds)
@@ -497,16 +622,28 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"tulu-kit: config error: {e}", file=sys.stderr)
         return 2
-    except RuntimeError as e:  # RunLocked: another command writes into the same folder
-        if type(e).__name__ != "RunLocked":
-            raise
-        print(f"tulu-kit: {e}", file=sys.stderr)
-        return 2
     except (FileNotFoundError, ValueError) as e:  # bad input: the message names the file, row and field
         if args.verbose:
             raise
         print(f"tulu-kit: error: {e} (run with -v for the traceback)", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno != errno.ENOSPC or args.verbose:
+            raise
+        print(
+            f"tulu-kit: error: disk full writing {e.filename or 'a file'}: free space there", file=sys.stderr
+        )
+        return 1
+    except RuntimeError as e:
+        from tulu_kit.launch import LaunchError
+
+        if type(e).__name__ == "RunLocked":  # another command writes into the same folder
+            print(f"tulu-kit: {e}", file=sys.stderr)
+            return 2
+        if not isinstance(e, LaunchError) or args.verbose:
+            raise
+        print(f"tulu-kit: error: {e}", file=sys.stderr)  # the root cause first, then the launch's log tail
+        return 1
 
 
 if __name__ == "__main__":

@@ -13,7 +13,10 @@ A recipe is::
       sft:
         model: ${run_dir}/quickstart/model
 
-String values may use ``${run_dir}``, ``${name}`` and ``${seed}``. Each stage's ``out_dir`` defaults to
+String values may use ``${run_dir}``, ``${name}`` and ``${seed}``; every ``${run_dir}/<stage>/...`` a stage reads
+must be written by an earlier stage (:func:`check_run_paths`), and ``--set STAGE.model=...`` in a recipe tuned for
+the tiny model must come with the values tuned for it (:func:`check_model_overrides`). The notebooks' defaults
+``../runs/...`` mean this project's ``runs/`` wherever the process runs (:func:`anchor_runs_path`). Each stage's ``out_dir`` defaults to
 ``<run_dir>/<stage name>``, so the recipe and stage names must be plain folder names (no ``/``, no ``..``).
 YAML is read strictly: a duplicate key is an error (file, line, key), and so is a document that would expand
 through aliases to more than ``MAX_YAML_NODES`` values. ``--set key=`` sets the empty string.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import os
 import re
 import types
 import typing
@@ -283,6 +287,8 @@ def from_dict(cls: type, data: Any, source: str = "<config>", prefix: str = "") 
             kwargs[name] = _coerce(data[name], hints[name], prefix + name, source)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{source}: missing required key '{prefix}{name}'")
+        elif isinstance(f.default, str) and f.default.startswith("../runs"):  # never outside the project
+            kwargs[name] = anchor_runs_path(f.default)
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as e:  # __post_init__ validation
@@ -308,7 +314,63 @@ def collect(cls: type, namespace: Mapping[str, Any], source: str = "notebook par
     unknown = [k for k in injected if k not in names]
     if unknown:
         return from_dict(cls, {k: None for k in unknown}, f"{source} (papermill -p / parameters=)")
-    return from_dict(cls, {k: namespace[k] for k in names if k in namespace}, source)
+    values = {k: anchor_runs_path(namespace[k]) for k in names if k in namespace}
+    cfg = from_dict(cls, values, source)
+    check_inputs_exist(cfg, source)
+    return cfg
+
+
+# --------------------------------------------------------------------------- paths under runs/
+
+RUNS_DIR = REPO_ROOT / "runs"
+# config fields a stage reads (the others, out_dir above all, it writes)
+INPUT_KEYS = ("model", "train_file", "eval_file", "tokenizer", "reward_model", "value_model", "models",
+              "base_model", "run_dir")  # fmt: skip
+
+
+def anchor_runs_path(value: Any) -> Any:
+    """``../runs/...`` (the notebooks' defaults, relative to notebooks/ and eval/) as a path in this project's
+    ``runs/``, whatever the working directory: papermill run from the repository root, or ``tulu-kit <stage>``
+    from anywhere, reads and writes the same folders as JupyterLab does."""
+    if isinstance(value, list):
+        return [anchor_runs_path(v) for v in value]
+    if isinstance(value, str) and (value == "../runs" or value.startswith("../runs/")):
+        return str(RUNS_DIR / value[len("../runs/") :]) if value != "../runs" else str(RUNS_DIR)
+    return value
+
+
+def _writer_hint(path: Path) -> str:
+    """Which notebook writes ``runs/<run>/<stage>/...``: "notebook 02_sft writes it; run notebooks 00-02 first"."""
+    try:
+        parts = path.relative_to(RUNS_DIR).parts
+    except ValueError:
+        return ""
+    if len(parts) < 2:
+        return "run notebooks 00-02 first, in order"
+    stage = parts[1]
+    if stage not in STAGES:
+        return ""
+    notebook = Path(STAGES[stage][0]).stem
+    number = notebook.split("_", 1)[0]
+    if number == "00":
+        return f"notebook {notebook} writes it: run it first"
+    if number.isdigit():
+        return f"notebook {notebook} writes it: run notebooks 00-{number} first, in order"
+    return f"notebook {STAGES[stage][0]} writes it: run it first"
+
+
+def check_inputs_exist(cfg: Any, source: str) -> None:
+    """A notebook's inputs under this project's ``runs/`` must exist before any work: the message says which
+    notebook writes the missing one (notebook 04 run first: "run notebooks 00-02 first")."""
+    for key in INPUT_KEYS:
+        values = getattr(cfg, key, None)
+        for value in values if isinstance(values, list) else [values]:
+            inside = isinstance(value, str) and (
+                value == str(RUNS_DIR) or value.startswith(str(RUNS_DIR) + os.sep)
+            )
+            if inside and not Path(value).exists():
+                hint = _writer_hint(Path(value))
+                raise ConfigError(f"{source}: {key} {value} does not exist" + (f"; {hint}" if hint else ""))
 
 
 def injected_parameters(namespace: Mapping[str, Any]) -> list[str]:
@@ -399,7 +461,9 @@ def apply_overrides(raw: dict, overrides: Iterable[str], source: str) -> dict:
                 raise ConfigError(f"override '{item}': unknown recipe key '{key}' (stage keys are stage.key)")
             raw[key] = value
         elif stage not in raw["stages"]:
-            raise ConfigError(f"override '{item}': {source} has no stage '{stage}'")
+            close = difflib.get_close_matches(stage, list(raw["stages"]), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"stages: {', '.join(raw['stages'])}"
+            raise ConfigError(f"override '{item}': {source} has no stage '{stage}' ({hint})")
         else:
             target = raw["stages"][stage]
             *parents, leaf = sub.split(".")
@@ -441,8 +505,17 @@ def _substitute(value: Any, variables: dict[str, str], where: str, source: str) 
     return value
 
 
-def load_recipe(path: str | Path, overrides: Iterable[str] = (), run_dir: str | Path | None = None) -> Recipe:
-    """Load and validate a whole recipe; every stage's config is built (and so checked) before anything runs."""
+def load_recipe(
+    path: str | Path,
+    overrides: Iterable[str] = (),
+    run_dir: str | Path | None = None,
+    hosts: list[str] | None = None,
+    gpus_per_node: int = 1,
+) -> Recipe:
+    """Load and validate a whole recipe; every stage's config is built (and so checked) before anything runs.
+
+    With ``hosts`` (several nodes, the main one first), every training stage is spread over them:
+    :func:`spread_over_nodes`."""
     source = str(path)
     raw = load_yaml(path)
     if not isinstance(raw, dict):
@@ -454,11 +527,13 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = (), run_dir: str | 
             raise ConfigError(f"{source}: unknown recipe key '{key}'{hint}")
     if not isinstance(raw.get("stages"), dict) or not raw["stages"]:
         raise ConfigError(f"{source}: 'stages' must be a non-empty mapping of stage name -> parameters")
+    overrides = list(overrides)
+    original = raw
     raw = apply_overrides(raw, overrides, source)
     name = _coerce(raw.get("name"), str, "name", source) if "name" in raw else Path(path).stem
     _check_name(name, "recipe name", source)
     seed = _coerce(raw.get("seed", 42), int, "seed", source)
-    run_dir = Path(run_dir or Path("runs") / name).resolve()
+    run_dir = Path(run_dir or RUNS_DIR / name).resolve()  # runs/ of this project, wherever the command runs
     variables = {"run_dir": str(run_dir), "name": name, "seed": str(seed)}
     stages = []
     for stage_name, params in raw["stages"].items():
@@ -477,5 +552,153 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = (), run_dir: str | 
         if "seed" in field_names:
             params.setdefault("seed", seed)
         config = from_dict(cls, params, source, prefix=f"{where}.")
+        if hosts and len(hosts) > 1 and "num_machines" in field_names:
+            config = spread_over_nodes(config, hosts, gpus_per_node, f"{source}: {where}")
         stages.append(Stage(stage_name, kind, notebook, config))
+    check_model_overrides(original, overrides, source)
+    check_run_paths(stages, run_dir, source)
     return Recipe(name, seed, run_dir, stages, source)
+
+
+def spread_over_nodes(cfg: Any, hosts: list[str], gpus_per_node: int, where: str) -> Any:
+    """A training stage's config on ``len(hosts)`` nodes of ``gpus_per_node`` processes each: the launcher
+    starts one process per GPU on every node (the notebook runs on the first, ``hosts[0]``, the rendezvous
+    address), and gradient accumulation shrinks so that the effective batch (per-device batch x accumulation x
+    processes) stays what the recipe says; when it cannot, the error names what to set."""
+    processes = len(hosts) * gpus_per_node
+    batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * cfg.num_processes
+    per_pass = cfg.per_device_train_batch_size * processes
+    if batch % per_pass:
+        raise ConfigError(
+            f"{where}: its effective batch {batch} (per_device_train_batch_size {cfg.per_device_train_batch_size} "
+            f"x gradient_accumulation_steps {cfg.gradient_accumulation_steps} x num_processes {cfg.num_processes}) "
+            f"cannot be kept on {processes} processes ({len(hosts)} nodes x {gpus_per_node}): set "
+            "per_device_train_batch_size / gradient_accumulation_steps so it divides"
+        )
+    try:
+        return dataclasses.replace(
+            cfg,
+            launcher="accelerate" if cfg.launcher == "none" else cfg.launcher,
+            num_processes=processes,
+            num_machines=len(hosts),
+            machine_rank=0,
+            main_process_ip=hosts[0],
+            gradient_accumulation_steps=batch // per_pass,
+        )
+    except ValueError as e:
+        raise ConfigError(f"{where}: on {len(hosts)} nodes: {e}") from None
+
+
+# what a stage kind writes in its folder that a later stage may read as ``${run_dir}/<stage>/<name>``; every
+# stage also writes metrics.json, and a stage folder itself names its model (evals take a stage or run folder)
+STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "quickstart": ("model",),
+    "data": ("sft.jsonl", "sft_eval.jsonl", "preference.jsonl", "preference_eval.jsonl", "report.json"),
+    "reward": ("reward_model",),
+    **{k: ("model", "adapter") for k in ("sft", "lora", "dpo", "ppo", "grpo", "merge")},
+}
+
+
+def _paths(value: Any, where: str) -> Iterable[tuple[str, str]]:
+    if isinstance(value, str):
+        yield where, value
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _paths(v, f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _paths(v, f"{where}.{k}")
+
+
+def check_run_paths(stages: list[Stage], run_dir: Path, source: str) -> None:
+    """Every ``${run_dir}/...`` a stage reads must be written by an earlier stage of the recipe (or exist
+    already): a typo (``${run_dir}/sfft/model``, ``${run_dir}/sft/modle``) fails here, not minutes later as a
+    Hub "Repo id must be in the form ..." error."""
+    writers = {
+        Path(s.config.out_dir).resolve(): (i, s) for i, s in enumerate(stages) if hasattr(s.config, "out_dir")
+    }
+    root = str(run_dir) + os.sep
+    for i, stage in enumerate(stages):
+        own = str(Path(stage.config.out_dir).resolve()) if hasattr(stage.config, "out_dir") else None
+        for key, value in stage.params.items():
+            if key == "out_dir":
+                continue
+            for where, text in _paths(value, f"stages.{stage.name}.{key}"):
+                if not text.startswith(root) or (own and (text == own or text.startswith(own + os.sep))):
+                    continue
+                shown = "${run_dir}/" + text[len(root) :]
+                if Path(text).exists():
+                    continue
+                first, _, rest = text[len(root) :].partition(os.sep)
+                found = writers.get((run_dir / first).resolve())
+                if found is None:
+                    names = [s.name for s in stages]
+                    close = difflib.get_close_matches(first, names, n=1)
+                    hint = f"did you mean '{close[0]}'?" if close else f"stages: {', '.join(names)}"
+                    raise ConfigError(
+                        f"{source}: {where}: {shown}: no stage writes ${{run_dir}}/{first} ({hint})"
+                    )
+                j, writer = found
+                if j >= i:
+                    raise ConfigError(f"{source}: {where}: {shown} is written by stage '{writer.name}', which runs "
+                                      f"after '{stage.name}': put '{writer.name}' first")  # fmt: skip
+                name = rest.split(os.sep, 1)[0]
+                outputs = STAGE_OUTPUTS.get(writer.kind)
+                if name and outputs and name not in (*outputs, "metrics.json"):
+                    close = difflib.get_close_matches(name, outputs, n=1)
+                    hint = f"did you mean '{close[0]}'?" if close else f"it writes {', '.join(outputs)}"
+                    raise ConfigError(f"{source}: {where}: {shown}: stage '{writer.name}' ({writer.kind}) does not "
+                                      f"write '{name}' ({hint})")  # fmt: skip
+
+
+_TIED_KEYS = ("learning_rate",)  # chosen for one model: a recipe's value is wrong for another
+
+
+def check_model_overrides(raw: dict, overrides: list[str], source: str) -> None:
+    """``--set STAGE.model=X`` in a recipe written for the tiny model the run builds (a ``quickstart`` stage)
+    must not half-apply: the values the recipe chose for that model (learning rates, the data stage's
+    tokenizer) of the stage and of every stage trained from it must be set too, or the run stops here."""
+    stages = {k: dict(v or {}) for k, v in (raw.get("stages") or {}).items()}
+    kinds = {k: v.get("kind", k) for k, v in stages.items()}
+    given = {item.partition("=")[0] for item in overrides}
+    for item in overrides:
+        key, _, text = item.partition("=")
+        stage, _, field_name = key.partition(".")
+        if field_name != "model" or stage not in stages:
+            continue
+        old = stages[stage].get("model")
+        origin = re.match(r"\$\{run_dir\}/([^/]+)/", str(old or ""))
+        if not origin or kinds.get(origin.group(1)) != "quickstart" or parse_value(text) == old:
+            continue
+        # the stage and every stage that reads its folder, transitively, were tuned for the tiny model
+        tuned, frontier = {stage}, [stage]
+        while frontier:
+            s = frontier.pop()
+            for t, params in stages.items():
+                if t not in tuned and any("${run_dir}/" + s + "/" in v for _, v in _paths(params, t)):
+                    tuned.add(t)
+                    frontier.append(t)
+        stale = [f"{t}.{k}" for t in stages for k in _TIED_KEYS if t in tuned and k in stages[t]]
+        stale += [f"{t}.{k}" for t, params in stages.items() for k in ("model", "tokenizer")
+                  if t != stage and params.get(k) == old]  # fmt: skip
+        stale = [k for k in stale if k not in given]
+        if stale:
+            sets = " ".join(f"--set {k}={_suggestion(k, kinds, text)}" for k in stale)
+            raise ConfigError(
+                f"{source}: --set {key}={text} changes the model that {source} tuned for {old} (the tiny model): "
+                f"also give {sets} (learning rates: each stage's published default), or start from a recipe for "
+                "a real model (recipes/one_gpu/)"
+            )
+
+
+def _suggestion(key: str, kinds: dict[str, str], model: str) -> str:
+    """What to set ``stage.field`` to for a real model: the new model for a model or tokenizer, else the stage's
+    dataclass default (the published value, e.g. SFT's 2e-5, DPO's 5e-7)."""
+    stage, _, name = key.partition(".")
+    if name in ("model", "tokenizer"):
+        return model
+    try:
+        fields = {f.name: f for f in dataclasses.fields(config_class(kinds[stage]))}
+        return repr(fields[name].default) if name in fields else "..."
+    except ConfigError:
+        return "..."

@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import codecs
 import collections
+import contextlib
 import logging
 import os
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -121,6 +124,7 @@ def stream(cmd: list[str], log_path: str | Path, env: dict | None = None, tail_l
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+    errors: list[str] = []  # every "SomeError: message" line, for the root cause
     partial = ""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     with log_path.open("w", encoding="utf-8", buffering=1) as log:
@@ -145,6 +149,8 @@ def stream(cmd: list[str], log_path: str | Path, env: dict | None = None, tail_l
                 partial += text
                 *lines, partial = re.split(r"[\r\n]", partial)
                 tail.extend(line for line in lines if line.strip())
+                errors.extend(line for line in lines if _ERROR_LINE.match(line) or _DISK_FULL.search(line))
+                del errors[:-200]
             rc = proc.wait()
         except BaseException:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -153,27 +159,141 @@ def stream(cmd: list[str], log_path: str | Path, env: dict | None = None, tail_l
     if rc != 0:
         if partial.strip():
             tail.append(partial)
+            errors.append(partial)
+        cause = root_cause(errors, log_path.parent)
         raise LaunchError(
-            f"command exited with code {rc}: {' '.join(cmd)}\n--- last lines of {log_path} ---\n"
+            (f"{cause}\n" if cause else "")
+            + f"(the training command exited with code {rc}; whole log: {log_path})\n"
+            + f"$ {' '.join(cmd)}\n--- last lines of {log_path} ---\n"
             + "\n".join(tail)
         )
+
+
+# "[rank0]: FileNotFoundError: x", "ValueError: x", "torch.OutOfMemoryError: x": a traceback's last line
+_ERROR_LINE = re.compile(
+    r"^(?:\[rank\d+\]:\s*)?((?:\w+\.)*\w*(?:Error|Exception|Mismatch|Interrupt|Exit)\b:?.*)$"
+)
+_DISK_FULL = re.compile(
+    r"No space left on device|\[Errno 28\]|inline_container\.cc.*unexpected pos|file write failed"
+)
+# the launchers' own reports that a worker failed: never the cause
+_WRAPPERS = (
+    "subprocess.CalledProcessError",
+    "CalledProcessError",
+    "torch.distributed.elastic",
+    "ChildFailedError",
+)
+
+
+def root_cause(lines: list[str], where: Path) -> str:
+    """The first error a launched job printed, in one line (the launchers' "a child failed" reports skipped);
+    a full disk says so, with the folder and the space left on it."""
+    if any(_DISK_FULL.search(line) for line in lines):
+        try:
+            free = f"{shutil.disk_usage(where).free / 1e9:.1f} GB free"
+        except OSError:
+            free = "free space unknown"
+        return f"disk full while writing under {where.parent} ({free} there now): free space, or set out_dir elsewhere"
+    for line in lines:
+        match = _ERROR_LINE.match(line)
+        if match and not match.group(1).startswith(_WRAPPERS):
+            return match.group(1).strip()
+    return ""
+
+
+def _node_command(
+    module: str, config: dict, out_dir: str | Path, launch_args: dict
+) -> tuple[list[str], Path]:
+    """Write this node's config to ``<out_dir>/launch[/node<R>]/config.yaml``; its launcher command and log path."""
+    folder = Path(out_dir) / "launch"
+    rank = launch_args.get("machine_rank", 0)
+    if launch_args.get("num_machines", 1) > 1:  # every node writes its own command, config and log
+        folder = folder / f"node{rank}"
+        config = {**config, "machine_rank": rank}
+    config_path = folder / "config.yaml"
+    atomic_write_text(config_path, yaml.safe_dump(config, sort_keys=False))
+    return build_command(module, config_path, **launch_args), folder / "train.log"
 
 
 def launch(module: str, config: dict, out_dir: str | Path, **launch_args) -> Path:
     """Write ``config`` to ``<out_dir>/launch/config.yaml`` and run ``module`` on it; return the log path.
 
-    ``launch_args`` are :func:`build_command`'s keywords (launcher, num_processes, deepspeed, ...).
+    ``launch_args`` are :func:`build_command`'s keywords (launcher, num_processes, deepspeed, ...). On the main
+    node of a multi-node job started by ``tulu-kit run --hosts`` (``$TULU_KIT_HOSTS``), this also starts the
+    other nodes' launchers (:func:`other_nodes`, :func:`remote_prefix`), so a notebook's training cell spans them.
     """
-    folder = Path(out_dir) / "launch"
-    if launch_args.get("num_machines", 1) > 1:  # every node writes its own command, config and log
-        folder = folder / f"node{launch_args.get('machine_rank', 0)}"
-    config_path = folder / "config.yaml"
-    atomic_write_text(config_path, yaml.safe_dump(config, sort_keys=False))
-    cmd = build_command(module, config_path, **launch_args)
+    if isinstance(
+        config.get("model"), str
+    ):  # a missing folder, an offline Hub id: now, not after the imports
+        from tulu_kit.models import check_model_source
+
+        check_model_source(config["model"])
+    others = []
+    for rank, host in other_nodes(launch_args):
+        cmd, log = _node_command(module, config, out_dir, {**launch_args, "machine_rank": rank})
+        others.append(_start_remote(host, cmd, log))
+    cmd, log_path = _node_command(module, config, out_dir, launch_args)
     logger.info("launching: %s", " ".join(cmd))
-    log_path = folder / "train.log"
-    stream(cmd, log_path)
+    try:
+        stream(cmd, log_path)
+    except BaseException:
+        for proc, _ in others:  # they would wait for rank 0 at the rendezvous for ever
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        raise
+    finally:
+        for proc, _ in others:
+            proc.wait()
+    failed = [(proc, log) for proc, log in others if proc.returncode != 0]
+    if failed:
+        proc, log = failed[0]
+        lines = Path(log).read_text(errors="replace").splitlines()
+        cause = root_cause(
+            [x for x in lines if _ERROR_LINE.match(x) or _DISK_FULL.search(x)], Path(log).parent
+        )
+        raise LaunchError(
+            f"{cause or 'another node failed'}\n(a node's launcher exited with code {proc.returncode}; its log: "
+            f"{log})\n" + "\n".join(lines[-20:])
+        )
     return log_path
+
+
+def other_nodes(launch_args: dict) -> list[tuple[int, str]]:
+    """(machine_rank, host) of the nodes this process must start: on machine_rank 0 of a job whose host list
+    (``$TULU_KIT_HOSTS``, comma-separated, the main node first) has exactly ``num_machines`` entries."""
+    hosts = [h.strip() for h in os.environ.get("TULU_KIT_HOSTS", "").split(",") if h.strip()]
+    n = launch_args.get("num_machines", 1)
+    if n < 2 or launch_args.get("machine_rank", 0) != 0 or len(hosts) != n:
+        return []
+    return list(enumerate(hosts))[1:]
+
+
+def remote_prefix(host: str) -> list[str]:
+    """How a command reaches ``host``: ``$TULU_KIT_REMOTE`` (``{host}`` filled in; ``local``: this machine, for
+    tests), else ``srun`` inside a SLURM job, else ``ssh``."""
+    template = os.environ.get("TULU_KIT_REMOTE")
+    if template is None:
+        slurm = os.environ.get("SLURM_JOB_ID")
+        template = "srun --nodes=1 --ntasks=1 --overlap --nodelist={host}" if slurm else "ssh {host}"
+    if template.strip() == "local":
+        return []
+    return [part.format(host=host) for part in shlex.split(template)]
+
+
+def _start_remote(host: str, cmd: list[str], log: Path) -> tuple[subprocess.Popen, Path]:
+    prefix = remote_prefix(host)
+    env = child_env()
+    if prefix[:1] == ["ssh"]:  # ssh runs one shell line there: the same folder and import path as here
+        line = shlex.join(["env", f"PYTHONPATH={env['PYTHONPATH']}", *cmd])
+        cmd = [f"cd {shlex.quote(os.getcwd())} && {line}"]
+    full = prefix + cmd
+    logger.info("launching on %s: %s", host, " ".join(full))
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w", encoding="utf-8") as out:
+        out.write("$ " + " ".join(full) + "\n")
+        out.flush()
+        proc = subprocess.Popen(full, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return proc, log
 
 
 def worker_config(cls: type, argv: list[str]):

@@ -7,7 +7,10 @@ stage loads it by path exactly as it would load ``meta-llama/Llama-3.1-8B``. Use
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import socket
 from pathlib import Path
 
 import torch
@@ -21,6 +24,66 @@ SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]  # ids 0, 1, 2
 # LoRA targets of open-instruct finetune.py: every attention and MLP projection
 TULU_LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 CHAT_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]  # plain added tokens: they survive decoding
+
+
+# --------------------------------------------------------------------------- where a model comes from
+
+
+_TRUE = ("1", "true", "yes", "on")
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers a TCP connection (False at once under ``HF_HUB_OFFLINE=1``).
+
+    Behind a proxy (``HTTPS_PROXY``) a direct connection says nothing, so the Hub counts as reachable there.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE:
+        return False
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def check_model_source(name: str | Path) -> str:
+    """Fail at once, in one line, when ``name`` cannot be loaded, before any work: a local folder must hold a
+    checkpoint (``config.json``) or a tokenizer; a name that can only be a path must exist; a Hub id must be in
+    the local cache or the Hub reachable (instead of a minute of retries, then a hundred lines). Returns ``name``.
+    """
+    text = str(name)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not any(
+            (path / f).is_file() for f in ("config.json", "tokenizer_config.json", "adapter_config.json")
+        ):
+            raise FileNotFoundError(
+                f"{text}: not a model folder (no config.json); is the stage that writes it done?"
+            )
+        return text
+    if path.exists():
+        raise FileNotFoundError(f"{text}: a file, not a model folder")
+    if text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1:
+        raise FileNotFoundError(f"{text}: no such model folder (looked from {Path.cwd()})")
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = any(
+        isinstance(try_to_load_from_cache(text, f), str) for f in ("config.json", "tokenizer_config.json")
+    )
+    if not cached and not hub_reachable():
+        raise FileNotFoundError(
+            f"{text}: not a local folder, and the Hub is unreachable (offline or HF_HUB_OFFLINE=1) with nothing cached; "
+            "give a model folder, or download it once where there is a network (huggingface-cli download NAME)"
+        )
+    return text
 
 
 def build_tiny_tokenizer(vocab_size: int = 1024, chat_template: str = "tulu"):
@@ -105,7 +168,7 @@ def load_tokenizer(path: str | Path, padding_side: str | None = None):
     """Load a tokenizer by local path or Hub id; make sure it can pad."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    tokenizer = AutoTokenizer.from_pretrained(check_model_source(path))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if padding_side:
@@ -143,7 +206,7 @@ def load_model(path: str | Path, dtype: str = "float32", attn_implementation: st
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(
-        str(path),
+        check_model_source(path),
         dtype=_DTYPES.get(dtype, "auto"),
         attn_implementation=resolve_attention(attn_implementation),
     )
@@ -171,7 +234,7 @@ def load_model_for_training(
 
     device_map = {"": int(os.environ.get("LOCAL_RANK", 0))} if torch.cuda.is_available() else None
     model = AutoModelForCausalLM.from_pretrained(
-        str(path),
+        check_model_source(path),
         quantization_config=quantization_config_4bit(dtype),
         dtype=_DTYPES[dtype],
         attn_implementation=resolve_attention(attn_implementation),

@@ -114,13 +114,18 @@ class RunStatus:
 
 
 def _print_failure(stage: Stage, error, output: Path) -> None:
+    """The root cause in one line first (the error's first line: file, key, "run notebook 02 first"), then the
+    cell it came from, the whole message and where the partial notebook (with the traceback) is."""
+    first = (str(error.evalue).strip().splitlines() or [""])[0]
     lines = [
-        f"\nstage '{stage.name}' failed in {stage.notebook.name}, cell [{error.exec_count}]:",
+        f"\nstage '{stage.name}' failed: {error.ename}: {first}",
+        f"in {stage.notebook.name}, cell [{error.exec_count}]:",
         "-" * 80,
         error.source.rstrip(),
         "-" * 80,
         f"{error.ename}: {error.evalue}",
-        f"partial executed notebook: {output}",
+        f"partial executed notebook (with the traceback): {output}",
+        "to continue once it is fixed, run the same command again: completed stages are skipped",
     ]
     print("\n".join(lines), file=sys.stderr)
 
@@ -130,6 +135,28 @@ def executed_path(recipe: Recipe, stage: Stage) -> Path:
     shared = sum(s.notebook == stage.notebook for s in recipe.stages) > 1
     name = f"{stage.notebook.stem}.{stage.name}.ipynb" if shared else stage.notebook.name
     return recipe.run_dir / "notebooks" / name
+
+
+def stage_kernel_manager(log_path: Path) -> type:
+    """The kernel manager of a stage: the kernel's stderr to ``log_path``, the quiet environment, and no courtesy
+    SIGINT when papermill shuts a finished kernel down (jupyter_client interrupts first, and an idle kernel then
+    logs "KeyboardInterrupt caught in kernel", which a successful run left in its folder)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class StageKernelManager(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            env = dict(kw.get("env") or os.environ)
+            for key, value in QUIET_ENV.items():
+                env.setdefault(key, value)  # the kernel and what it launches only, not papermill's own bar
+            with open(log_path, "ab") as log:
+                return await super()._async_launch_kernel(kernel_cmd, **{**kw, "stderr": log, "env": env})
+
+        async def _async_interrupt_kernel(self):
+            if self.shutting_down:  # the shutdown request follows; a Ctrl-C reaches the kernel by itself
+                return
+            await super()._async_interrupt_kernel()
+
+    return StageKernelManager
 
 
 @contextlib.contextmanager
@@ -142,17 +169,7 @@ def _kernel_options(log_path: Path):
     private temporary folder keep the traffic off the network stack and silence the "running over TCP
     without encryption" warning every stage printed.
     """
-    from jupyter_client.manager import AsyncKernelManager
-
-    class StageKernelManager(AsyncKernelManager):
-        async def _async_launch_kernel(self, kernel_cmd, **kw):
-            env = dict(kw.get("env") or os.environ)
-            for key, value in QUIET_ENV.items():
-                env.setdefault(key, value)  # the kernel and what it launches only, not papermill's own bar
-            with open(log_path, "ab") as log:
-                return await super()._async_launch_kernel(kernel_cmd, **{**kw, "stderr": log, "env": env})
-
-    options: dict = {"kernel_manager_class": StageKernelManager}
+    options: dict = {"kernel_manager_class": stage_kernel_manager(log_path)}
     try:
         with tempfile.TemporaryDirectory(prefix="tulu-kit-kernel-") as folder:
             if os.name != "nt":
@@ -185,15 +202,68 @@ def execute_stage(stage: Stage, output: Path, log_output: bool = False, progress
         )
 
 
+TRAINING_KINDS = ("sft", "lora", "dpo", "reward", "ppo", "grpo")
+
+
+def write_stage_configs(recipe: Recipe, folder: str | Path) -> list[Path]:
+    """Write each stage's resolved config as ``<folder>/<stage>.yaml``: the flat fields ``tulu-kit <kind> FILE``
+    and ``recipes/slurm/train.sbatch`` read, and the parameters file of ``papermill -f FILE``."""
+    folder = Path(folder)
+    written = []
+    for stage in recipe.stages:
+        path = folder / f"{stage.name}.yaml"
+        nb = stage.notebook.relative_to(stage.notebook.parents[1])
+        use = [f"papermill {nb} {recipe.run_dir}/notebooks/{stage.notebook.name} -f {path}"]
+        if stage.kind in TRAINING_KINDS:
+            use = [
+                f"tulu-kit {stage.kind} {path}",
+                f"sbatch --nodes=N recipes/slurm/train.sbatch {stage.kind} {path}",
+            ]
+            use += [f"papermill {nb} OUT.ipynb -f {path}"]
+        header = [
+            f"# stage '{stage.name}' ({stage.kind}) of {recipe.source}, resolved for {recipe.run_dir}",
+            "# use:",
+        ]
+        header += [f"#   {u}" for u in use]
+        atomic_write_text(path, "\n".join(header) + "\n" + yaml.safe_dump(stage.params, sort_keys=False))
+        written.append(path)
+    return written
+
+
 def run_recipe(recipe: Recipe, force: bool = False, log_output: bool = False) -> int:
     """Run every stage in order; returns the process exit code (0 ok, 1 a stage failed, 2 the run folder is in
-    use by another run, 130 interrupted)."""
+    use by another run, 130 interrupted by Ctrl-C, 143 by SIGTERM)."""
     try:
-        with lock_run_dir(recipe.run_dir):
+        with lock_run_dir(recipe.run_dir), _terminate_as_interrupt():
             return _run_stages(recipe, force, log_output)
     except RunLocked as e:
         print(f"tulu-kit: {e}", file=sys.stderr)
         return 2
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's time limit): handled as a Ctrl-C, exit code 143."""
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While the run holds the folder, SIGTERM raises :class:`Terminated`, so run.json ends "interrupted" and the
+    terminal says how to continue, as after a Ctrl-C (only in the main thread, where signals are delivered)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_stages(recipe: Recipe, force: bool, log_output: bool) -> int:
@@ -229,11 +299,16 @@ def _run_stages(recipe: Recipe, force: bool, log_output: bool) -> int:
             status.set(stage.name, status="failed", error=f"{e.ename}: {e.evalue}")
             status.set(status="failed", failed_stage=stage.name)
             return 1
-        except KeyboardInterrupt:
-            print(f"\n{tag}: interrupted; partial notebook: {output}", file=sys.stderr)
+        except KeyboardInterrupt as e:
+            how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+            print(
+                f"\n{tag}: {how}; partial notebook: {output}\nto continue, run the same command again: "
+                "completed stages are skipped (a training stage with resume: true goes on from its last checkpoint)",
+                file=sys.stderr,
+            )
             status.set(stage.name, status="interrupted")
-            status.set(status="interrupted")
-            return 130
+            status.set(status="interrupted", interrupted_stage=stage.name)
+            return 143 if isinstance(e, Terminated) else 130
         seconds = round(time.time() - start, 1)
         atomic_write_json(
             marker, {"status": "completed", "params_hash": params_hash(stage), "seconds": seconds}

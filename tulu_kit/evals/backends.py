@@ -222,9 +222,11 @@ class HFBackend(Backend):
     ) -> HFBackend:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from tulu_kit.models import check_model_source
+
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        tok = AutoTokenizer.from_pretrained(path)
+        tok = AutoTokenizer.from_pretrained(check_model_source(path))  # offline Hub id: one line, at once
         model = AutoModelForCausalLM.from_pretrained(path, dtype=_resolve_dtype(dtype, device)).to(device)
         return cls(model, tok, batch_size=batch_size, max_model_len=max_model_len)
 
