@@ -72,6 +72,9 @@ def test_run_on_demo_data(tiny_model, tmp_path):
     rescored = score_file("gsm8k", tmp_path / "predictions.jsonl", data_dir="demo")
     assert (rescored["score"], rescored["counts"]) == (metrics["score"], metrics["counts"])  # two paths agree
     assert metrics["counts"]["correct"] == 0  # tiny model seed 0, greedy, 6 tokens: no right number
+    # metrics.json records the decoding this run used, and keeps the protocol's own beside it
+    assert metrics["protocol"]["decoding"].startswith("greedy, 6 new tokens, stop ")
+    assert metrics["protocol"]["decoding_default"] == gsm8k.PROTOCOL["decoding"]
 
 
 def test_a_bad_line_in_the_data_file_names_file_and_line(tmp_path):

@@ -118,3 +118,14 @@ def test_resume_refuses_another_data_folder(tmp_path):
     other = dataclasses.replace(cfg, data_dir=str(tmp_path / "elsewhere"))
     with pytest.raises(ValueError, match="data_root"):
         core._check_resume(other, out)
+
+
+def test_decoding_text_says_what_a_run_used():
+    from tulu_kit.evals.backends import GenParams
+
+    assert core.decoding_text(GenParams(max_new_tokens=8)) == "greedy, 8 new tokens, no stop sequence"
+    sampled = GenParams(max_new_tokens=512, temperature=0.8, top_p=0.95, stop=("\nclass", "```"))
+    assert (
+        core.decoding_text(sampled, n_samples=20)
+        == "n=20 samples, temperature 0.8, top_p 0.95, 512 new tokens, stop '\\nclass' or '```'"
+    )

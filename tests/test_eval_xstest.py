@@ -82,3 +82,10 @@ def test_own_predictions_rescore_as_is(tiny_model, tmp_path):
     metrics = xstest.run(cfg)
     assert score_file("xstest", tmp_path / "predictions.jsonl", data_dir="demo")["score"] == metrics["score"]
     assert set(metrics["results"]["strmatch_label"]) >= {"safe", "unsafe", "refusal_prf", "overall_accuracy"}
+
+
+def test_n_is_the_number_of_prompts_scored():
+    prompts = xstest.load_prompts("demo")[:2]
+    preds = [{"prompt": p["prompt"], "completion": "Sure."} for p in prompts]
+    metrics = xstest.score_predictions(preds, "demo").metrics
+    assert metrics["counts"] == {"n": 2}  # not the one F1 value; no per-prompt "correct" for a set-level F1

@@ -607,6 +607,20 @@ class Scored:
     verdicts: list[dict] = field(default_factory=list)
 
 
+def decoding_text(params: GenParams, n_samples: int | None = None) -> str:
+    """The decoding of one run in the protocols' words, e.g. "greedy, 8 new tokens, stop '\\n'"."""
+    parts = [f"n={n_samples} samples"] if n_samples else []
+    if params.temperature == 0:
+        parts.append("greedy")
+    else:
+        parts.append(f"temperature {params.temperature:g}")
+        parts += [f"top_p {params.top_p:g}"] if params.top_p < 1 else []
+        parts += [f"top_k {params.top_k}"] if params.top_k else []
+    parts.append(f"{params.max_new_tokens} new tokens")
+    parts.append("stop " + " or ".join(repr(s) for s in params.stop) if params.stop else "no stop sequence")
+    return ", ".join(parts)
+
+
 def finish(cfg: EvalConfig, scored: Scored, params: GenParams | None = None) -> dict:
     """Write metrics.json (with the config and a manifest) and results.jsonl under cfg.out_dir; return metrics.
 
@@ -615,6 +629,11 @@ def finish(cfg: EvalConfig, scored: Scored, params: GenParams | None = None) -> 
     from tulu_kit.results import write_result
 
     metrics = {**scored.metrics, "model": cfg.model, "config": dataclasses.asdict(cfg)}
+    # the decoding this run used (a smaller --max-new-tokens, another temperature), beside the protocol's own
+    if params is not None and metrics.get("protocol"):
+        used = decoding_text(params, getattr(cfg, "n_samples", None))
+        metrics["protocol"] = {**metrics["protocol"], "decoding": used,
+                               "decoding_default": metrics["protocol"].get("decoding")}  # fmt: skip
     metrics["demo_data"] = str(cfg.data_dir) == "demo"  # hand-written items, not the benchmark
     write_jsonl_atomic(Path(cfg.out_dir) / "results.jsonl", scored.verdicts)
     metrics = write_result(

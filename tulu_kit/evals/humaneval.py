@@ -195,6 +195,18 @@ def score_predictions(preds: list[dict], data_dir: str | None = None, workers: i
 
 
 # ---------------------------------------------------------------------------------------------- generation
+def _params(cfg: CodeConfig, stops, seed: int) -> GenParams:
+    """The decoding of one sample (sample j uses seed cfg.seed + j)."""
+    return GenParams(
+        max_new_tokens=cfg.max_new_tokens or 512,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p if cfg.temperature > 0 else 1.0,
+        top_k=cfg.top_k,
+        stop=tuple(stops),
+        seed=seed,
+    )
+
+
 def sample_completions(
     cfg: CodeConfig, problems: list[dict], build: Callable[[dict, bool], tuple[str, str]], stops, backend=None
 ) -> list[dict]:
@@ -212,15 +224,7 @@ def sample_completions(
             part = [e for e in chunk if e["sample"] == j]
             pairs = [build(by_id[e["task_id"]], cfg.chat) for e in part]
             prompts = [chat_prompt(be.tokenizer, text, cfg.chat, prefix) for text, prefix in pairs]
-            params = GenParams(
-                max_new_tokens=cfg.max_new_tokens or 512,
-                temperature=cfg.temperature,
-                top_p=cfg.top_p if cfg.temperature > 0 else 1.0,
-                top_k=cfg.top_k,
-                stop=tuple(stops),
-                seed=cfg.seed + j,
-            )
-            for e, text in zip(part, be.generate(prompts, params)):
+            for e, text in zip(part, be.generate(prompts, _params(cfg, stops, cfg.seed + j))):
                 out[e["id"]] = {"id": e["id"], "task_id": e["task_id"], "completion": text}
         return [out[e["id"]] for e in chunk]
 
@@ -246,7 +250,7 @@ def run_code_benchmark(cfg: CodeConfig, problems: list[dict], spec: CodeBenchmar
     by_id = {p["task_id"]: p for p in problems}
     samples = [(by_id[p["task_id"]], p["completion"]) for p in preds]
     scored = score_samples(spec.name, samples, spec.program, limits, spec.protocol, cfg.workers)
-    return finish(cfg, scored)
+    return finish(cfg, scored, _params(cfg, spec.stops, cfg.seed))
 
 
 SPEC = CodeBenchmark(NAME, build_prompt, STOPS, program, PROTOCOL)

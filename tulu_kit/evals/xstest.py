@@ -178,7 +178,7 @@ def score_predictions(
     metrics = make_metrics(NAME, f"refusal_f1 ({main})", f1s, PROTOCOL, extra=extra)
     # F1 is not a mean over prompts: its error bar comes from resampling the prompts
     metrics["stderr"] = bootstrap_stderr(rows, lambda rs: label_metrics(rs, main)["refusal_prf"]["f1"])
-    metrics["counts"]["n"] = len(rows)
+    metrics["counts"] = {"n": len(rows)}  # the prompts scored (one F1 over them; no per-prompt "correct")
     return Scored(metrics, rows)
 
 
