@@ -82,7 +82,7 @@ def test_ifeval_official_responses_skip_and_count_the_unmatched_row(tmp_path, sh
         "\n".join(kept[:10] + [json.dumps({"prompt": "not an IFEval prompt", "response": "x"})]) + "\n"
     )
     err = _fails(capsys, ["score", "ifeval", "--predictions", str(preds), "--data-dir", str(data)])
-    assert "prediction 11" in err and "--skip-unmatched" in err
+    assert "p.jsonl: line 11: prompt" in err and "--skip-unmatched" in err
     args = ["score", "ifeval", "--predictions", str(preds), "--data-dir", str(data), "--skip-unmatched"]
     assert main(args) == 0
     captured = capsys.readouterr()

@@ -45,10 +45,10 @@ def test_gold_answers_score_100_percent(shared_data):
 def test_unknown_question_is_an_error_naming_the_row(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps({"question": "What is the meaning of life?", "output": "42"}) + "\n")
-    with pytest.raises(ValueError, match="prediction 1: question"):
+    with pytest.raises(ValueError, match="p.jsonl: line 1: question"):
         score_file("gsm8k", path, data_dir="demo")
     path.write_text(json.dumps({"prompt": "x", "output": "42"}) + "\n")
-    with pytest.raises(ValueError, match=r"prediction 1: needs one of the fields \['question'\]"):
+    with pytest.raises(ValueError, match=r"p.jsonl: line 1: needs one of the fields \['question'\]"):
         score_file("gsm8k", path, data_dir="demo")
 
 

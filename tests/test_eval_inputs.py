@@ -27,7 +27,7 @@ def test_a_duplicated_prediction_is_an_error_naming_file_and_line(tmp_path):
     _write(path, [right, {"question": ex[1]["question"], "output": "0"}])
     assert score_file("gsm8k", path, data_dir="demo")["score"] == 0.5
     _write(path, [right, {"question": ex[1]["question"], "output": "0"}] + [right] * 48)
-    with pytest.raises(PredictionError, match=r"p\.jsonl:3: predicts the same example as line 1"):
+    with pytest.raises(PredictionError, match=r"p\.jsonl: line 3: predicts the same example as line 1"):
         score_file("gsm8k", path, data_dir="demo")
 
 
@@ -44,17 +44,20 @@ def test_an_answer_that_is_not_text_names_file_line_and_field(tmp_path, value, g
     ex = _demo_rows(1)[0]
     path = tmp_path / "p.jsonl"
     _write(path, [{"question": "x", "output": "1"}, {"question": ex["question"], "output": value}])
-    with pytest.raises(PredictionError, match=rf"p\.jsonl:2: field 'output' must be text, got {got}"):
+    with pytest.raises(PredictionError, match=rf"p\.jsonl: line 2: field 'output' must be text, got {got}"):
         score_file("gsm8k", path, data_dir="demo")
 
 
 @pytest.mark.parametrize(
     ("content", "why"),
     [
-        (b'{"question": "a", "output": "\xff"}\n', r"p\.jsonl:1: not UTF-8"),
-        (b'{"question": "a"}\n[1, 2]\n', r"p\.jsonl:2: expected a JSON object, got list"),
-        (b'{"question": "a", "output": "1"}\n{"question": \n', r"p\.jsonl:2: not valid JSON"),
-        (b"[" * 100_000 + b"]" * 100_000 + b"\n", r"p\.jsonl:1: (JSON nested too deeply|not valid JSON)"),
+        (b'{"question": "a", "output": "\xff"}\n', r"p\.jsonl: line 1: not UTF-8"),
+        (b'{"question": "a"}\n[1, 2]\n', r"p\.jsonl: line 2: expected a JSON object, got list"),
+        (b'{"question": "a", "output": "1"}\n{"question": \n', r"p\.jsonl: line 2: not valid JSON"),
+        (
+            b"[" * 100_000 + b"]" * 100_000 + b"\n",
+            r"p\.jsonl: line 1: (JSON nested too deeply|not valid JSON)",
+        ),
     ],
 )
 def test_unreadable_lines_name_file_and_line(tmp_path, content, why):
@@ -70,7 +73,7 @@ def test_bad_gzip_and_scorer_errors_name_the_file(tmp_path):
     with pytest.raises(PredictionError, match=r"p\.jsonl\.gz: not a readable gzip file"):
         score_file("gsm8k", path, data_dir="demo")
     path.write_bytes(gzip.compress(json.dumps({"question": "nope", "output": "1"}).encode() + b"\n"))
-    with pytest.raises(PredictionError, match=r"p\.jsonl\.gz: prediction 1: question 'nope'"):
+    with pytest.raises(PredictionError, match=r"p\.jsonl\.gz: line 1: question 'nope'"):
         score_file("gsm8k", path, data_dir="demo")
 
 
@@ -129,3 +132,14 @@ def test_decoding_text_says_what_a_run_used():
         core.decoding_text(sampled, n_samples=20)
         == "n=20 samples, temperature 0.8, top_p 0.95, 512 new tokens, stop '\\nclass' or '```'"
     )
+
+
+def test_scorer_errors_name_the_file_line_not_the_record_number(tmp_path):
+    ex = _demo_rows(1)[0]
+    path = tmp_path / "p.jsonl"
+    right = json.dumps({"question": ex["question"], "output": "1"})
+    path.write_text(
+        f"{right}\n\n\n" + json.dumps({"question": "nope", "output": "1"}) + "\n"
+    )  # record 2, line 4
+    with pytest.raises(PredictionError, match=r"p\.jsonl: line 4: question 'nope'"):
+        score_file("gsm8k", path, data_dir="demo")

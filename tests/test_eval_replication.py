@@ -176,7 +176,7 @@ def test_score_refuses_two_predictions_of_one_item(shared_data, tmp_path):
         {"question": q + "  ", "output": "2", "id": "5", "meta": {"run": 2}},  # same item, other fields differ
     ])  # fmt: skip
     with pytest.raises(
-        core.PredictionError, match=r"p.jsonl:3: predicts benchmark item '5' again \(first on line 2\)"
+        core.PredictionError, match=r"p.jsonl: line 3: predicts benchmark item '5' again \(first on line 2\)"
     ):
         core.score_file("gsm8k", path, data_dir=str(shared_data))
 

@@ -84,3 +84,56 @@ def test_both_rl_stages_load_them(tmp_path, tiny_model):
     cfg = ppo.PPOConfig(model=str(tiny_model), out_dir=str(tmp_path), train_file=path, max_length=512)
     loaded, dropped = ppo.load_prompts(cfg, models.load_tokenizer(tiny_model))
     assert len(loaded) + dropped == 5 and all("prompt_ids" in r for r in loaded)
+
+
+def _cfg(path):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(train_file=str(path), train_split="train", seed=0, synthetic_size=4)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "why"),
+    [
+        ("rl.jsonl", b'{"a": 1}\n{"messages": "\xff"}\n', r"rl\.jsonl: line 2: not UTF-8"),
+        (
+            "rl.jsonl",
+            b"[" * 100_000 + b"]" * 100_000 + b"\n",
+            r"rl\.jsonl: line 1: (JSON nested too deeply|not)",
+        ),
+        ("rl.jsonl.gz", b"\x1f\x8b\x08\x00 not gzip", r"rl\.jsonl\.gz: not a readable gzip file"),
+        ("rl.jsonl.gz", None, r"rl\.jsonl\.gz: not a readable gzip file after line \d+"),  # truncated
+        ("rl.json", b'[{"messages": []}, 3]', r"rl\.json: row 2: expected a JSON object, got int"),
+        (
+            "rl.jsonl",
+            json.dumps({**ROWS[0], "ground_truth": None}).encode(),
+            r"rl\.jsonl: line 1: .*ground_truth",
+        ),
+    ],
+)
+def test_bad_rl_files_are_one_line_errors_naming_file_and_line(tmp_path, name, content, why):
+    import gzip
+
+    from tulu_kit.io import FileFormatError
+    from tulu_kit.training import load_rlvr_rows
+
+    if content is None:  # a gzip stream cut in the middle
+        whole = gzip.compress(b"".join(json.dumps(r).encode() + b"\n" for r in ROWS * 50))
+        content = whole[: len(whole) // 2]
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=why) as err:
+        load_rlvr_rows(_cfg(tmp_path / name))
+    assert "\n" not in str(err.value) and err.value.__cause__ is None
+    if "ground_truth" not in why:
+        assert isinstance(err.value, FileFormatError)
+
+
+def test_good_rl_rows_load_from_a_gzipped_file(tmp_path):
+    import gzip
+
+    from tulu_kit.training import load_rlvr_rows
+
+    (tmp_path / "rl.jsonl.gz").write_bytes(
+        gzip.compress(b"".join(json.dumps(r).encode() + b"\n" for r in ROWS))
+    )
+    assert load_rlvr_rows(_cfg(tmp_path / "rl.jsonl.gz")) == ROWS

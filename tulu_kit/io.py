@@ -16,6 +16,7 @@ import socket
 import sys
 import tempfile
 import uuid
+import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -151,48 +152,111 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
     return Path(path)
 
 
-def _open_text(path: Path):
+class FileFormatError(ValueError):
+    """A file that cannot be read as rows; the message names the file and, when known, the line."""
+
+
+_GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
+
+
+def _check_file(path: Path, error: type[ValueError]) -> None:
+    if path.is_dir():
+        raise error(f"{path}: a folder, not a file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(line number, row) of a JSONL file, gzipped or not; a line that is not a JSON object names file and line."""
+def read_bytes(path: str | Path, error: type[ValueError] = FileFormatError) -> bytes:
+    """A file's bytes, gunzipped when it ends in .gz; a broken or truncated gzip stream is a one-line ``error``."""
     path = Path(path)
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}: line {lineno}: expected a JSON object, got {type(row).__name__}")
-            yield lineno, row
+    _check_file(path, error)
+    if path.suffix != ".gz":
+        return path.read_bytes()
+    try:
+        with gzip.open(path, "rb") as f:
+            return f.read()
+    except _GZIP_ERRORS as e:
+        raise error(f"{path}: not a readable gzip file ({e})") from None
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """All rows of a JSONL file (see :func:`iter_jsonl`)."""
-    return [row for _, row in iter_jsonl(path)]
-
-
-def read_json(path: str | Path) -> Any:
-    """A whole-file JSON document, gzipped or not; a syntax error names the file, line and column."""
-    path = Path(path)
-    with _open_text(path) as f:
-        text = f.read()
+def parse_json(
+    path: str | Path, data: bytes, line: int = 1, error: type[ValueError] = FileFormatError
+) -> Any:
+    """One JSON document from bytes starting at ``line`` of ``path``; invalid UTF-8, bad JSON and JSON nested too
+    deeply for Python are each a one-line ``error`` naming file and line."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        where = line + data[: e.start].count(b"\n")
+        raise error(f"{path}: line {where}: not UTF-8 (byte {e.start})") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: line {e.lineno} column {e.colno}: not valid JSON ({e.msg})") from None
+        where = line + e.lineno - 1
+        raise error(f"{path}: line {where}: not valid JSON ({e.msg}, column {e.colno})") from None
+    except RecursionError:
+        raise error(f"{path}: line {line}: JSON nested too deeply") from None
+
+
+def iter_jsonl(path: str | Path, error: type[ValueError] = FileFormatError) -> Iterator[tuple[int, dict]]:
+    """(line number, row) of a JSONL file, gzipped or not, read line by line: a line that is not UTF-8, not JSON
+    or not an object, or a broken gzip stream, is a one-line ``error`` naming file and line -- the one reader of
+    JSONL in the kit."""
+    path = Path(path)
+    _check_file(path, error)
+    n = 0
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                row = parse_json(path, line.rstrip(b"\r\n"), n, error)
+                if not isinstance(row, dict):
+                    raise error(f"{path}: line {n}: expected a JSON object, got {type(row).__name__}")
+                yield n, row
+    except _GZIP_ERRORS as e:
+        raise error(f"{path}: not a readable gzip file after line {n} ({e})") from None
+
+
+def read_jsonl(path: str | Path, error: type[ValueError] = FileFormatError) -> list[dict]:
+    """All rows of a JSONL file (see :func:`iter_jsonl`)."""
+    return [row for _, row in iter_jsonl(path, error)]
+
+
+def read_json(path: str | Path, error: type[ValueError] = FileFormatError) -> Any:
+    """A whole-file JSON document, gzipped or not; a bad file names the file and line (see :func:`parse_json`)."""
+    return parse_json(path, read_bytes(path, error), 1, error)
+
+
+def read_rows_file(path: str | Path, error: type[ValueError] = FileFormatError) -> list[dict]:
+    """Rows of a local ``.jsonl`` / ``.json`` (array) file, optionally gzipped, or a ``.parquet`` file; anything
+    unreadable is a one-line ``error`` naming the file (and line)."""
+    path = Path(path)
+    _check_file(path, error)
+    name = path.name.removesuffix(".gz")
+    if name.endswith(".parquet"):
+        import pandas as pd
+
+        try:
+            return pd.read_parquet(path).to_dict(orient="records")
+        except Exception as e:  # pyarrow raises its own types for a broken file
+            raise error(f"{path}: not a readable parquet file ({type(e).__name__}: {e})") from None
+    if not name.endswith(".json"):
+        return read_jsonl(path, error)
+    rows = read_json(path, error)
+    if not isinstance(rows, list):
+        raise error(f"{path}: expected a JSON array of rows, got {type(rows).__name__}")
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise error(f"{path}: row {n}: expected a JSON object, got {type(row).__name__}")
+    return rows
 
 
 def read_rows(path: str, split: str = "train") -> list[dict]:
-    """Rows of a local JSONL file, or of a Hub dataset (``allenai/tulu-3-sft-mixture``) when there is no such file."""
-    if Path(path).is_file() or path.endswith((".jsonl", ".json")):
-        return read_jsonl(path)
+    """Rows of a local file (:func:`read_rows_file`), or of a Hub dataset (``allenai/tulu-3-sft-mixture``) when there is
+    no such file."""
+    if Path(path).is_file() or path.endswith((".jsonl", ".json", ".gz", ".parquet")):
+        return read_rows_file(path)
     from datasets import load_dataset
 
     return [dict(r) for r in load_dataset(path, split=split)]

@@ -12,13 +12,13 @@ A source is written ``[format:]name[@split]`` (notebook 01, the ``data`` stage):
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from tulu_kit.data.formats import FORMATS
 from tulu_kit.data.synthetic import synthetic_preference, synthetic_sft
+from tulu_kit.io import FileFormatError, read_rows_file
 
 logger = logging.getLogger(__name__)
 
@@ -69,68 +69,19 @@ def parse_source(spec: str) -> Source:
     )
 
 
-class DataFileError(ValueError):
+class DataFileError(FileFormatError):
     """A data file that cannot be read as rows; the message names the file (and the line when known)."""
-
-
-def _file_bytes(path: Path) -> bytes:
-    import gzip
-    import zlib
-
-    if path.suffix != ".gz":
-        return path.read_bytes()
-    try:
-        with gzip.open(path, "rb") as f:
-            return f.read()
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise DataFileError(f"{path}: not a readable gzip file ({e})") from None
-
-
-def _parse(path: Path, data: bytes, line: int) -> object:
-    """One JSON document from bytes; every failure is a one-line DataFileError naming file and line."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        where = line + data[: e.start].count(b"\n")
-        raise DataFileError(f"{path}: line {where}: not UTF-8 (byte {e.start})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataFileError(f"{path}: line {line + e.lineno - 1}: not valid JSON ({e.msg})") from None
-    except RecursionError:
-        raise DataFileError(f"{path}: line {line}: JSON nested too deeply") from None
 
 
 def read_file(path: str | Path) -> list[dict]:
     """Rows of a local ``.json`` (array) / ``.jsonl`` (optionally gzipped) or ``.parquet`` file.
 
     Invalid UTF-8, a broken gzip stream, bad or too deeply nested JSON and a non-object row are each a
-    one-line :class:`DataFileError` naming the file and line."""
+    one-line :class:`DataFileError` naming the file and line (:func:`tulu_kit.io.read_rows_file`)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() and not path.is_dir():
         raise FileNotFoundError(f"{path}: no such data file")
-    name = path.name.removesuffix(".gz")
-    if name.endswith(".parquet"):
-        import pandas as pd
-
-        try:
-            return pd.read_parquet(path).to_dict(orient="records")
-        except Exception as e:  # pyarrow raises its own types for a broken file
-            raise DataFileError(f"{path}: not a readable parquet file ({type(e).__name__}: {e})") from None
-    data = _file_bytes(path)
-    if name.endswith(".jsonl"):
-        rows = []
-        for n, line in enumerate(data.split(b"\n"), 1):
-            if line.strip():
-                row = _parse(path, line, n)
-                if not isinstance(row, dict):
-                    raise DataFileError(f"{path}: line {n}: expected a JSON object, got {type(row).__name__}")
-                rows.append(row)
-        return rows
-    rows = _parse(path, data, 1)
-    if not isinstance(rows, list):
-        raise DataFileError(f"{path}: expected a JSON array of rows, got {type(rows).__name__}")
-    return rows
+    return read_rows_file(path, DataFileError)
 
 
 def load_rows(source: Source, *, seed: int = 42, synthetic_size: int = 500) -> list:

@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 from tulu_kit.evals.backends import Backend, GenParams, cut_at_stop, load_backend
 from tulu_kit.evals.data import MissingDataError, data_root, require_file
-from tulu_kit.io import atomic_write_json, read_jsonl, write_jsonl
+from tulu_kit.io import FileFormatError, atomic_write_json, iter_jsonl, read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -895,7 +895,7 @@ def list_benchmarks() -> list[str]:
     return found
 
 
-class PredictionError(ValueError):
+class PredictionError(FileFormatError):
     """A prediction file that cannot be scored faithfully; the message names the file (and line)."""
 
 
@@ -911,23 +911,6 @@ def _repeats(benchmark: str) -> bool:
         return bool(getattr(get_benchmark(benchmark), "REPEATS", False))
     except ValueError:
         return False
-
-
-def _decode_lines(path: Path) -> Iterable[tuple[int, bytes]]:
-    import gzip
-    import zlib
-
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                data = f.read()
-        else:
-            data = path.read_bytes()
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise PredictionError(f"{path}: not a readable gzip file ({e})") from None
-    except IsADirectoryError:
-        raise PredictionError(f"{path}: a folder, not a predictions file") from None
-    yield from enumerate(data.split(b"\n"), 1)
 
 
 def read_predictions(path: str | Path, benchmark: str = "") -> list[dict]:
@@ -960,35 +943,23 @@ def _ident(rec: dict) -> str:
 def _read_predictions(path: str | Path, benchmark: str = "") -> tuple[list[dict], list[int]]:
     """`read_predictions`' records and the line number of each."""
     path = Path(path)
-    if not path.is_file() and not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such file")
     rows, seen, lines = [], {}, []
     repeats = _repeats(benchmark)
-    for n, line in _decode_lines(path):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise PredictionError(f"{path}:{n}: not UTF-8 (byte {e.start})") from None
-        except json.JSONDecodeError as e:
-            raise PredictionError(f"{path}:{n}: not valid JSON ({e.msg}, column {e.colno})") from None
-        except RecursionError:
-            raise PredictionError(f"{path}:{n}: JSON nested too deeply") from None
-        if not isinstance(rec, dict):
-            raise PredictionError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
+    for n, rec in iter_jsonl(path, PredictionError):
         for k in _ANSWER_TEXT:
             if k in rec and not isinstance(rec[k], str):
                 got = "null" if rec[k] is None else type(rec[k]).__name__
-                raise PredictionError(f"{path}:{n}: field {k!r} must be text, got {got}")
+                raise PredictionError(f"{path}: line {n}: field {k!r} must be text, got {got}")
         for k in _ANSWER_SCORES:
             if k in rec and not isinstance(rec[k], (list, dict)):
-                raise PredictionError(f"{path}:{n}: field {k!r} must be a list or an object of log-probs")
+                raise PredictionError(
+                    f"{path}: line {n}: field {k!r} must be a list or an object of log-probs"
+                )
         if not repeats:
             ident = _ident(rec)
             if ident in seen:
                 raise PredictionError(
-                    f"{path}:{n}: predicts the same example as line {seen[ident]} (same fields but the answer); "
+                    f"{path}: line {n}: predicts the same example as line {seen[ident]} (same fields but the answer); "
                     "each example is scored once, so remove one (or give each an 'id')"
                 )
             seen[ident] = n
@@ -1010,7 +981,7 @@ def _refuse_repeated_items(path: Path, benchmark: str, verdicts: list[dict], lin
             continue
         if str(item) in first:
             raise PredictionError(
-                f"{path}:{n}: predicts benchmark item {item!r} again (first on line {first[str(item)]}); "
+                f"{path}: line {n}: predicts benchmark item {item!r} again (first on line {first[str(item)]}); "
                 "each item is scored once, so remove one"
             )
         first[str(item)] = n
@@ -1045,8 +1016,14 @@ def score_file(
         raise
     except KeyError as e:
         raise PredictionError(f"{predictions}: a record lacks the field {e.args[0]!r}") from e
-    except (ValueError, TypeError, AttributeError) as e:  # a record the scorer cannot use
-        raise PredictionError(f"{predictions}: {e}") from e
+    except (ValueError, TypeError, AttributeError) as e:  # a record the scorer cannot use: its file line
+        import re
+
+        def line(m: re.Match) -> str:
+            k = int(m.group(1))
+            return f"line {lines[k - 1]}:" if 0 < k <= len(lines) else m.group(0)
+
+        raise PredictionError(f"{predictions}: {re.sub(r'^prediction ([0-9]+):', line, str(e))}") from e
     _refuse_repeated_items(Path(predictions), key, scored.verdicts, lines)
     from tulu_kit.results import manifest, write_result
 
