@@ -19,7 +19,6 @@ exemplars and are held out of the scored set (`metrics.json` -> `exemplar_source
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 import string
@@ -37,6 +36,7 @@ from tulu_kit.evals.core import (
     take,
 )
 from tulu_kit.evals.data import data_root, require_file
+from tulu_kit.io import iter_jsonl
 
 NAME = "drop"
 FILE = "drop/drop_v0_dev.jsonl.gz"
@@ -154,19 +154,12 @@ def load_examples(data_dir: str | None) -> list[dict]:
     """The dev questions: id (line number), passage, question, golds (the '|'-separated ref_text)."""
     path = require_file(data_dir, FILE, NAME)
     out = []
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {n}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or "context" not in row or "ref_text" not in row:
-                raise ValueError(f"{path}: line {n}: expected fields 'context' and 'ref_text'")
-            passage, question = _split_context(row["context"], path, n)
-            golds = [g for g in row["ref_text"].split("|")]
-            out.append({"id": str(n - 1), "passage": passage, "question": question, "golds": golds})
+    for n, row in iter_jsonl(path):
+        if "context" not in row or "ref_text" not in row:
+            raise ValueError(f"{path}: line {n}: expected fields 'context' and 'ref_text'")
+        passage, question = _split_context(row["context"], path, n)
+        golds = [g for g in row["ref_text"].split("|")]
+        out.append({"id": str(n - 1), "passage": passage, "question": question, "golds": golds})
     return out
 
 

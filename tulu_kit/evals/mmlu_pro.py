@@ -19,8 +19,6 @@ Upstream quirk kept: `question_id` 3983 has `answer` "C" but `answer_index` 1; t
 
 from __future__ import annotations
 
-import gzip
-import json
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,6 +36,7 @@ from tulu_kit.evals.core import (
     take,
 )
 from tulu_kit.evals.data import require_file
+from tulu_kit.io import iter_jsonl
 
 NAME = "mmlu_pro"
 FILE = "mmlu_pro/test.jsonl.gz"
@@ -71,11 +70,7 @@ class MMLUProConfig(EvalConfig):
 CONFIG = MMLUProConfig
 
 
-def _read(path, n: int, line: str) -> dict:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: line {n}: not valid JSON ({e.msg})") from None
+def _check(path, n: int, row: dict) -> dict:
     for k in ("question_id", "question", "options", "answer_index", "category"):
         if k not in row:
             raise ValueError(f"{path}: line {n}: missing field {k!r}")
@@ -94,17 +89,15 @@ def _example(row: dict) -> dict:
 
 def load_examples(data_dir: str | None) -> list[dict]:
     path = require_file(data_dir, FILE, NAME)
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [_example(_read(path, n, line)) for n, line in enumerate(f, 1) if line.strip()]
+    return [_example(_check(path, n, row)) for n, row in iter_jsonl(path)]
 
 
 def load_validation(data_dir: str | None) -> dict[str, list[dict]]:
     path = require_file(data_dir, VALIDATION, NAME)
     out: dict[str, list[dict]] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            ex = _example(_read(path, n, line))
-            out.setdefault(ex["group"], []).append(ex)
+    for n, row in iter_jsonl(path):
+        ex = _example(_check(path, n, row))
+        out.setdefault(ex["group"], []).append(ex)
     return out
 
 
