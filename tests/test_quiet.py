@@ -51,3 +51,24 @@ def test_a_reward_or_value_head_started_from_a_policy_loads_quietly(tiny_model, 
     assert not shown(NEW_HEAD_REPORT)
     real_problem = NEW_HEAD_REPORT.replace("score.weight   | MISSING", "model.norm.weight | MISSING")
     assert shown(real_problem) and shown("something else")
+
+
+def test_no_notebook_cell_ends_in_a_bare_plot_call():
+    """A cell whose last line is `df.plot.bar(...)` prints `<Axes: ...>` under its figure."""
+    import ast
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    bare = []
+    for path in sorted([*root.glob("eval/*.ipynb"), *root.glob("notebooks/*.ipynb")]):
+        for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+            if cell["cell_type"] != "code":
+                continue
+            body = ast.parse("".join(cell["source"])).body
+            last = body[-1] if body else None
+            if isinstance(last, ast.Expr) and isinstance(last.value, ast.Call):
+                func = last.value.func
+                if isinstance(func, ast.Attribute) and func.attr in {"plot", "bar", "barh", "hist", "line"}:
+                    bare.append(f"{path.relative_to(root)} cell {i}")
+    assert not bare, f"end these with plt.show() or assign the Axes: {bare}"
