@@ -154,3 +154,20 @@ def test_a_full_disk_and_a_failed_launch_end_in_their_cause(monkeypatch, capsys)
     assert main(["run", "r.yaml"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("tulu-kit: error: FileNotFoundError: data/sft.jsonl") and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "why"),
+    [
+        ("p.jsonl.gz", b"\x1f\x8b\x08\x00 not gzip", r"p\.jsonl\.gz: not a readable gzip file"),
+        ("p.jsonl", b'{"question": "a", "output": "\xff"}\n', r"p\.jsonl: line 1: not UTF-8"),
+        ("p.jsonl", b"[" * 100_000 + b"]" * 100_000 + b"\n", r"p\.jsonl: line 1: (JSON nested too deeply|not)"),
+        ("p.jsonl", b'\n{"question": "nope", "output": "1"}\n', r"p\.jsonl: line 2: question 'nope'"),
+    ],
+)
+def test_score_errors_are_one_line_naming_file_and_line(tmp_path, capsys, name, content, why):
+    import re
+
+    (tmp_path / name).write_bytes(content)
+    err = _fails(capsys, ["score", "gsm8k", "--predictions", str(tmp_path / name), "--data-dir", "demo"])
+    assert re.search(why, err) and len(err.splitlines()) == 1, err
