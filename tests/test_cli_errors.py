@@ -161,7 +161,11 @@ def test_a_full_disk_and_a_failed_launch_end_in_their_cause(monkeypatch, capsys)
     [
         ("p.jsonl.gz", b"\x1f\x8b\x08\x00 not gzip", r"p\.jsonl\.gz: not a readable gzip file"),
         ("p.jsonl", b'{"question": "a", "output": "\xff"}\n', r"p\.jsonl: line 1: not UTF-8"),
-        ("p.jsonl", b"[" * 100_000 + b"]" * 100_000 + b"\n", r"p\.jsonl: line 1: (JSON nested too deeply|not)"),
+        (
+            "p.jsonl",
+            b"[" * 100_000 + b"]" * 100_000 + b"\n",
+            r"p\.jsonl: line 1: (JSON nested too deeply|not)",
+        ),
         ("p.jsonl", b'\n{"question": "nope", "output": "1"}\n', r"p\.jsonl: line 2: question 'nope'"),
     ],
 )
