@@ -79,7 +79,7 @@ def test_demo_training_notebooks_leave_their_artifacts_and_learn(demo_run):
     run_dir = demo_run[0]
     # data: the mix, its report, the token-length histogram and the highlighted trained tokens
     assert (run_dir / "data" / "report.json").is_file()
-    data_out = _outputs(run_dir, "01_data_mixing.ipynb")
+    data_out = _outputs(run_dir, "01_data_mixing.data.ipynb")
     assert _shows_a_figure(data_out)
     assert any("background:#c8f7c5" in o.get("data", {}).get("text/html", "") for o in data_out)
     # sft: the per-token NLL falls a lot on the quickstart mix (6.70 -> 1.51 with seed 42)

@@ -57,7 +57,7 @@ STAGES.update(
 )  # fmt: skip
 
 RESERVED_STAGE_KEYS = ("kind", "notebook")
-_RECIPE_KEYS = ("name", "seed", "stages")
+_RECIPE_KEYS = ("name", "seed", "seeds", "stages")
 
 
 class ConfigError(ValueError):
@@ -369,6 +369,9 @@ class Recipe:
     run_dir: Path
     stages: list[Stage]
     source: str
+    seeds: list[int] = dataclasses.field(default_factory=list)  # run once per seed into <run_dir>/seed-<k>
+    # the key=value overrides it was loaded with
+    overrides: list[str] = dataclasses.field(default_factory=list)
 
     def resolved(self) -> dict:
         """The recipe as it will run: every default filled in, every ``${...}`` substituted."""
@@ -458,6 +461,11 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = (), run_dir: str | 
     name = _coerce(raw.get("name"), str, "name", source) if "name" in raw else Path(path).stem
     _check_name(name, "recipe name", source)
     seed = _coerce(raw.get("seed", 42), int, "seed", source)
+    seeds = raw.get("seeds") or []
+    if not isinstance(seeds, list) or not all(isinstance(k, int) and not isinstance(k, bool) for k in seeds):
+        raise ConfigError(f"{source}: seeds must be a list of integers (e.g. [1, 2, 3]), got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{source}: seeds {seeds} repeats a seed")
     run_dir = Path(run_dir or Path("runs") / name).resolve()
     variables = {"run_dir": str(run_dir), "name": name, "seed": str(seed)}
     stages = []
@@ -478,4 +486,4 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = (), run_dir: str | 
             params.setdefault("seed", seed)
         config = from_dict(cls, params, source, prefix=f"{where}.")
         stages.append(Stage(stage_name, kind, notebook, config))
-    return Recipe(name, seed, run_dir, stages, source)
+    return Recipe(name, seed, run_dir, stages, source, seeds, list(overrides))
