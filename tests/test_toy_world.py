@@ -122,7 +122,7 @@ def test_pretraining_learns_the_corpus_and_is_deterministic(tmp_path):
 
 
 def test_seed_table_bands_and_deltas():
-    from tulu_kit.stage_table import seed_table
+    from tulu_kit.toy_eval import seed_table
 
     def run(base, sft):
         cell = lambda s: {"score": s, "stderr": 0.05, "n": 100}  # noqa: E731
@@ -168,3 +168,28 @@ def test_quickstart_recipe_writes_the_toy_benchmarks_and_reports_them(tmp_path):
     assert stages["report"].toy_benchmarks == str(tmp_path / "data" / "toy_benchmarks")
     assert stages["quickstart"].pretrain_steps > 0
     assert json.loads(json.dumps(recipe.resolved()))  # serialisable as run.py writes it
+
+
+def test_report_scores_every_stage_on_the_toy_world_and_bands_seeds(tiny_model, tmp_path):
+    import shutil
+
+    from tulu_kit.data.synthetic import write_toy_benchmarks
+    from tulu_kit.report import ReportConfig, build
+    from tulu_kit.toy_eval import read_scores
+
+    runs = [tmp_path / "base" / f"seed-{k}" for k in (1, 2)]
+    for run in runs:
+        shutil.copytree(tiny_model, run / "quickstart" / "model")
+        write_toy_benchmarks(run / "data" / "toy_benchmarks", n=2)
+    (tmp_path / "base" / "seeds.json").write_text(
+        json.dumps({"seeds": [1, 2], "runs": [str(r) for r in runs]})
+    )
+    for run in runs:  # as the seeds run in turn: the last report sees both
+        report = build(ReportConfig(run_dir=str(run), toy_benchmarks=str(run / "data" / "toy_benchmarks")))
+    scores = read_scores(runs[0])
+    assert set(scores) == {"quickstart"} and scores["quickstart"]["gsm8k"]["n"] == 2
+    table = report["toy_table"]
+    assert list(table.columns) == ["benchmark", "base"] and len(table) == 3
+    assert report["toy_note"].startswith("2 seeds")
+    # the random model scores what it scores on both seeds (same weights): sd 0
+    assert table.iloc[0]["base"].endswith("± 0.000")

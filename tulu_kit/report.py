@@ -489,14 +489,14 @@ def build(cfg: ReportConfig) -> dict:
     published, notes = published_table(run_dir, cfg.reference)
     toy = {}
     if cfg.toy_benchmarks:
-        from tulu_kit import stage_table
+        from tulu_kit import toy_eval
 
-        stage_table.evaluate_run(run_dir, cfg.toy_benchmarks)
-        per_seed = [stage_table.read_scores(r) for r in stage_table.seed_runs(run_dir)]
+        toy_eval.evaluate_run(run_dir, cfg.toy_benchmarks)
+        per_seed = [toy_eval.read_scores(r) for r in toy_eval.seed_runs(run_dir)]
         per_seed = [s for s in per_seed if s]
         toy = {
-            "toy_table": stage_table.seed_table(per_seed)[0],
-            "toy_note": stage_table.band_note(len(per_seed)),
+            "toy_table": toy_eval.seed_table(per_seed)[0],
+            "toy_note": toy_eval.band_note(len(per_seed)),
         }
     return {
         **toy,

@@ -200,8 +200,8 @@ def seed_recipes(recipe: Recipe) -> list[Recipe]:
 
 def run_seeds(recipe: Recipe, force: bool = False, log_output: bool = False) -> int:
     """Run the recipe once per seed (``seeds``), then write ``<run_dir>/stage_table.md`` and ``.json``: the toy
-    world's per-stage table, mean ± sd over the seeds (:mod:`tulu_kit.stage_table`)."""
-    from tulu_kit import stage_table
+    world's per-stage table, mean ± sd over the seeds (:mod:`tulu_kit.toy_eval`)."""
+    from tulu_kit import toy_eval
 
     runs = seed_recipes(recipe)
     atomic_write_json(
@@ -212,10 +212,10 @@ def run_seeds(recipe: Recipe, force: bool = False, log_output: bool = False) -> 
         code = run_recipe(run, force=force, log_output=log_output)
         if code:
             return code
-    per_seed = [stage_table.read_scores(r.run_dir) for r in runs]
-    text, numbers = stage_table.seed_table(per_seed)
+    per_seed = [toy_eval.read_scores(r.run_dir) for r in runs]
+    text, numbers = toy_eval.seed_table(per_seed)
     if not text.empty:
-        note = stage_table.band_note(len([s for s in per_seed if s]))
+        note = toy_eval.band_note(len([s for s in per_seed if s]))
         atomic_write_text(recipe.run_dir / "stage_table.md", text.to_markdown(index=False) + f"\n\n{note}\n")
         atomic_write_json(
             recipe.run_dir / "stage_table.json", {"note": note, "rows": numbers.to_dict("records")}
