@@ -2,17 +2,20 @@
 
 Three tasks, each asked exactly as the kit's own eval notebooks ask its benchmark, so the same scorers score it:
 
-* **arithmetic** (GSM8K): "What is 12 plus 7?" in the GSM8K chat prompt, answered "Answer: 12 + 7 = 19. So the
-  answer is 19."; the GSM8K scorer takes the last number. Verifiable, so the RL stages train on it too.
+* **arithmetic** (GSM8K): single-digit sums asked five ways ("What is 7 plus 5?", "Subtract 5 from 7.") in the
+  GSM8K chat prompt, answered "Answer: 7 plus 5 is 12. So the answer is 12."; the GSM8K scorer takes the last
+  number. Verifiable, so the RL stages train on it too.
 * **instructions** (IFEval): "Write one sentence about rain." plus one verifiable instruction (end phrase,
   keywords, quotation marks, title, upper / lower case) with the official instruction ids and kwargs, checked by
   lm-eval's IFEval checkers.
 * **facts** (MMLU): four-way multiple-choice questions about a small fact table (capitals, colours, opposites,
   animal sounds), scored through the MMLU log-likelihood path (the letter with the highest log-probability).
 
-Each question belongs to the train or the held-out split by a hash of its content (not of the seed), so no seed
-ever trains on a held-out question. The facts and the arithmetic also appear as plain sentences in
-:func:`pretraining_corpus`, the text the quickstart stage pretrains the base model on.
+Each question belongs to the train or the held-out split by a hash of its text (not of the seed), so no seed
+ever trains on a held-out question; a held-out question may ask a sum or a fact the training data asks in other
+words or with other choices. The facts and every sum also appear as plain sentences in
+:func:`pretraining_corpus`, the text the quickstart stage pretrains the base model on: as with a real base model,
+what SFT teaches is mostly the format, the knowledge comes from pretraining.
 
 Preference pairs (:func:`synthetic_preference`) share the prompt: the chosen reply is right and in format, the
 rejected one is wrong (a near-miss number, a broken instruction, a wrong letter) or, an ``off_format`` share, a
