@@ -601,7 +601,14 @@ def spread_over_nodes(cfg: Any, hosts: list[str], gpus_per_node: int, where: str
 # stage also writes metrics.json, and a stage folder itself names its model (evals take a stage or run folder)
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "quickstart": ("model",),
-    "data": ("sft.jsonl", "sft_eval.jsonl", "preference.jsonl", "preference_eval.jsonl", "report.json"),
+    "data": (
+        "sft.jsonl",
+        "sft_eval.jsonl",
+        "preference.jsonl",
+        "preference_eval.jsonl",
+        "report.json",
+        "toy_benchmarks",
+    ),
     "reward": ("reward_model",),
     **{k: ("model", "adapter") for k in ("sft", "lora", "dpo", "ppo", "grpo", "merge")},
 }

@@ -232,11 +232,10 @@ def _instructions(rng: random.Random) -> tuple[str, str, str]:
 
 # ------------------------------------------------------------------------------------------------ facts
 def mmlu_user_text(row: dict) -> str:
-    """The user turn the MMLU eval sends with ``n_shot=0`` (``tulu_kit.evals.mmlu.build_prompt``)."""
-    head = f"The following are multiple choice questions (with answers) about {row['subject'].replace('_', ' ')}.\n\n"
-    return (
-        head + row["question"] + "".join(f"\n{L}. {c}" for L, c in zip(LETTERS, row["choices"])) + "\nAnswer:"
-    )
+    """The user turn the MMLU eval sends with ``n_shot=0`` at its default prompt style (open-instruct's text)."""
+    from tulu_kit.evals import mmlu
+
+    return mmlu.build_prompt(row, [], 0)
 
 
 def _fact_problem(rng: random.Random):
