@@ -19,7 +19,7 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM := false
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup dirs demo test lint format lab clean bench
+.PHONY: setup dirs demo sanity test lint format lab clean bench
 
 setup: $(STAMP)
 
@@ -41,6 +41,12 @@ dirs:
 demo: setup dirs
 	$(VENV)/bin/tulu-kit run recipes/quickstart.yaml --out runs/demo
 	@echo "report: $(CURDIR)/runs/demo/report/report.html"
+
+# The quickstart once per seed (1, 2, 3): the toy world's per-stage table, mean ± sd over the seeds, printed and
+# written to runs/sanity/stage_table.md (each seed's run in runs/sanity/seed-<k>, its report beside it).
+sanity: setup dirs
+	$(VENV)/bin/tulu-kit run recipes/quickstart.yaml --out runs/sanity --set 'seeds=[1,2,3]'
+	@echo "table: $(CURDIR)/runs/sanity/stage_table.md"
 
 # Every bench script, median of 3 repeats each: one table (machine and versions in its header) printed and
 # written to runs/bench/<time>_<commit>.txt with the JSON beside it (runs/bench/latest.json: the last run).

@@ -21,18 +21,18 @@ ASSETS = Path(__file__).parent / "assets" / "data"
 def test_synthetic_data_is_deterministic_and_varied():
     sft = synthetic_sft(300, seed=7)
     assert sft == synthetic_sft(300, seed=7) and sft != synthetic_sft(300, seed=8)
-    assert sum(len(r["messages"]) > 3 for r in sft) == 77  # multi-turn (measured, seed 7)
+    assert sum(len(r["messages"]) > 3 for r in sft) == 27  # multi-turn (measured, seed 7)
     assert (
-        sum(r["messages"][0]["role"] == "system" for r in sft) == 58
+        sum(r["messages"][0]["role"] == "system" for r in sft) == 24
     )  # with a system turn (measured, seed 7)
-    assert {t for r in sft for t in r["task"].split("+")} == {"arithmetic", "capital", "copy", "reverse"}
+    assert {t for r in sft for t in r["task"].split("+")} == {"arithmetic", "facts", "instructions"}
     pref = synthetic_preference(100, seed=7)
     assert all(p["chosen"][:-1] == p["rejected"][:-1] and p["chosen"] != p["rejected"] for p in pref)
     for row in sft:  # answers are correct, so there is something to learn
         for q, a in zip(row["messages"][-2::-2], row["messages"][::-2]):
             if " plus " in q["content"]:
-                x, y = (int(w) for w in q["content"].rstrip("?").split()[2::2])
-                assert a["content"] == f"The answer is {x + y}."
+                x, y = (int(w) for w in q["content"].rstrip("?").split()[-3::2])
+                assert a["content"].endswith(f"So the answer is {x + y}.")
 
 
 def test_run_writes_mixes_and_an_exact_report(tiny_model, tmp_path):

@@ -33,9 +33,12 @@ def test_demo_completes_every_stage(demo_run):
     recipe = load_recipe(REPO_ROOT / "recipes/quickstart.yaml", run_dir=run_dir)
     assert status["status"] == "completed"
     assert [s.name for s in recipe.stages] == list(status["stages"])
+    from tulu_kit.run import executed_path
+
     for stage in recipe.stages:
         assert status["stages"][stage.name]["status"] == "completed"
-        assert (run_dir / "notebooks" / stage.notebook.name).is_file()  # 04_dpo.ipynb, gsm8k.ipynb, ...
+        # 04_dpo.ipynb, gsm8k.ipynb, ...; 01_data_mixing.data.ipynb and .data_on_policy.ipynb share a notebook
+        assert executed_path(recipe, stage).is_file(), stage.name
     assert (run_dir / "config.yaml").is_file()
 
 
@@ -79,7 +82,7 @@ def test_demo_training_notebooks_leave_their_artifacts_and_learn(demo_run):
     run_dir = demo_run[0]
     # data: the mix, its report, the token-length histogram and the highlighted trained tokens
     assert (run_dir / "data" / "report.json").is_file()
-    data_out = _outputs(run_dir, "01_data_mixing.ipynb")
+    data_out = _outputs(run_dir, "01_data_mixing.data.ipynb")
     assert _shows_a_figure(data_out)
     assert any("background:#c8f7c5" in o.get("data", {}).get("text/html", "") for o in data_out)
     # sft: the per-token NLL falls a lot on the quickstart mix (6.70 -> 1.51 with seed 42)
@@ -87,10 +90,12 @@ def test_demo_training_notebooks_leave_their_artifacts_and_learn(demo_run):
     assert sft["stage"] == "sft" and sft["train_steps"] > 0
     assert sft["last_nll"] < sft["first_nll"] - 2, (sft["first_nll"], sft["last_nll"])
     assert _shows_a_figure(_outputs(run_dir, "02_sft.ipynb"))
-    # dpo: the policy starts as the reference (margins 0), and held-out preferences are learned (0.82, 70)
+    # dpo: the policy starts as the reference (margins 0), and held-out preferences are learned
     dpo = read_result(run_dir / "dpo")
     assert dpo["eval_before"]["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
-    assert dpo["eval_after"]["rewards/accuracies"] > 0.6 and dpo["eval_after"]["rewards/margins"] > 0.5
+    # (held-out pairs of the toy world: 0.61 with seed 1; the multiple-choice pairs, a third, stay near chance,
+    # since the tiny model does not learn to pick a letter in the quickstart's budget)
+    assert dpo["eval_after"]["rewards/accuracies"] > 0.55 and dpo["eval_after"]["rewards/margins"] > 0.5
     assert (run_dir / "dpo" / "metrics.png").stat().st_size > 1000
     for name in ("model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja"):
         assert (run_dir / "dpo" / "model" / name).is_file(), name
@@ -115,6 +120,23 @@ def test_demo_training_notebooks_leave_their_artifacts_and_learn(demo_run):
         outs = _outputs(run_dir, notebook)
         text = "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outs)
         assert "by hand" in text.lower(), notebook
+
+
+def test_demo_stages_improve_the_model_on_the_toy_world(demo_run):
+    """The report scored every stage's model on the toy world's held-out questions: SFT lifts arithmetic and
+    instruction following well above the pretrained base, and DPO does not undo it (seed 42; measured values
+    in the comments)."""
+    from tulu_kit.toy_eval import read_scores
+
+    scores = read_scores(demo_run[0])
+    assert {"quickstart", "sft", "dpo", "ppo", "grpo", "merge"} <= set(scores)
+    base, sft, dpo = (scores[s] for s in ("quickstart", "sft", "dpo"))
+    assert sft["gsm8k"]["score"] >= base["gsm8k"]["score"] + 0.15  # measured (seed 1): 0.08 -> 0.63
+    assert sft["ifeval"]["score"] >= base["ifeval"]["score"] + 0.15  # measured (seed 1): 0.00 -> 0.36
+    assert dpo["gsm8k"]["score"] >= sft["gsm8k"]["score"] - 0.05
+    assert all(scores[s][b]["n"] == 100 for s in scores for b in ("gsm8k", "ifeval", "mmlu"))
+    report = (demo_run[0] / "report" / "report.html").read_text()
+    assert "Each stage on the toy world" in report
 
 
 def test_demo_report_notebook_shows_its_tables(demo_run):

@@ -61,7 +61,7 @@ STAGES.update(
 )  # fmt: skip
 
 RESERVED_STAGE_KEYS = ("kind", "notebook")
-_RECIPE_KEYS = ("name", "seed", "stages")
+_RECIPE_KEYS = ("name", "seed", "seeds", "stages")
 
 
 class ConfigError(ValueError):
@@ -431,6 +431,9 @@ class Recipe:
     run_dir: Path
     stages: list[Stage]
     source: str
+    seeds: list[int] = dataclasses.field(default_factory=list)  # run once per seed into <run_dir>/seed-<k>
+    # the key=value overrides it was loaded with
+    overrides: list[str] = dataclasses.field(default_factory=list)
 
     def resolved(self) -> dict:
         """The recipe as it will run: every default filled in, every ``${...}`` substituted."""
@@ -533,6 +536,11 @@ def load_recipe(
     name = _coerce(raw.get("name"), str, "name", source) if "name" in raw else Path(path).stem
     _check_name(name, "recipe name", source)
     seed = _coerce(raw.get("seed", 42), int, "seed", source)
+    seeds = raw.get("seeds") or []
+    if not isinstance(seeds, list) or not all(isinstance(k, int) and not isinstance(k, bool) for k in seeds):
+        raise ConfigError(f"{source}: seeds must be a list of integers (e.g. [1, 2, 3]), got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{source}: seeds {seeds} repeats a seed")
     run_dir = Path(run_dir or RUNS_DIR / name).resolve()  # runs/ of this project, wherever the command runs
     variables = {"run_dir": str(run_dir), "name": name, "seed": str(seed)}
     stages = []
@@ -557,7 +565,7 @@ def load_recipe(
         stages.append(Stage(stage_name, kind, notebook, config))
     check_model_overrides(original, overrides, source)
     check_run_paths(stages, run_dir, source)
-    return Recipe(name, seed, run_dir, stages, source)
+    return Recipe(name, seed, run_dir, stages, source, seeds, list(overrides))
 
 
 def spread_over_nodes(cfg: Any, hosts: list[str], gpus_per_node: int, where: str) -> Any:
@@ -593,7 +601,14 @@ def spread_over_nodes(cfg: Any, hosts: list[str], gpus_per_node: int, where: str
 # stage also writes metrics.json, and a stage folder itself names its model (evals take a stage or run folder)
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "quickstart": ("model",),
-    "data": ("sft.jsonl", "sft_eval.jsonl", "preference.jsonl", "preference_eval.jsonl", "report.json"),
+    "data": (
+        "sft.jsonl",
+        "sft_eval.jsonl",
+        "preference.jsonl",
+        "preference_eval.jsonl",
+        "report.json",
+        "toy_benchmarks",
+    ),
     "reward": ("reward_model",),
     **{k: ("model", "adapter") for k in ("sft", "lora", "dpo", "ppo", "grpo", "merge")},
 }

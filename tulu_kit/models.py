@@ -92,7 +92,11 @@ def build_tiny_tokenizer(vocab_size: int = 1024, chat_template: str = "tulu"):
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # one token per digit (as Llama 3 splits numbers into short runs): a sum is then learnable digit by digit,
+    # where BPE merges of the corpus would give "47" one token and "48" two
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

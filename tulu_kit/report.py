@@ -131,6 +131,9 @@ class ReportConfig:
     run_dir: str = "../runs/lab"  # the run folder to report on
     reference: str = "Tulu 2 7B"  # a PUBLISHED row to set full-benchmark scores beside; empty for none
     compare: list[str] = field(default_factory=list)  # other run folders to set side by side with run_dir
+    # the toy world's held-out benchmarks (the data stage's toy_benchmarks folder): every stage's model is scored
+    # on them and the per-stage table (base → SFT → DPO → RL → merge) heads the report; "" for none
+    toy_benchmarks: str = ""
 
     def __post_init__(self):
         if self.reference and self.reference not in PUBLISHED:
@@ -575,6 +578,12 @@ def render_html(report: dict, images: dict[str, str]) -> str:
             "from a few hand-written items shipped with tulu-kit, not from the benchmarks: they only show that "
             "the pipeline runs, and are never set beside published numbers.</div>"
         )
+    if report.get("toy_table") is not None and not report["toy_table"].empty:
+        parts += [
+            "<h2>Each stage on the toy world's held-out questions</h2>",
+            html_table(report["toy_table"]),
+        ]
+        parts.append(_paragraph(report["toy_note"]))
     parts += ["<h2>Stages</h2>", html_table(report["stages"])]
     if not report["training"].empty or "training" in images:
         parts.append("<h2>Training</h2>")
@@ -630,10 +639,23 @@ def render_html(report: dict, images: dict[str, str]) -> str:
 
 # --------------------------------------------------------------------------------------------- the stage
 def build(cfg: ReportConfig) -> dict:
-    """Every table of the report, read from the run folder(s); nothing is written."""
+    """Every table of the report, read from the run folder(s); nothing is written but the toy world's scores
+    (``<run_dir>/toy_eval``) when ``toy_benchmarks`` is set."""
     run_dir = Path(cfg.run_dir)
     published, notes = published_table(run_dir, cfg.reference)
+    toy = {}
+    if cfg.toy_benchmarks:
+        from tulu_kit import toy_eval
+
+        toy_eval.evaluate_run(run_dir, cfg.toy_benchmarks)
+        per_seed = [toy_eval.read_scores(r) for r in toy_eval.seed_runs(run_dir)]
+        per_seed = [s for s in per_seed if s]
+        toy = {
+            "toy_table": toy_eval.seed_table(per_seed)[0],
+            "toy_note": toy_eval.band_note(len(per_seed)),
+        }
     report = {
+        **toy,
         "run_dir": str(run_dir),
         "status": run_status(run_dir),
         "reference": cfg.reference,

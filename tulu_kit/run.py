@@ -230,9 +230,51 @@ def write_stage_configs(recipe: Recipe, folder: str | Path) -> list[Path]:
     return written
 
 
+def seed_recipes(recipe: Recipe) -> list[Recipe]:
+    """A recipe with ``seeds: [1, 2, 3]`` as one recipe per seed, each run into ``<run_dir>/seed-<k>`` with
+    ``seed: k`` (every stage's seed and ``${seed}``)."""
+    from tulu_kit.config import load_recipe
+
+    return [
+        load_recipe(
+            recipe.source, [*recipe.overrides, f"seed={k}", "seeds=[]"], run_dir=recipe.run_dir / f"seed-{k}"
+        )
+        for k in recipe.seeds
+    ]
+
+
+def run_seeds(recipe: Recipe, force: bool = False, log_output: bool = False) -> int:
+    """Run the recipe once per seed (``seeds``), then write ``<run_dir>/stage_table.md`` and ``.json``: the toy
+    world's per-stage table, mean ± sd over the seeds (:mod:`tulu_kit.toy_eval`)."""
+    from tulu_kit import toy_eval
+
+    runs = seed_recipes(recipe)
+    atomic_write_json(
+        recipe.run_dir / "seeds.json", {"seeds": recipe.seeds, "runs": [str(r.run_dir) for r in runs]}
+    )
+    for k, run in zip(recipe.seeds, runs):
+        print(f"seed {k}: {run.run_dir}", flush=True)
+        code = run_recipe(run, force=force, log_output=log_output)
+        if code:
+            return code
+    per_seed = [toy_eval.read_scores(r.run_dir) for r in runs]
+    text, numbers = toy_eval.seed_table(per_seed)
+    if not text.empty:
+        note = toy_eval.band_note(len([s for s in per_seed if s]))
+        atomic_write_text(recipe.run_dir / "stage_table.md", text.to_markdown(index=False) + f"\n\n{note}\n")
+        atomic_write_json(
+            recipe.run_dir / "stage_table.json", {"note": note, "rows": numbers.to_dict("records")}
+        )
+        print(text.to_string(index=False) + f"\n{note}", flush=True)
+    return 0
+
+
 def run_recipe(recipe: Recipe, force: bool = False, log_output: bool = False) -> int:
-    """Run every stage in order; returns the process exit code (0 ok, 1 a stage failed, 2 the run folder is in
-    use by another run, 130 interrupted by Ctrl-C, 143 by SIGTERM)."""
+    """Run every stage in order (once per seed when the recipe lists ``seeds``); returns the process exit code
+    (0 ok, 1 a stage failed, 2 the run folder is in use by another run, 130 interrupted by Ctrl-C, 143 by
+    SIGTERM)."""
+    if recipe.seeds:
+        return run_seeds(recipe, force, log_output)
     try:
         with lock_run_dir(recipe.run_dir), _terminate_as_interrupt():
             return _run_stages(recipe, force, log_output)

@@ -49,6 +49,13 @@ class DataConfig:
     )  # eval files (JSON/JSONL/CSV) to check overlap with
     decontam_ngram: int = 13  # word n-gram size of the overlap test
     decontam_remove: bool = False  # drop contaminated training examples from the mix
+    toy_benchmarks: int = 0  # held-out toy-world questions per benchmark, written to <out_dir>/toy_benchmarks
+    # on-policy preference pairs (Tulu 3, in miniature; tulu_kit.data.onpolicy): replies sampled from this model
+    # to the toy world's verifiable prompts, labelled by the verifiers, mixed with the preference sources
+    on_policy_model: str = ""  # the SFT model to sample from; "" makes no on-policy pairs
+    on_policy_prompts: int = 256  # verifiable prompts (arithmetic and instructions) to sample replies for
+    on_policy_samples: int = 4  # replies sampled per prompt
+    on_policy_temperature: float = 1.0  # sampling temperature
 
     def __post_init__(self):
         parse_mixer_list(self.sft_mixer_list, "sft_mixer_list")
@@ -59,6 +66,10 @@ class DataConfig:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if self.max_length < 2 or self.batch_size < 1 or self.decontam_ngram < 1:
             raise ValueError("max_length must be >= 2, batch_size and decontam_ngram >= 1")
+        if self.toy_benchmarks < 0 or self.on_policy_prompts < 1 or self.on_policy_samples < 2:
+            raise ValueError("toy_benchmarks must be >= 0, on_policy_prompts >= 1 and on_policy_samples >= 2")
+        if self.on_policy_temperature <= 0:
+            raise ValueError(f"on_policy_temperature must be > 0, got {self.on_policy_temperature}")
 
 
 def eval_set_names(paths: list[str]) -> dict[str, str]:
@@ -80,9 +91,17 @@ def _uncount(counts: list[SourceCount], removed: list[dict]) -> None:
         count.n_contaminated += 1
 
 
-def load_mixture(cfg: DataConfig, mixer_list: list, kind: str) -> Mixture:
-    """Load and convert every source of a mixer list, then mix them (see :func:`tulu_kit.data.mixer.mix`)."""
+def load_mixture(
+    cfg: DataConfig, mixer_list: list, kind: str, extra: dict[str, list[dict]] | None = None
+) -> Mixture:
+    """Load and convert every source of a mixer list, then mix them (see :func:`tulu_kit.data.mixer.mix`);
+    ``extra``: more sources, name -> rows in the synthetic formats, taken whole (the on-policy pairs)."""
     pools, counts = [], []
+    for spec, rows in (extra or {}).items():
+        fmt = "messages" if kind == "sft" else "preference_messages"
+        converted = convert_rows(fmt, rows, source=spec, on_bad_row=cfg.on_bad_row)
+        pools.append((spec, 1.0, converted.examples))
+        counts.append(SourceCount(spec, 1.0, n_read=len(rows), n_bad=len(converted.dropped)))
     for spec, amount in parse_mixer_list(mixer_list, f"{kind}_mixer_list"):
         source = parse_source(spec)
         if source.kind != kind:
@@ -173,7 +192,22 @@ def run(cfg: DataConfig) -> dict:
 
     # ---- load, convert and mix each side
     sft = load_mixture(cfg, cfg.sft_mixer_list, "sft")
-    preference = load_mixture(cfg, cfg.preference_mixer_list, "preference")
+    on_policy = None
+    extra = {}
+    if cfg.on_policy_model:
+        from tulu_kit.data.onpolicy import on_policy_preference
+        from tulu_kit.data.synthetic import synthetic_rlvr
+
+        rows = synthetic_rlvr(cfg.on_policy_prompts, seed=cfg.seed)
+        pairs, on_policy = on_policy_preference(
+            cfg.on_policy_model, rows, cfg.on_policy_samples, cfg.on_policy_temperature, seed=cfg.seed
+        )
+        if not pairs:
+            raise ValueError(
+                f"on_policy_model {cfg.on_policy_model}: every sampled reply was correct: no pair"
+            )
+        extra["on_policy"] = pairs
+    preference = load_mixture(cfg, cfg.preference_mixer_list, "preference", extra)
 
     # ---- decontaminate against the eval sets
     decontam = None
@@ -197,7 +231,7 @@ def run(cfg: DataConfig) -> dict:
         "sft": write_jsonl(out / "sft.jsonl", sft.train),
         "sft_eval": write_jsonl(out / "sft_eval.jsonl", sft.eval),
     }
-    if cfg.preference_mixer_list:
+    if cfg.preference_mixer_list or extra:
         files["preference"] = write_jsonl(out / "preference.jsonl", preference.train)
         files["preference_eval"] = write_jsonl(out / "preference_eval.jsonl", preference.eval)
     report = {
@@ -210,7 +244,12 @@ def run(cfg: DataConfig) -> dict:
         },  # fmt: skip
         "decontamination": decontam,
         "tokens": tokens,
+        "on_policy": on_policy,
     }
+    if cfg.toy_benchmarks:
+        from tulu_kit.data.synthetic import write_toy_benchmarks
+
+        files["toy_benchmarks"] = write_toy_benchmarks(out / "toy_benchmarks", n=cfg.toy_benchmarks)
     atomic_write_json(out / "report.json", report)
     logger.info(
         "data: %d SFT and %d preference training rows -> %s", len(sft.train), len(preference.train), out

@@ -1,0 +1,195 @@
+"""The toy world: splits, benchmark files the kit's own scorers read, pretraining, on-policy pairs, seeds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tulu_kit.data import synthetic as toy
+from tulu_kit.data.onpolicy import label_pairs
+from tulu_kit.evals import gsm8k, ifeval, mmlu
+
+
+def _user_texts(rows: list[dict]) -> set[str]:
+    return {m["content"] for r in rows for m in r["messages"] if m["role"] == "user"}
+
+
+def test_held_out_questions_never_reach_training(tmp_path):
+    bench = toy.toy_benchmarks(n=60)
+    train = _user_texts(toy.synthetic_sft(2000, seed=1))
+    pref = {r["chosen"][0]["content"] for r in toy.synthetic_preference(1000, seed=1)}
+    rl = _user_texts(toy.synthetic_arithmetic(500, seed=1))
+    held = {toy.gsm8k_user_text(p["question"]) for p in bench["gsm8k"]}
+    held |= {r["prompt"] for r in bench["ifeval"]}
+    held |= {toy.mmlu_user_text(r) for r in bench["mmlu"]}
+    assert len(held) == len(bench["gsm8k"]) + 120  # distinct questions
+    assert not held & (train | pref | rl)
+    # and the training side does ask each task, in the benchmarks' own wording
+    assert any(t.startswith("Answer the following question.\n\nQuestion: What is") for t in train)
+    assert any(
+        t.startswith("The following are multiple choice questions (with answers) about") for t in train
+    )
+
+
+def test_prompts_are_the_eval_notebooks_prompts():
+    p = toy.arithmetic_item(__import__("random").Random(0))
+    assert toy.gsm8k_user_text(p["question"]) == gsm8k.build_prompt({"question": p["question"]}, True, 0)[0]
+    row = toy.fact_item(__import__("random").Random(0))
+    assert toy.mmlu_user_text(row) == mmlu.build_prompt(row, [], 0)
+
+
+def test_benchmark_files_are_scored_by_the_kits_scorers(tmp_path):
+    root = toy.write_toy_benchmarks(tmp_path / "toy", n=20)
+    bench = toy.toy_benchmarks(n=20)
+    # GSM8K: the trained reply scores 1, a near miss 0
+    right = [
+        {"question": p["question"], "output": toy.arithmetic_reply(p)[len("Answer:") :]}
+        for p in bench["gsm8k"]
+    ]
+    wrong = [
+        {"question": p["question"], "output": toy.arithmetic_reply(p, p["answer"] + 1)}
+        for p in bench["gsm8k"]
+    ]
+    assert gsm8k.score_predictions(right, str(root)).metrics["score"] == 1.0
+    assert gsm8k.score_predictions(wrong, str(root)).metrics["score"] == 0.0
+    # IFEval: lm-eval's checkers pass the following reply and fail the one that ignores the instruction
+    inputs = ifeval.load_inputs(str(root))
+    assert not ifeval.needs_punkt(inputs)
+    follow = [{"prompt": r["prompt"], "response": toy.instruction_reply(r)} for r in bench["ifeval"]]
+    ignore = [
+        {"prompt": r["prompt"], "response": toy.instruction_reply(r, follow=False)} for r in bench["ifeval"]
+    ]
+    assert ifeval.score_predictions(follow, str(root)).metrics["prompt_level_strict_acc"] == 1.0
+    assert ifeval.score_predictions(ignore, str(root)).metrics["prompt_level_loose_acc"] == 0.0
+    # MMLU: one subject per fact table; the gold letter scores 1, a wrong one 0
+    assert set(mmlu.subjects(str(root))) == set(toy.FACTS)
+    gold = [{"question": r["question"], "subject": r["subject"], "choices": r["choices"], "prediction": r["answer"]}
+            for r in bench["mmlu"]]  # fmt: skip
+    assert mmlu.score_predictions(gold, str(root)).metrics["score"] == 1.0
+    for g in gold:
+        g["prediction"] = "ABCD"[("ABCD".index(g["prediction"]) + 1) % 4]
+    assert mmlu.score_predictions(gold, str(root)).metrics["score"] == 0.0
+
+
+def test_preference_pairs_prefer_the_verified_reply():
+    from tulu_kit.rewards import verifiable_reward
+
+    for row in toy.synthetic_rlvr(40, seed=2):
+        assert verifiable_reward(row, row["reference"]) == 1.0
+    pairs = toy.synthetic_preference(60, seed=2, off_format=0.0)
+    arithmetic = [p for p in pairs if p["task"] == "arithmetic"]
+    assert arithmetic
+    for p in arithmetic:
+        truth = gsm8k.extract_answer(p["chosen"][-1]["content"])
+        assert truth != gsm8k.extract_answer(p["rejected"][-1]["content"])
+
+
+def test_on_policy_labels_follow_the_verifiers():
+    rows = toy.synthetic_rlvr(20, seed=3)
+    arithmetic = [r for r in rows if r["dataset"] == "gsm8k"][:2]
+    right, wrong = arithmetic[0]["reference"], "Answer: the answer is 1234."
+    replies = [[right, wrong, wrong], [wrong, wrong, wrong]]
+    pairs, counts = label_pairs(arithmetic, replies, seed=0)
+    assert [p["chosen"][-1]["content"] for p in pairs] == [right, arithmetic[1]["reference"]]
+    assert all(p["rejected"][-1]["content"] == wrong for p in pairs)
+    assert counts["pairs_sampled_chosen"] == 1 and counts["pairs_reference_chosen"] == 1
+    # every sample correct: nothing to prefer, no pair
+    pairs, counts = label_pairs(arithmetic[:1], [[right, right]], seed=0)
+    assert pairs == [] and counts["prompts_all_correct"] == 1
+
+
+def test_pretraining_learns_the_corpus_and_is_deterministic(tmp_path):
+    from tulu_kit.models import build_tiny_model, load_model, load_tokenizer
+    from tulu_kit.quickstart import pretrain
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model_dir = build_tiny_model(tmp_path / "m", seed=0, hidden_size=32, num_layers=1)
+        text = toy.pretraining_corpus(seed=0)
+        tok = load_tokenizer(model_dir)
+        runs = {}
+        for name, lr in (("trained", 3e-3), ("again", 3e-3), ("control", 0.0)):
+            runs[name] = pretrain(load_model(model_dir), tok, text, 60, lr, 8, 32, seed=0)
+    finally:
+        torch.set_num_threads(threads)
+    assert runs["trained"] == runs["again"]  # deterministic by seed
+    last = sum(runs["trained"][-10:]) / 10
+    control = sum(runs["control"][-10:]) / 10
+    assert last < control - 1.5, (last, control)  # a learning rate of 0 learns nothing; 60 steps learn a lot
+
+
+def test_seed_table_bands_and_deltas():
+    from tulu_kit.toy_eval import seed_table
+
+    def run(base, sft):
+        cell = lambda s: {"score": s, "stderr": 0.05, "n": 100}  # noqa: E731
+        return {"quickstart": {b: cell(base) for b in ("gsm8k", "ifeval", "mmlu")},
+                "sft": {b: cell(sft) for b in ("gsm8k", "ifeval", "mmlu")}}  # fmt: skip
+
+    text, numbers = seed_table([run(0.1, 0.5), run(0.2, 0.7), run(0.0, 0.6)])
+    assert list(text.columns) == ["benchmark", "base", "SFT", "Δ SFT"]
+    row = numbers.iloc[0]
+    assert row["base"] == pytest.approx(0.1) and row["base sd"] == pytest.approx(0.1)
+    assert row["Δ SFT"] == pytest.approx(0.5) and text.iloc[0]["SFT"] == "0.600 ± 0.100"
+    one, _ = seed_table([run(0.1, 0.5)])
+    assert one.iloc[0]["base"] == "0.100 ± 0.050"  # one seed: ± the standard error
+
+
+def test_seeds_run_the_recipe_once_per_seed(tmp_path):
+    from tulu_kit.config import load_recipe
+    from tulu_kit.run import seed_recipes
+
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text(
+        "name: r\nseeds: [1, 2]\nstages:\n  quickstart: {}\n  sft: {model: '${run_dir}/quickstart/model'}\n"
+    )
+    recipe = load_recipe(recipe_file, ["sft.learning_rate=0.01"], run_dir=tmp_path / "out")
+    assert recipe.seeds == [1, 2]
+    runs = seed_recipes(recipe)
+    assert [r.run_dir for r in runs] == [tmp_path / "out" / "seed-1", tmp_path / "out" / "seed-2"]
+    for k, r in zip((1, 2), runs):
+        assert not r.seeds and all(s.config.seed == k for s in r.stages)
+        sft = r.stages[1].config
+        assert sft.model == str(r.run_dir / "quickstart" / "model") and sft.learning_rate == 0.01
+    recipe_file.write_text("name: r\nseeds: [1, 1]\nstages:\n  quickstart: {}\n")
+    with pytest.raises(ValueError, match="repeats a seed"):
+        load_recipe(recipe_file)
+
+
+def test_quickstart_recipe_writes_the_toy_benchmarks_and_reports_them(tmp_path):
+    from tulu_kit.config import load_recipe
+
+    recipe = load_recipe("recipes/quickstart.yaml", run_dir=tmp_path)
+    stages = {s.name: s.config for s in recipe.stages}
+    assert stages["data"].toy_benchmarks > 0
+    assert stages["report"].toy_benchmarks == str(tmp_path / "data" / "toy_benchmarks")
+    assert stages["quickstart"].pretrain_steps > 0
+    assert json.loads(json.dumps(recipe.resolved()))  # serialisable as run.py writes it
+
+
+def test_report_scores_every_stage_on_the_toy_world_and_bands_seeds(tiny_model, tmp_path):
+    import shutil
+
+    from tulu_kit.data.synthetic import write_toy_benchmarks
+    from tulu_kit.report import ReportConfig, build
+    from tulu_kit.toy_eval import read_scores
+
+    runs = [tmp_path / "base" / f"seed-{k}" for k in (1, 2)]
+    for run in runs:
+        shutil.copytree(tiny_model, run / "quickstart" / "model")
+        write_toy_benchmarks(run / "data" / "toy_benchmarks", n=2)
+    (tmp_path / "base" / "seeds.json").write_text(
+        json.dumps({"seeds": [1, 2], "runs": [str(r) for r in runs]})
+    )
+    for run in runs:  # as the seeds run in turn: the last report sees both
+        report = build(ReportConfig(run_dir=str(run), toy_benchmarks=str(run / "data" / "toy_benchmarks")))
+    scores = read_scores(runs[0])
+    assert set(scores) == {"quickstart"} and scores["quickstart"]["gsm8k"]["n"] == 2
+    table = report["toy_table"]
+    assert list(table.columns) == ["benchmark", "base"] and len(table) == 3
+    assert report["toy_note"].startswith("2 seeds")
+    # the random model scores what it scores on both seeds (same weights): sd 0
+    assert table.iloc[0]["base"].endswith("± 0.000")

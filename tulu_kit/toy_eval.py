@@ -1,0 +1,141 @@
+"""The per-stage table of the toy world: Tulu 3's base → SFT → DPO → RL table in miniature, with seed bands.
+
+Each stage's model (``quickstart/model`` is the base) is scored on the toy world's held-out benchmarks
+(:func:`tulu_kit.data.synthetic.write_toy_benchmarks`, written by the data stage) by the kit's own eval code:
+``tulu_kit.evals.gsm8k`` (exact match of the last number), ``ifeval`` (lm-eval's checkers, prompt-level loose
+accuracy) and ``mmlu`` (the letter with the highest log-probability), in chat mode, 0-shot. Results go to
+``<run_dir>/toy_eval/<stage>/<benchmark>/metrics.json`` as any eval stage writes them, and are re-used while the
+model folder is unchanged.
+
+:func:`seed_table` sets one run (± stderr, labelled so) or several seeds of one recipe (mean ± sd over seeds)
+side by side: rows = benchmarks, columns = stages, each with its change from the previous column.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+# stage folder -> column label, in pipeline order
+COLUMNS = {"quickstart": "base", "sft": "SFT", "dpo": "DPO", "ppo": "PPO", "grpo": "GRPO", "merge": "merge"}
+# toy benchmark -> (row label, eval module, max_new_tokens)
+BENCHMARKS = {
+    "gsm8k": ("arithmetic (GSM8K scorer, exact match)", 24),
+    "ifeval": ("instructions (IFEval checkers, prompt loose)", 40),
+    "mmlu": ("facts (MMLU log-likelihood, accuracy)", None),
+}
+# the data stage writes the held-out benchmark files to <data out_dir>/toy_benchmarks
+TOY_DIR = "toy_benchmarks"
+
+
+def _model_stamp(model_dir: Path) -> str:
+    files = sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin"))
+    return ";".join(f"{f.name}:{f.stat().st_mtime_ns}:{f.stat().st_size}" for f in files)
+
+
+def evaluate_stage(model_dir: Path, data_dir: Path, out_dir: Path, batch_size: int = 32) -> dict[str, dict]:
+    """Score one model on the three toy benchmarks; results cached beside a stamp of the model's weights."""
+    from tulu_kit.evals.core import get_benchmark
+
+    out: dict[str, dict] = {}
+    stamp = _model_stamp(model_dir)
+    for name, (_, max_new_tokens) in BENCHMARKS.items():
+        bench_dir = out_dir / name
+        stamp_file = bench_dir / "model_stamp.txt"
+        if not (
+            stamp_file.is_file()
+            and stamp_file.read_text() == stamp
+            and (bench_dir / "metrics.json").is_file()
+        ):
+            shutil.rmtree(bench_dir, ignore_errors=True)  # a stale result of an older model: not resumed
+            module = get_benchmark(name)
+            cfg = module.CONFIG(
+                model=str(model_dir), out_dir=str(bench_dir), data_dir=str(data_dir), chat=True, n_shot=0,
+                max_examples=None, batch_size=batch_size, max_new_tokens=max_new_tokens,
+            )  # fmt: skip
+            module.run(cfg)
+            stamp_file.write_text(stamp)
+        metrics = json.loads((bench_dir / "metrics.json").read_text())
+        out[name] = {"score": metrics["score"], "stderr": metrics["stderr"], "n": metrics["counts"]["n"]}
+    return out
+
+
+def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None) -> dict[str, dict[str, dict]]:
+    """Score every stage of ``run_dir`` that wrote a model (``<stage>/model``) in :data:`COLUMNS`; writes
+    ``<run_dir>/toy_eval/scores.json`` and returns ``{stage: {benchmark: {"score", "stderr", "n"}}}``."""
+    from tulu_kit.io import atomic_write_json
+
+    run_dir = Path(run_dir)
+    data_dir = Path(data_dir) if data_dir else run_dir / "data" / TOY_DIR
+    if not (data_dir / "gsm8k" / "test.jsonl").is_file():
+        raise FileNotFoundError(
+            f"{data_dir}: no toy benchmarks (the data stage writes them with toy_benchmarks > 0)"
+        )
+    scores = {}
+    for stage in COLUMNS:
+        model_dir = run_dir / stage / "model"
+        if (model_dir / "config.json").is_file():
+            scores[stage] = evaluate_stage(model_dir, data_dir, run_dir / "toy_eval" / stage)
+    atomic_write_json(run_dir / "toy_eval" / "scores.json", scores)
+    return scores
+
+
+def read_scores(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / "toy_eval" / "scores.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _band(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, sd
+
+
+def seed_table(per_seed: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(table of strings, table of numbers) from one ``scores.json`` per seed: rows = toy benchmarks, columns =
+    stages ("mean ± sd" over seeds, or "score ± stderr" for one seed) each followed by its Δ from the previous
+    stage. The numeric table has ``<column>`` (mean), ``<column> sd`` and ``Δ <column>`` columns."""
+    per_seed = [s for s in per_seed if s]
+    stages = [s for s in COLUMNS if per_seed and all(s in run for run in per_seed)]
+    one = len(per_seed) == 1
+    text_rows, num_rows = [], []
+    for bench, (label, _) in BENCHMARKS.items():
+        text, num = {"benchmark": label}, {"benchmark": label}
+        previous = None
+        for stage in stages:
+            column = COLUMNS[stage]
+            values = [run[stage][bench]["score"] for run in per_seed]
+            mean, sd = _band(values)
+            if one:
+                sd = per_seed[0][stage][bench]["stderr"] or 0.0
+            text[column] = f"{mean:.3f} ± {sd:.3f}"
+            num[column], num[f"{column} sd"] = mean, sd
+            if previous is not None:
+                delta = mean - previous
+                text[f"Δ {column}"] = f"{delta:+.3f}"
+                num[f"Δ {column}"] = delta
+            previous = mean
+        text_rows.append(text)
+        num_rows.append(num)
+    return pd.DataFrame(text_rows), pd.DataFrame(num_rows)
+
+
+def band_note(n_seeds: int) -> str:
+    if n_seeds == 1:
+        return "one seed: each cell is the score ± its standard error over the held-out questions."
+    return f"{n_seeds} seeds: each cell is the mean ± the standard deviation over seeds."
+
+
+def seed_runs(run_dir: str | Path) -> list[Path]:
+    """The seed runs a multi-seed recipe wrote beside ``run_dir`` (``<base>/seeds.json``), else ``[run_dir]``."""
+    run_dir = Path(run_dir)
+    listing = run_dir.parent / "seeds.json"
+    if listing.is_file():
+        runs = [Path(p) for p in json.loads(listing.read_text())["runs"]]
+        if run_dir.resolve() in [p.resolve() for p in runs]:
+            return runs
+    return [run_dir]
