@@ -190,3 +190,61 @@ def test_olmo2_1b_rows_match_the_published_stage_scores(shared_data):
             assert PUBLISHED[stages[row["stage"]]][names[row["benchmark"]]][0] == float(row["value"]), row
             checked += 1
     assert checked == 18
+
+
+def test_notebook_path_report_shows_the_stage_folders_and_no_empty_table(tmp_path, run_notebook):
+    """Notebooks 00-03 run one by one into a run folder leave no run.json: the report's stages are the stage
+    folders found there (in pipeline order; an interrupted one "incomplete"), and each section with nothing to
+    show says why in one line, in the notebook and on the page, instead of an empty table."""
+    from tulu_kit.report import build
+
+    run_dir = tmp_path / "lab"
+    atomic_write_json(run_dir / "quickstart" / "model" / "config.json", {"hidden_size": 64})
+    atomic_write_json(run_dir / "quickstart" / "summary.json", {"parameters": 1})
+    write_jsonl(run_dir / "data" / "sft.jsonl", [{"messages": []}])
+    atomic_write_json(run_dir / "data" / "report.json", {"n": 1})
+    atomic_write_json(run_dir / "sft" / "model" / "config.json", {"hidden_size": 64})
+    write_jsonl(run_dir / "sft" / "log_history.jsonl", [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}])
+    atomic_write_json(run_dir / "sft" / "metrics.json", {"stage": "sft", "train_steps": 2, "last_loss": 1.5,
+                                                          "train_runtime_s": 12.5})  # fmt: skip
+    atomic_write_json(run_dir / "lora" / "checkpoints" / "checkpoint-1" / "trainer_state.json", {})  # stopped
+    atomic_write_json(run_dir / "report" / "scores.csv", {})  # an earlier report: no stage
+    atomic_write_json(run_dir / "toy_eval" / "sft" / "gsm8k" / "metrics.json", {"benchmark": "gsm8k"})
+
+    report = build(ReportConfig(out_dir=str(run_dir / "report"), run_dir=str(run_dir)))
+    stages = report["stages"].set_index("stage")
+    assert list(stages.index) == ["quickstart", "data", "sft", "lora"]
+    assert list(stages["kind"]) == ["quickstart", "data", "sft", "lora"]
+    assert list(stages["status"]) == ["completed", "completed", "completed", "incomplete"]
+    assert stages.loc["sft", "seconds"] == 12.5 and "did not finish" in stages.loc["lora", "note"]
+    assert report["why_empty"]["scores"].startswith("no eval stage ran: run eval/<benchmark>.ipynb")
+
+    nb = run_notebook(
+        "notebooks/07_report.ipynb", {"out_dir": str(run_dir / "report"), "run_dir": str(run_dir)}
+    )
+    shown = [
+        "".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for o in cell.outputs
+    ]
+    text = "\n".join(shown)
+    assert "Empty DataFrame" not in text and "Stages: none" not in text
+    assert "lora" in text and "incomplete" in text  # the stage table, displayed
+    assert text.count("no eval stage ran") == 4  # scores, not scored, published, side by side: one line each
+    assert "not scored on the toy world" in text
+    assert any(
+        o.get("data", {}).get("image/png") for c in nb.cells if c.cell_type == "code" for o in c.outputs
+    )
+    page = (run_dir / "report" / "report.html").read_text()
+    assert "no eval stage ran" in page and '<p class="note">none</p>' not in page
+    assert "notebooks run one by one" in page
+
+    # an eval notebook's folder joins the stages, after the training stages; its score fills the sections
+    metrics = _eval(run_dir, "eval_gsm8k", "gsm8k", "exact_match", 0.5, "sft", n=2, data_dir="demo")
+    atomic_write_json(run_dir / "eval_gsm8k" / "metrics.json", {**metrics, "stage": "eval_gsm8k"})
+    report = build(ReportConfig(out_dir=str(run_dir / "report"), run_dir=str(run_dir)))
+    assert list(report["stages"]["stage"]) == ["quickstart", "data", "sft", "lora", "eval_gsm8k"]
+    assert report["stages"]["kind"].iloc[-1] == "eval_gsm8k" and len(report["scores"]) == 1
+    assert report["why_empty"]["not_scored"] == "every eval stage that ran has a score"
+    assert "comparable with Tulu 2 7B" in report["why_empty"]["published"]  # demo items: the note says so

@@ -152,12 +152,15 @@ def _read_json(path: Path) -> dict:
 
 
 def stage_table(run_dir: Path) -> pd.DataFrame:
-    """One row per stage of ``run.json``: kind, status, seconds, and where a time comes from.
+    """One row per stage of ``run.json``: kind, status, seconds, and where a time comes from; without run.json
+    (notebooks run one by one) one row per stage folder found (:func:`stage_folders`).
 
     A stage that a re-run skipped has no time in this run's ``run.json``; its ``.stage.json`` marker keeps the
     time of the run that completed it, shown with the note "earlier run".
     """
     stages = _read_json(run_dir / "run.json").get("stages") or {}
+    if not stages:
+        return pd.DataFrame(stage_folders(run_dir), columns=["stage", "kind", "status", "seconds", "note"])
     rows = []
     for name, info in stages.items():
         seconds, note, status = info.get("seconds"), "", info.get("status", "")
@@ -174,6 +177,54 @@ def stage_table(run_dir: Path) -> pd.DataFrame:
         rows.append({"stage": name, "kind": info.get("kind", ""), "status": status, "seconds": seconds,
                      "note": note})  # fmt: skip
     return pd.DataFrame(rows, columns=["stage", "kind", "status", "seconds", "note"])
+
+
+def _folder_kind(folder: Path) -> str | None:
+    """The kind of stage that filled ``folder`` (its metrics.json says, else its name or what it holds), or None
+    for a folder no stage writes (the report's own, ``toy_eval``, ``notebooks``)."""
+    from tulu_kit.config import STAGE_OUTPUTS
+
+    metrics = _read_json(folder / "metrics.json")
+    if metrics.get("stage"):
+        return str(metrics["stage"])
+    if metrics.get("benchmark"):
+        return f"eval_{metrics['benchmark']}"
+    held = {p.name for p in folder.iterdir()}
+    for kind, outputs in STAGE_OUTPUTS.items():  # what only one kind writes: the data's mixes, a reward model
+        if held & (set(outputs) - {"model", "adapter"}):
+            return kind
+    if held & {"model", "adapter", "checkpoints", ".stage.json"} or metrics:
+        return folder.name if folder.name in STAGE_OUTPUTS else ""
+    return None
+
+
+def stage_folders(run_dir: Path) -> list[dict]:
+    """The stages a run folder holds when no run.json lists them (notebooks 00-09 and eval/ run one by one):
+    one row per stage folder, in pipeline order then evals; "completed" where its outputs are there (a training
+    stage's metrics.json), "incomplete" where a training stage left only checkpoints."""
+    from tulu_kit.config import STAGE_OUTPUTS
+
+    order = ["quickstart", "data", *PIPELINE_ORDER[1:]]
+    rows = []
+    for folder in sorted(p for p in run_dir.glob("*") if p.is_dir() and not p.name.startswith(".")):
+        kind = _folder_kind(folder)
+        if kind is None:
+            continue
+        metrics, marker = _read_json(folder / "metrics.json"), _read_json(folder / ".stage.json")
+        trains = kind not in ("quickstart", "data") and not kind.startswith("eval_")
+        outputs = STAGE_OUTPUTS.get(kind, ())
+        done = bool(metrics) if trains else bool(metrics) or any((folder / o).exists() for o in outputs)
+        seconds, note = marker.get("seconds"), ""
+        if seconds is None and isinstance(metrics.get("train_runtime_s"), (int, float)):
+            seconds, note = metrics["train_runtime_s"], "training time (metrics.json)"
+        if not done:
+            note = "no metrics.json: it did not finish; run its notebook again (resume=True continues)"
+        rows.append({"stage": folder.name, "kind": kind, "status": "completed" if done else "incomplete",
+                     "seconds": seconds, "note": note})  # fmt: skip
+    rank = {kind: i for i, kind in enumerate(order)}
+    return sorted(
+        rows, key=lambda r: (r["kind"].startswith("eval_"), rank.get(r["kind"], len(order)), r["stage"])
+    )
 
 
 def _percent(metric: str, value) -> float | None:
@@ -394,6 +445,62 @@ def next_steps(report: dict) -> list[str]:
     return steps
 
 
+NO_EVAL = "no eval stage ran: run eval/<benchmark>.ipynb or `tulu-kit eval`"
+
+
+def why_empty(report: dict) -> dict[str, str]:
+    """For every section, the one line the page and the notebook show in place of a table with nothing in it."""
+    evals = not (report["scores"].empty and report["not_scored"].empty)
+    reference = report["reference"]
+    if not reference:
+        published = 'no reference set (reference = "")'
+    elif not evals:
+        published = NO_EVAL
+    elif report["published_notes"]:
+        published = f"no score of this run is comparable with {reference}'s: the lines below say why"
+    else:
+        published = f"{reference} publishes none of the benchmarks this run scored ({', '.join(PUBLISHED[reference])})"
+    return {
+        "stages": f"no stage folder in {report['run_dir']}: run the notebooks from 00_quickstart on, in order, or "
+        "`tulu-kit run RECIPE.yaml`",
+        "toy_table": "not scored on the toy world: set toy_benchmarks to the data stage's toy_benchmarks folder "
+        "(../runs/lab/data/toy_benchmarks after notebook 01)",
+        "training": "no training stage finished (no <stage>/metrics.json with train_steps)",
+        "curves": "no training stage logged its steps (<stage>/log_history.jsonl): run notebook 02_sft first",
+        "scores": NO_EVAL if not evals else "no eval stage has a score: see Not scored",
+        "not_scored": NO_EVAL if not evals else "every eval stage that ran has a score",
+        "published": published,
+        "comparison": "nothing to set side by side: "
+        + ("no eval stage ran" if not evals else "no eval stage has a score"),
+        "judges": "no judged benchmark was scored",
+    }
+
+
+SHOWN_WITH = {"toy_table": "toy_note", "published": "published_notes"}  # printed under the section
+
+
+def show(report: dict, key: str) -> None:
+    """One section of the report in a notebook: its table (the training curves and the side-by-side scores as
+    figures), or the one line of :func:`why_empty` saying why it has nothing to show, never an empty table."""
+    from IPython.display import display
+
+    from tulu_kit import plots
+
+    value = report.get(key)
+    if value is None or len(value) == 0:
+        print(report["why_empty"][key])
+    elif key == "curves":
+        plots.training_curves(value)
+    elif key == "comparison":
+        display(value.round(1))
+        plots.score_bars(value[[c for c in value if not c.startswith("Δ")]])
+    else:
+        display(value)
+    notes = report.get(SHOWN_WITH.get(key, "")) or []
+    for note in [notes] if isinstance(notes, str) else notes:
+        print(note)
+
+
 def training_curves(run_dir: Path) -> dict[str, pd.DataFrame]:
     """Each training stage's logged training steps (its ``log_history.jsonl``: the Trainer's log), by stage."""
     curves = {}
@@ -565,6 +672,12 @@ def _paragraph(text: str) -> str:
     return f'<p class="note">{html.escape(text)}</p>'
 
 
+def _section(report: dict, key: str) -> str:
+    """A section's table, or the line saying why it has nothing to show."""
+    frame = report[key]
+    return _paragraph(report["why_empty"][key]) if frame.empty else html_table(frame)
+
+
 def render_html(report: dict, images: dict[str, str]) -> str:
     """The whole page: one file, inline CSS and PNGs, no script, formulas in plain Unicode."""
     run_dir, scores = report["run_dir"], report["scores"]
@@ -584,14 +697,14 @@ def render_html(report: dict, images: dict[str, str]) -> str:
             html_table(report["toy_table"]),
         ]
         parts.append(_paragraph(report["toy_note"]))
-    parts += ["<h2>Stages</h2>", html_table(report["stages"])]
+    parts += ["<h2>Stages</h2>", _section(report, "stages")]
     if not report["training"].empty or "training" in images:
         parts.append("<h2>Training</h2>")
     if not report["training"].empty:
         parts.append(html_table(report["training"]))
     if "training" in images:
         parts.append(f'<img alt="training curves" src="data:image/png;base64,{images["training"]}">')
-    parts += ["<h2>Benchmarks</h2>", html_table(scores)]
+    parts += ["<h2>Benchmarks</h2>", _section(report, "scores")]
     parts.append(
         '<p class="note">Score and standard error in percent: <span class="formula">SE = s / √n</span>; '
         "with a handful of examples, a difference under 2 SE means nothing. <i>model</i>: the stage that "
@@ -599,13 +712,13 @@ def render_html(report: dict, images: dict[str, str]) -> str:
     )
     if "scores" in images:
         parts.append(f'<img alt="scores" src="data:image/png;base64,{images["scores"]}">')
-    parts += ["<h2>Not scored</h2>", html_table(report["not_scored"])]
+    parts += ["<h2>Not scored</h2>", _section(report, "not_scored")]
     judges = report.get("judges")
     if judges is not None and not judges.empty:
         parts += ["<h2>Judges and classifiers</h2>", html_table(judges)]
     if report["reference"]:
         parts += [f"<h2>Beside the published {html.escape(report['reference'])}</h2>",
-                  html_table(report["published"])]  # fmt: skip
+                  _section(report, "published")]  # fmt: skip
         parts += [_paragraph(n) for n in report["published_notes"]]
         parts.append(
             _paragraph("Source: tulu_kit/report.py PUBLISHED (paper, table and settings named there).")
@@ -671,6 +784,7 @@ def build(cfg: ReportConfig) -> dict:
         "judges": judges_table(run_dir),
     }
     report["next_steps"] = next_steps(report)
+    report["why_empty"] = why_empty(report)
     return report
 
 
