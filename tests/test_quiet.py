@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import tulu_kit  # noqa: F401  (installs the filters)
 
@@ -72,3 +73,60 @@ def test_no_notebook_cell_ends_in_a_bare_plot_call():
                 if isinstance(func, ast.Attribute) and func.attr in {"plot", "bar", "barh", "hist", "line"}:
                     bare.append(f"{path.relative_to(root)} cell {i}")
     assert not bare, f"end these with plt.show() or assign the Axes: {bare}"
+
+
+def test_the_log_summary_prints_about_ten_rows_whatever_the_steps(capsys):
+    """A quickstart SFT logs every one of its 260 steps: the train cell shows 11 rows, the evaluations' rows, and
+    the first and last loss."""
+    from types import SimpleNamespace
+
+    from tulu_kit.training import log_summary
+
+    summary = log_summary(Path("runs/lab/sft/log_history.jsonl"))
+    state = SimpleNamespace(max_steps=260, global_step=0, is_world_process_zero=True, log_history=[])
+    summary.on_train_begin(None, state, None)
+    for step in range(1, 261):
+        state.global_step = step
+        logs = {"loss": 5.0 - step / 100, "learning_rate": 1e-3, "grad_norm": 1.0}
+        state.log_history.append(logs)
+        summary.on_log(None, state, None, logs=logs)
+        if step in (130, 260):
+            summary.on_log(None, state, None, logs={"eval_loss": 1.25})
+    summary.on_train_end(None, state, None)
+    lines = capsys.readouterr().out.splitlines()
+    assert (
+        lines[0].startswith("training 260 steps: a row every 26 steps here")
+        and "log_history.jsonl" in lines[0]
+    )
+    steps = [int(line.split()[1].split("/")[0]) for line in lines if "  loss " in line]
+    assert steps == [1, 26, 52, 78, 104, 130, 156, 182, 208, 234, 260]
+    assert [line.split()[1] for line in lines if "held-out loss 1.25" in line] == ["130/260", "260/260"]
+    assert "lr 1.00e-03" in lines[1] and "grad_norm" not in "".join(lines)
+    assert lines[-1].startswith("done: 260 steps in") and lines[-1].endswith("loss 4.99 -> 2.4")
+    assert len(lines) == 15
+
+
+def test_a_train_cell_shows_the_summary_not_a_line_per_step(tiny_model, tmp_path, capfd):
+    """In a real run the Trainer's own line per logged step (a dict) is gone, its progress bar stays, and
+    log_history.jsonl keeps every step."""
+    from tulu_kit.data.synthetic import synthetic_sft
+    from tulu_kit.io import read_jsonl, write_jsonl
+    from tulu_kit.sft import SFTConfig, run
+
+    write_jsonl(tmp_path / "sft.jsonl", synthetic_sft(8, seed=0))
+    cfg = SFTConfig(model=str(tiny_model), train_file=str(tmp_path / "sft.jsonl"), out_dir=str(tmp_path / "sft"),
+                    max_length=64, max_steps=4, per_device_train_batch_size=2, logging_steps=1,
+                    report_to="none", launcher="none")  # fmt: skip
+    capfd.readouterr()
+    run(cfg)
+    out, err = capfd.readouterr()
+    losses = [h["loss"] for h in read_jsonl(tmp_path / "sft" / "log_history.jsonl") if "loss" in h]
+    assert len(losses) == 4
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("step ")] == [
+        "1/4",
+        "2/4",
+        "3/4",
+        "4/4",
+    ]
+    assert "done: 4 steps in" in out and out.rstrip().endswith(f"loss {losses[0]:.4g} -> {losses[-1]:.4g}")
+    assert "'loss'" not in out + err and "4/4 [" in err  # no dict per step; the bar is there

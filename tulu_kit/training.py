@@ -319,6 +319,71 @@ def finite_loss_callback():
     return FiniteLoss()
 
 
+def summarise_logs(trainer, cfg: TrainingFields, rows: int = 10) -> None:
+    """A train cell's output: the Trainer's progress bar without its line per logged step (a dict under tqdm, a
+    table row in a notebook's kernel: ~250 lines for a quickstart SFT), and :func:`log_summary`'s ~``rows`` rows
+    instead. Every logged step stays in ``<out_dir>/log_history.jsonl``."""
+    import transformers.trainer as hf_trainer
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.pop_callback(PrinterCallback)  # disable_tqdm's stand-in: a line per log
+    for default in {
+        ProgressCallback,
+        hf_trainer.DEFAULT_PROGRESS_CALLBACK,
+    }:  # tqdm, or the notebook's HTML bar
+        if trainer.pop_callback(default) is not None:
+            trainer.add_callback(
+                type(f"Quiet{default.__name__}", (default,), {"on_log": TrainerCallback.on_log})
+            )
+    trainer.add_callback(log_summary(Path(cfg.out_dir) / "log_history.jsonl", rows))
+
+
+def log_summary(history: Path, rows: int = 10):
+    """A TrainerCallback printing about ``rows`` evenly spaced rows of the training log (step, loss, reward where
+    the stage logs one, learning rate, time) and of the held-out evaluations, then the first and last loss."""
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    def say(line: str) -> None:  # above the progress bar, as the Trainer's own line per log was
+        tqdm.write(line)
+        sys.stdout.flush()
+
+    class LogSummary(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start, self.stride = time.perf_counter(), max(1, math.ceil(state.max_steps / rows))
+            self.due = {"loss": 0, "eval_loss": 0}  # the next step at which each kind of log gets a row
+            if state.is_world_process_zero:
+                say(f"training {state.max_steps} steps: a row every {self.stride} steps here, every logged step in "
+                    f"{history}")  # fmt: skip
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            step, last = state.global_step, state.max_steps
+            for key in self.due:
+                if not state.is_world_process_zero or key not in (logs or {}):
+                    continue
+                if step >= self.due[key] or step >= last:
+                    self.due[key] = (step // self.stride + 1) * self.stride
+                    row = f"step {step:>{len(str(last))}}/{last}  "
+                    if key == "eval_loss":
+                        row += f"held-out loss {logs[key]:.4g}"
+                    else:
+                        row += f"loss {logs[key]:.4g}"
+                        for name, shown in (("reward", "reward {:.4g}"), ("learning_rate", "lr {:.2e}")):
+                            row += (
+                                f"  {shown.format(logs[name])}" if isinstance(logs.get(name), float) else ""
+                            )
+                    say(f"{row}  {time.perf_counter() - self.start:6.1f} s")
+
+        def on_train_end(self, args, state, control, **kwargs):
+            losses = [h["loss"] for h in state.log_history if isinstance(h.get("loss"), (int, float))]
+            if state.is_world_process_zero and losses:
+                say(f"done: {state.global_step} steps in {time.perf_counter() - self.start:.1f} s, loss "
+                    f"{losses[0]:.4g} -> {losses[-1]:.4g}")  # fmt: skip
+
+    return LogSummary()
+
+
 def fit(trainer, cfg: TrainingFields) -> float:
     """``trainer.train()``, resuming (with ``resume``) from the last complete checkpoint of this same run; a
     checkpoint of the run's last step (a kill during the final save) is loaded, not trained past.
@@ -338,6 +403,7 @@ def fit(trainer, cfg: TrainingFields) -> float:
         return time.perf_counter() - start
     if checkpoint:
         logger.info("resuming from %s", checkpoint)
+    summarise_logs(trainer, cfg)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     return time.perf_counter() - start
 
