@@ -90,6 +90,15 @@ def test_demo_training_notebooks_leave_their_artifacts_and_learn(demo_run):
     assert sft["stage"] == "sft" and sft["train_steps"] > 0
     assert sft["last_nll"] < sft["first_nll"] - 2, (sft["first_nll"], sft["last_nll"])
     assert _shows_a_figure(_outputs(run_dir, "02_sft.ipynb"))
+    # its train cell: ~10 rows and the first and last loss (tulu_kit.training.log_summary), not 260 logged steps
+    import nbformat
+
+    nb = nbformat.read(run_dir / "notebooks" / "02_sft.ipynb", as_version=4)
+    (train_cell,) = [c for c in nb.cells if c.cell_type == "code" and "run(cfg)" in c.source]
+    stream = "".join(o.get("text", "") for o in train_cell.outputs if o.output_type == "stream")
+    shown = [line.rsplit("\r", 1)[-1] for line in stream.split("\n") if line.rsplit("\r", 1)[-1].strip()]
+    assert f"done: {sft['train_steps']} steps in" in stream and len(shown) <= 20, shown
+    assert "Training Loss" not in "".join(o.get("data", {}).get("text/html", "") for o in train_cell.outputs)
     # dpo: the policy starts as the reference (margins 0), and held-out preferences are learned
     dpo = read_result(run_dir / "dpo")
     assert dpo["eval_before"]["rewards/margins"] == pytest.approx(0.0, abs=1e-6)

@@ -331,7 +331,7 @@ def _parameter_names(path: Path) -> set[str]:
 
 
 def test_notebook_03_runs(tiny_model, tmp_path, mix, run_notebook):
-    run_notebook(
+    nb = run_notebook(
         "notebooks/03_lora_qlora.ipynb",
         dict(model=str(tiny_model), train_file=str(mix), eval_file="", out_dir=str(tmp_path / "lora"), max_steps=2,
              max_length=128, per_device_train_batch_size=2, launcher="none", report_to="none", lora_r=4, logging_steps=1),
@@ -340,6 +340,13 @@ def test_notebook_03_runs(tiny_model, tmp_path, mix, run_notebook):
     assert adapter["r"] == 4 and set(adapter["target_modules"]) == set(TULU_LORA_TARGETS.split(","))
     assert json.loads((tmp_path / "lora" / "metrics.json").read_text())["trainable_params"] == LORA_R4_PARAMS
     assert (tmp_path / "lora" / "model" / "config.json").is_file()  # the merged model, saved beside
+    # each train cell shows the summary (tulu_kit.training.log_summary), not a line or table row per logged step
+    for cell in [c for c in nb.cells if c.cell_type == "code" and "run(" in c.source]:
+        html = "".join(o.get("data", {}).get("text/html", "") for o in cell.outputs)
+        stream = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+        shown = [line.rsplit("\r", 1)[-1] for line in stream.split("\n")]  # as a notebook draws \r
+        assert "Training Loss" not in html and "'loss'" not in stream
+        assert "done: 2 steps in" in stream and len([x for x in shown if x.strip()]) <= 20, shown
 
 
 def test_compare_runs_scales_the_trainable_share_to_7b():

@@ -325,17 +325,21 @@ def summarise_logs(trainer, cfg: TrainingFields, rows: int = 10) -> None:
     instead. Every logged step stays in ``<out_dir>/log_history.jsonl``."""
     import transformers.trainer as hf_trainer
     from transformers import TrainerCallback
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers.trainer_callback import PrinterCallback
 
-    trainer.pop_callback(PrinterCallback)  # disable_tqdm's stand-in: a line per log
-    for default in {
-        ProgressCallback,
-        hf_trainer.DEFAULT_PROGRESS_CALLBACK,
-    }:  # tqdm, or the notebook's HTML bar
-        if trainer.pop_callback(default) is not None:
-            trainer.add_callback(
-                type(f"Quiet{default.__name__}", (default,), {"on_log": TrainerCallback.on_log})
-            )
+    trainer.pop_callback(PrinterCallback)  # disable_tqdm's stand-in: a line per log, no bar
+    default = hf_trainer.DEFAULT_PROGRESS_CALLBACK  # tqdm's bar, or the HTML one in a notebook's kernel
+    if trainer.pop_callback(default) is not None:
+
+        class BarOnly(default):
+            on_log = TrainerCallback.on_log  # no line per log
+
+            def on_train_begin(self, args, state, control, **kwargs):
+                super().on_train_begin(args, state, control, **kwargs)
+                if getattr(self, "training_tracker", None) is not None:  # the HTML bar: no empty loss table
+                    self.training_tracker.inner_table = None
+
+        trainer.add_callback(BarOnly)
     trainer.add_callback(log_summary(Path(cfg.out_dir) / "log_history.jsonl", rows))
 
 
