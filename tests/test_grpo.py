@@ -126,13 +126,21 @@ def test_prompt_dataset_drops_long_prompts_and_keeps_columns(tiny_model):
 
 
 @pytest.fixture(scope="module")
+def toy_file(tmp_path_factory) -> str:
+    """The toy task with answers 0..4 (as test_ppo's): a correct answer is sampled often enough from the start."""
+    return str(
+        write_jsonl(tmp_path_factory.mktemp("toy") / "rl.jsonl", synthetic_arithmetic(512, 0, max_answer=4))
+    )
+
+
+@pytest.fixture(scope="module")
 def warm_model(tiny_model, tmp_path_factory) -> Path:
     """The tiny model after a short SFT warm-up on the toy task's format ("The answer is N."): the format is
     learned, the sums only partly, so a sampled answer is sometimes right and GRPO has a signal."""
     from tulu_kit import sft
 
     out = tmp_path_factory.mktemp("warm")
-    rows = synthetic_arithmetic(256, seed=1)
+    rows = synthetic_arithmetic(256, seed=1, max_answer=4)
     data = [{"messages": r["messages"] + [{"role": "assistant", "content": f"The answer is {r['ground_truth']}."}]}
             for r in rows]  # fmt: skip
     write_jsonl(out / "sft.jsonl", data)
@@ -142,23 +150,32 @@ def warm_model(tiny_model, tmp_path_factory) -> Path:
     return Path(sft.run(cfg)["model_dir"])
 
 
+def _toy_cfg(warm_model, toy_file, out, learning_rate):
+    return _cfg(warm_model, out, train_file=toy_file, num_generations=8, per_device_train_batch_size=32,
+                gradient_accumulation_steps=2, max_steps=24, learning_rate=learning_rate, lr_scheduler_type="constant",
+                beta=0.05, seed=0)  # fmt: skip
+
+
 @pytest.fixture(scope="module")
-def toy_run(warm_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("grpo")
-    cfg = _cfg(warm_model, out, num_generations=8, per_device_train_batch_size=32, gradient_accumulation_steps=2,
-               max_steps=24, learning_rate=2e-3, lr_scheduler_type="constant", beta=0.05, synthetic_size=512,
-               seed=0)  # fmt: skip
+def toy_run(warm_model, toy_file, tmp_path_factory):
+    cfg = _toy_cfg(warm_model, toy_file, tmp_path_factory.mktemp("grpo"), 2e-3)
     return cfg, grpo.run(cfg)
 
 
-def test_short_run_on_the_toy_task_raises_mean_reward(toy_run):
+def test_short_run_on_the_toy_task_raises_mean_reward(toy_run, warm_model, toy_file, tmp_path):
+    """The learning test: the reward rises, beyond its frozen control (the same run at learning rate ≈ 0, whose
+    sampled reward moves only by sampling noise)."""
     cfg, result = toy_run
     assert result["stage"] == "grpo" and result["train_steps"] == 24
     assert Path(result["model_dir"], "config.json").is_file() and Path(cfg.out_dir, "metrics.json").is_file()
-    assert 0 < result["reward_first_quarter"] < result["reward_last_quarter"]
+    frozen = grpo.run(_toy_cfg(warm_model, toy_file, tmp_path / "frozen", 1e-12))  # learning rate ≈ 0
+    gain = result["reward_last_quarter"] - result["reward_first_quarter"]
+    frozen_gain = frozen["reward_last_quarter"] - frozen["reward_first_quarter"]
+    assert 0 < result["reward_first_quarter"] and gain > frozen_gain + 0.05, (result, frozen)
     assert (
         math.isfinite(result["kl_last"]) and 0 <= result["kl_max"] < 2.0
     )  # KL to the reference stays bounded
+    assert frozen["kl_max"] == pytest.approx(0.0, abs=1e-6)  # the frozen policy is its reference
     history = [json.loads(line) for line in Path(cfg.out_dir, "log_history.jsonl").read_text().splitlines()]
     assert {"reward", "kl", "completions/mean_length", "clip_ratio/region_mean"} <= set(history[0])
 

@@ -193,3 +193,42 @@ def test_report_scores_every_stage_on_the_toy_world_and_bands_seeds(tiny_model, 
     assert report["toy_note"].startswith("2 seeds")
     # the random model scores what it scores on both seeds (same weights): sd 0
     assert table.iloc[0]["base"].endswith("± 0.000")
+
+
+def test_rl_table_bands_the_frozen_control_and_the_trained_policy():
+    from tulu_kit.toy_eval import rl_table
+
+    def seed(frozen, trained, kl):
+        acc = lambda s: {"sampled": s, "greedy": s + 0.05, "n_prompts": 256}  # noqa: E731
+        return {"grpo": {"frozen": acc(frozen), "trained": acc(trained), "kl_last": kl}}
+
+    table = rl_table([seed(0.8, 0.9, 0.01), seed(0.7, 0.95, 0.03), {}])
+    assert list(table["stage"]) == ["GRPO"] and table.iloc[0]["seeds"] == 2
+    row = table.iloc[0]
+    assert row["frozen sampled"] == "0.750 ± 0.071" and row["trained greedy"] == "0.975 ± 0.035"
+    assert row["Δ sampled"] == "+0.175 ± 0.106" and row["KL (last)"] == "0.020"
+    one = rl_table([seed(0.8, 0.9, None)]).iloc[0]
+    assert one["Δ sampled"] == "+0.100" and one["KL (last)"] == "n/a"
+
+
+def test_rl_check_scores_start_and_policy_on_the_stages_training_prompts(tiny_model, tmp_path):
+    """The frozen control is the stage's start model: with the policy's weights equal to it, both score the same
+    (the measure is deterministic); a row the verifier fails counts as wrong."""
+    import shutil
+
+    from tulu_kit.io import write_jsonl
+    from tulu_kit.toy_eval import rl_accuracy, rl_check
+
+    rows = toy.synthetic_arithmetic(6, seed=0)
+    write_jsonl(tmp_path / "rl.jsonl", rows)
+    shutil.copytree(tiny_model, tmp_path / "run" / "grpo" / "model")
+    config = {"model": str(tiny_model), "train_file": str(tmp_path / "rl.jsonl"), "seed": 0, "temperature": 1.0,
+              "max_completion_length": 4}  # fmt: skip
+    (tmp_path / "run" / "grpo" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "run" / "grpo" / "metrics.json").write_text(json.dumps({"kl_last": 0.0, "kl_max": 0.0}))
+    check = rl_check(tmp_path / "run")
+    assert set(check) == {"grpo"}
+    assert check["grpo"]["frozen"] == check["grpo"]["trained"] and check["grpo"]["frozen"]["n_prompts"] == 6
+    assert json.loads((tmp_path / "run" / "toy_eval" / "rl.json").read_text())["grpo"]["kl_last"] == 0.0
+    wrong = [{**r, "ground_truth": "12345"} for r in rows]  # no 4-token reply of the random model says it
+    assert rl_accuracy(tiny_model, wrong, 1.0, 4) == {"sampled": 0.0, "greedy": 0.0, "n_prompts": 6}

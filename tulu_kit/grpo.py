@@ -319,11 +319,19 @@ def _last_content(x) -> str:
     return str(list(x)[-1]["content"]) if len(x) else ""
 
 
-def group_table(df, num_generations: int, step: int | None = None, group: int = 0):
-    """One group of G rollouts of a logged step (the first by default): prompt, completion, reward, advantage."""
-    step = int(df["step"].min()) if step is None else step
-    rows = df[df["step"] == step].reset_index(drop=True)
-    return rows.iloc[group * num_generations : (group + 1) * num_generations]
+def group_table(df, num_generations: int, step: int | None = None, group: int | None = None):
+    """One group of G rollouts of a logged step: prompt, completion, reward, advantage. By default the first group
+    whose rewards disagree (so its advantages are not all zero), from the earliest step that has one; else the
+    first group of the first step."""
+    steps = [step] if step is not None else sorted(int(s) for s in df["step"].unique())
+    for s in steps:
+        rows = df[df["step"] == s].reset_index(drop=True)
+        for g in [group] if group is not None else range(len(rows) // num_generations):
+            one = rows.iloc[g * num_generations : (g + 1) * num_generations]
+            if group is not None or one["verifiable"].nunique() > 1:
+                return one
+    rows = df[df["step"] == steps[0]].reset_index(drop=True)
+    return rows.iloc[:num_generations]
 
 
 def sample_rollouts(model_dir: str | Path, rows: list[dict], max_new_tokens: int = 32):

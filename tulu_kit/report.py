@@ -465,6 +465,7 @@ def why_empty(report: dict) -> dict[str, str]:
         "`tulu-kit run RECIPE.yaml`",
         "toy_table": "not scored on the toy world: set toy_benchmarks to the data stage's toy_benchmarks folder "
         "(../runs/lab/data/toy_benchmarks after notebook 01)",
+        "rl_table": "no RL stage (ppo, grpo) wrote a model in this run, or toy_benchmarks is not set",
         "training": "no training stage finished (no <stage>/metrics.json with train_steps)",
         "curves": "no training stage logged its steps (<stage>/log_history.jsonl): run notebook 02_sft first",
         "scores": NO_EVAL if not evals else "no eval stage has a score: see Not scored",
@@ -476,7 +477,11 @@ def why_empty(report: dict) -> dict[str, str]:
     }
 
 
-SHOWN_WITH = {"toy_table": "toy_note", "published": "published_notes"}  # printed under the section
+SHOWN_WITH = {
+    "toy_table": "toy_note",
+    "published": "published_notes",
+    "rl_table": "rl_note",
+}  # under the section
 
 
 def show(report: dict, key: str) -> None:
@@ -489,6 +494,8 @@ def show(report: dict, key: str) -> None:
     value = report.get(key)
     if value is None or len(value) == 0:
         print(report["why_empty"][key])
+        if key != "published":  # the published section's notes say why no score is comparable
+            return
     elif key == "curves":
         plots.training_curves(value)
     elif key == "comparison":
@@ -697,6 +704,9 @@ def render_html(report: dict, images: dict[str, str]) -> str:
             html_table(report["toy_table"]),
         ]
         parts.append(_paragraph(report["toy_note"]))
+    if report.get("rl_table") is not None and not report["rl_table"].empty:
+        parts += ["<h2>The RL sanity check: accuracy on each RL stage's training prompts</h2>",
+                  html_table(report["rl_table"]), _paragraph(report["rl_note"])]  # fmt: skip
     parts += ["<h2>Stages</h2>", _section(report, "stages")]
     if not report["training"].empty or "training" in images:
         parts.append("<h2>Training</h2>")
@@ -761,11 +771,14 @@ def build(cfg: ReportConfig) -> dict:
         from tulu_kit import toy_eval
 
         toy_eval.evaluate_run(run_dir, cfg.toy_benchmarks)
-        per_seed = [toy_eval.read_scores(r) for r in toy_eval.seed_runs(run_dir)]
-        per_seed = [s for s in per_seed if s]
+        toy_eval.rl_check(run_dir)
+        runs = toy_eval.seed_runs(run_dir)
+        per_seed = [s for s in (toy_eval.read_scores(r) for r in runs) if s]
         toy = {
             "toy_table": toy_eval.seed_table(per_seed)[0],
             "toy_note": toy_eval.band_note(len(per_seed)),
+            "rl_note": toy_eval.RL_NOTE,
+            "rl_table": toy_eval.rl_table([toy_eval.read_json(r / "toy_eval" / "rl.json") for r in runs]),
         }
     report = {
         **toy,

@@ -260,12 +260,17 @@ def run_seeds(recipe: Recipe, force: bool = False, log_output: bool = False) -> 
     per_seed = [toy_eval.read_scores(r.run_dir) for r in runs]
     text, numbers = toy_eval.seed_table(per_seed)
     if not text.empty:
+        rl = toy_eval.rl_table([toy_eval.read_json(r.run_dir / "toy_eval" / "rl.json") for r in runs])
         note = toy_eval.band_note(len([s for s in per_seed if s]))
-        atomic_write_text(recipe.run_dir / "stage_table.md", text.to_markdown(index=False) + f"\n\n{note}\n")
+        page = text.to_markdown(index=False) + f"\n\n{note}\n"
+        if not rl.empty:
+            page += f"\n## The RL sanity check\n\n{rl.to_markdown(index=False)}\n\n{toy_eval.RL_NOTE}\n"
+        atomic_write_text(recipe.run_dir / "stage_table.md", page)
         atomic_write_json(
-            recipe.run_dir / "stage_table.json", {"note": note, "rows": numbers.to_dict("records")}
+            recipe.run_dir / "stage_table.json",
+            {"note": note, "rows": numbers.to_dict("records"), "rl": rl.to_dict("records")},
         )
-        print(text.to_string(index=False) + f"\n{note}", flush=True)
+        print(page, flush=True)
     return 0
 
 

@@ -139,3 +139,111 @@ def seed_runs(run_dir: str | Path) -> list[Path]:
         if run_dir.resolve() in [p.resolve() for p in runs]:
             return runs
     return [run_dir]
+
+
+# ------------------------------------------------------------------------------------------------ RL sanity check
+RL_STAGES = {"ppo": ("PPO", "response_length"), "grpo": ("GRPO", "max_completion_length")}
+RL_SAMPLES = 4  # replies sampled per training prompt
+RL_NOTE = (
+    "frozen: the stage's start model, which is what the same run at learning rate 0 keeps (the control); trained: "
+    "its policy. Sampled: the share of verified-correct replies, 4 per training prompt at the stage's temperature; "
+    "greedy: one reply per prompt. KL: the last logged KL to the reference."
+)
+
+
+def rl_accuracy(model_dir: str | Path, rows: list[dict], temperature: float, max_new_tokens: int,
+                samples: int = RL_SAMPLES, seed: int = 0) -> dict:  # fmt: skip
+    """Greedy and sampled accuracy (the verifiable reward's pass) of a model on RLVR ``rows``: the RL sanity
+    check's measure, sampled at the stage's own temperature."""
+    import torch
+
+    from tulu_kit.data.onpolicy import sample_replies
+    from tulu_kit.models import load_model, load_tokenizer
+    from tulu_kit.rewards import verifiable_reward
+
+    tokenizer, model = load_tokenizer(str(model_dir)), load_model(str(model_dir)).eval()
+    prompts = [r["messages"] for r in rows]
+    sampled = sample_replies(model, tokenizer, prompts, samples, temperature, max_new_tokens, seed)
+    greedy = []
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    for i in range(0, len(texts), 64):
+        enc = tokenizer(texts[i : i + 64], return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
+                                 pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        greedy += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    passed = [[verifiable_reward(r, x) >= 1.0 for x in xs] for r, xs in zip(rows, sampled)]
+    return {
+        "sampled": sum(map(sum, passed)) / (len(rows) * samples),
+        "greedy": sum(verifiable_reward(r, x) >= 1.0 for r, x in zip(rows, greedy)) / len(rows),
+        "n_prompts": len(rows),
+    }
+
+
+def rl_check(run_dir: str | Path) -> dict[str, dict]:
+    """The RL sanity check of every RL stage in ``run_dir``: accuracy on the stage's own training prompts of its
+    start model (the frozen control: the same run at learning rate 0 leaves these weights as they are) and of its
+    trained policy, sampled at the stage's temperature; with the last logged KL. Written to
+    ``<run_dir>/toy_eval/rl.json``; re-used while both models are unchanged."""
+    from types import SimpleNamespace
+
+    from tulu_kit.io import atomic_write_json
+    from tulu_kit.training import load_rlvr_rows
+
+    run_dir = Path(run_dir)
+    out: dict[str, dict] = {}
+    frozen: dict[str, dict] = {}
+    cached = read_json(run_dir / "toy_eval" / "rl.json")
+    for stage, (_, length_key) in RL_STAGES.items():
+        model_dir, config = run_dir / stage / "model", run_dir / stage / "config.json"
+        if not ((model_dir / "config.json").is_file() and config.is_file()):
+            continue
+        cfg = json.loads(config.read_text())
+        stamp = _model_stamp(model_dir) + "|" + _model_stamp(Path(cfg["model"]))
+        if cached.get(stage, {}).get("stamp") == stamp:
+            out[stage] = cached[stage]
+            continue
+        rows = load_rlvr_rows(SimpleNamespace(**{"train_split": "train", "max_train_samples": 0, **cfg}))
+        args = (float(cfg.get("temperature", 1.0)), int(cfg[length_key]))
+        metrics = read_json(run_dir / stage / "metrics.json")
+        key = json.dumps([_model_stamp(Path(cfg["model"])), rows, *args])
+        if key not in frozen:  # PPO and GRPO from the same model, prompts and sampling: one control
+            frozen[key] = rl_accuracy(cfg["model"], rows, *args)
+        out[stage] = {
+            "frozen": frozen[key],
+            "trained": rl_accuracy(model_dir, rows, *args),
+            "kl_last": metrics.get("kl_last"),
+            "kl_max": metrics.get("kl_max"),
+            "temperature": args[0],
+            "stamp": stamp,
+        }
+    if out:
+        atomic_write_json(run_dir / "toy_eval" / "rl.json", out)
+    return out
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def rl_table(per_seed: list[dict]) -> pd.DataFrame:
+    """The RL sanity check over seeds: one row per RL stage, its frozen control and trained policy (sampled and
+    greedy accuracy on its training prompts, mean ± sd over seeds, or the one seed's value) and the last KL."""
+    per_seed = [s for s in per_seed if s]
+    rows = []
+    for stage, (label, _) in RL_STAGES.items():
+        runs = [run[stage] for run in per_seed if stage in run]
+        if not runs:
+            continue
+        row = {"stage": label, "seeds": len(runs)}
+        for key in ("frozen", "trained"):
+            for measure in ("sampled", "greedy"):
+                mean, sd = _band([r[key][measure] for r in runs])
+                row[f"{key} {measure}"] = f"{mean:.3f} ± {sd:.3f}" if len(runs) > 1 else f"{mean:.3f}"
+        delta = [r["trained"]["sampled"] - r["frozen"]["sampled"] for r in runs]
+        mean, sd = _band(delta)
+        row["Δ sampled"] = f"{mean:+.3f} ± {sd:.3f}" if len(runs) > 1 else f"{mean:+.3f}"
+        kls = [r["kl_last"] for r in runs if isinstance(r.get("kl_last"), (int, float))]
+        row["KL (last)"] = f"{sum(kls) / len(kls):.3f}" if kls else "n/a"
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -320,7 +320,7 @@ def synthetic_preference(n: int, seed: int = 42, off_format: float = 0.2) -> lis
     return rows
 
 
-def synthetic_arithmetic(n: int, seed: int = 42, max_answer: int | None = 9) -> list[dict]:
+def synthetic_arithmetic(n: int, seed: int = 42, max_answer: int | None = None) -> list[dict]:
     """``n`` RLVR rows ``{"messages", "ground_truth", "dataset": "gsm8k"}`` from the arithmetic train split, asked
     as the SFT data and the GSM8K eval ask them; the RL stages' toy task (notebooks 08 and 09).
     ``max_answer``: keep only problems whose answer is at most this (None: all)."""
