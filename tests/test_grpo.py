@@ -208,6 +208,10 @@ def test_notebook_runs_and_its_by_hand_cell_meets_trl(warm_model, tmp_path, run_
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     gap = float(printed.split("max |TRL - by hand|:")[1].split()[0])
     assert gap < 1e-5
+    # the sentence about the result is the result's: before and after as printed, and the word they imply
+    line = printed.split("mean reward on these prompts:")[1].split("\n")[0]
+    before, after = float(line.split()[0]), float(line.split()[2])
+    assert line.split()[-1] == ("rose" if after > before else "fell" if after < before else "unchanged")
 
 
 # --------------------------------------------------------------------------- the checkpoint protocol, killed

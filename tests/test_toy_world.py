@@ -136,6 +136,10 @@ def test_seed_table_bands_and_deltas():
     assert row["Δ SFT"] == pytest.approx(0.5) and text.iloc[0]["SFT"] == "0.600 ± 0.100"
     one, _ = seed_table([run(0.1, 0.5)])
     assert one.iloc[0]["base"] == "0.100 ± 0.050"  # one seed: ± the standard error
+    # each Δ is from the model the stage started from: GRPO's from DPO, not from the PPO column beside it
+    rl = {**run(0.1, 0.5), **{s: run(v, v)["sft"] for s, v in (("dpo", 0.6), ("ppo", 0.5), ("grpo", 0.8))}}
+    _, numbers = seed_table([rl])
+    assert numbers.iloc[0]["Δ PPO"] == pytest.approx(-0.1) and numbers.iloc[0]["Δ GRPO"] == pytest.approx(0.2)
 
 
 def test_seeds_run_the_recipe_once_per_seed(tmp_path):

@@ -8,7 +8,8 @@ accuracy) and ``mmlu`` (the letter with the highest log-probability), in chat mo
 model folder is unchanged.
 
 :func:`seed_table` sets one run (± stderr, labelled so) or several seeds of one recipe (mean ± sd over seeds)
-side by side: rows = benchmarks, columns = stages, each with its change from the previous column.
+side by side: rows = benchmarks, columns = stages, each with its change from the model it started from
+(:data:`STARTS`: PPO and GRPO both start from DPO).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import pandas as pd
 
 # stage folder -> column label, in pipeline order
 COLUMNS = {"quickstart": "base", "sft": "SFT", "dpo": "DPO", "ppo": "PPO", "grpo": "GRPO", "merge": "merge"}
+# stage -> the stage whose model it starts from in the quickstart recipe (merge: the RL policy it soups with SFT)
+STARTS = {"sft": "quickstart", "dpo": "sft", "ppo": "dpo", "grpo": "dpo", "merge": "ppo"}
 # toy benchmark -> (row label, eval module, max_new_tokens)
 BENCHMARKS = {
     "gsm8k": ("arithmetic (GSM8K scorer, exact match)", 24),
@@ -97,7 +100,7 @@ def _band(values: list[float]) -> tuple[float, float]:
 
 def seed_table(per_seed: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(table of strings, table of numbers) from one ``scores.json`` per seed: rows = toy benchmarks, columns =
-    stages ("mean ± sd" over seeds, or "score ± stderr" for one seed) each followed by its Δ from the previous
+    stages ("mean ± sd" over seeds, or "score ± stderr" for one seed) each followed by its Δ from its start
     stage. The numeric table has ``<column>`` (mean), ``<column> sd`` and ``Δ <column>`` columns."""
     per_seed = [s for s in per_seed if s]
     stages = [s for s in COLUMNS if per_seed and all(s in run for run in per_seed)]
@@ -105,7 +108,7 @@ def seed_table(per_seed: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     text_rows, num_rows = [], []
     for bench, (label, _) in BENCHMARKS.items():
         text, num = {"benchmark": label}, {"benchmark": label}
-        previous = None
+        means: dict[str, float] = {}
         for stage in stages:
             column = COLUMNS[stage]
             values = [run[stage][bench]["score"] for run in per_seed]
@@ -114,20 +117,21 @@ def seed_table(per_seed: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
                 sd = per_seed[0][stage][bench]["stderr"] or 0.0
             text[column] = f"{mean:.3f} ± {sd:.3f}"
             num[column], num[f"{column} sd"] = mean, sd
-            if previous is not None:
-                delta = mean - previous
+            if STARTS.get(stage) in means:
+                delta = mean - means[STARTS[stage]]
                 text[f"Δ {column}"] = f"{delta:+.3f}"
                 num[f"Δ {column}"] = delta
-            previous = mean
+            means[stage] = mean
         text_rows.append(text)
         num_rows.append(num)
     return pd.DataFrame(text_rows), pd.DataFrame(num_rows)
 
 
 def band_note(n_seeds: int) -> str:
+    start = " Δ: the change from the model the stage started from (PPO and GRPO from DPO, merge from PPO)."
     if n_seeds == 1:
-        return "one seed: each cell is the score ± its standard error over the held-out questions."
-    return f"{n_seeds} seeds: each cell is the mean ± the standard deviation over seeds."
+        return "one seed: each cell is the score ± its standard error over the held-out questions." + start
+    return f"{n_seeds} seeds: each cell is the mean ± the standard deviation over seeds." + start
 
 
 def seed_runs(run_dir: str | Path) -> list[Path]:
