@@ -339,6 +339,18 @@ def summarise_logs(trainer, cfg: TrainingFields, rows: int = 10) -> None:
                 if getattr(self, "training_tracker", None) is not None:  # the HTML bar: no empty loss table
                     self.training_tracker.inner_table = None
 
+            def on_evaluate(self, args, state, control, **kwargs):
+                if not hasattr(self, "training_tracker"):  # tqdm: closes the evaluation's bar, prints nothing
+                    return super().on_evaluate(args, state, control, **kwargs)
+                # the HTML bar: no row (or, before training, no table) of losses per evaluation; log_summary
+                # prints the held-out rows
+                if self.training_tracker is not None:
+                    self.training_tracker.remove_child()
+                    self._force_next_update = True
+                elif self.prediction_bar is not None:
+                    self.prediction_bar.close()
+                self.prediction_bar = None
+
         trainer.add_callback(BarOnly)
     trainer.add_callback(log_summary(Path(cfg.out_dir) / "log_history.jsonl", rows))
 
