@@ -98,6 +98,10 @@ def test_on_policy_labels_follow_the_verifiers():
     # every sample correct: nothing to prefer, no pair
     pairs, counts = label_pairs(arithmetic[:1], [[right, right]], seed=0)
     assert pairs == [] and counts["prompts_all_correct"] == 1
+    # an empty reply (EOS at once) fails its verifier but is never a rejected side: a pair needs content
+    pairs, counts = label_pairs(arithmetic, [[right, ""], ["  ", wrong]], seed=0)
+    assert [p["rejected"][-1]["content"] for p in pairs] == [wrong] and counts["samples_empty"] == 2
+    assert counts["prompts_no_rejected"] == 1
 
 
 def test_pretraining_learns_the_corpus_and_is_deterministic(tmp_path):

@@ -7,7 +7,8 @@ rejected. In miniature the judge is a verifier: replies are sampled from the SFT
 verifiable rewards the RL stages use (:func:`tulu_kit.rewards.verifiable_reward`: the GSM8K scorer, the IFEval
 checkers). A prompt with a correct and an incorrect sample gives the pair (chosen: a verified correct reply,
 rejected: a failing one); a prompt with no correct sample pairs the reference reply (chosen) with a failing
-sample; a prompt whose samples all pass gives no pair (nothing left to prefer). The data stage mixes these pairs
+sample; a prompt whose samples all pass gives no pair (nothing left to prefer), nor does one whose only failing
+samples are empty replies (the model stopped at once: no preference pair has an empty side). The data stage mixes these pairs
 with the off-policy ones (``on_policy_model`` in :class:`tulu_kit.data.stage.DataConfig`).
 """
 
@@ -54,11 +55,12 @@ def label_pairs(rows: list[dict], replies: list[list[str]], seed: int = 0) -> tu
     for row, samples in zip(rows, replies):
         scored = [(r, verifiable_reward(row, r)) for r in samples]
         good = [r for r, s in scored if s >= 1.0]
-        bad = [r for r, s in scored if s < 1.0]
+        bad = [r for r, s in scored if s < 1.0 and r.strip()]  # an empty reply is no preference pair's side
         counts["samples"] += len(samples)
         counts["samples_correct"] += len(good)
+        counts["samples_empty"] += sum(not r.strip() for r in samples)
         if not bad:
-            counts["prompts_all_correct"] += 1
+            counts["prompts_all_correct" if len(good) == len(samples) else "prompts_no_rejected"] += 1
             continue
         if good:
             chosen, counts["pairs_sampled_chosen"] = rng.choice(good), counts["pairs_sampled_chosen"] + 1

@@ -204,7 +204,7 @@ def run(cfg: DataConfig) -> dict:
         )
         if not pairs:
             raise ValueError(
-                f"on_policy_model {cfg.on_policy_model}: every sampled reply was correct: no pair"
+                f"on_policy_model {cfg.on_policy_model}: no pair: every sampled reply was correct (or empty)"
             )
         extra["on_policy"] = pairs
     preference = load_mixture(cfg, cfg.preference_mixer_list, "preference", extra)
