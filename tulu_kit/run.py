@@ -262,9 +262,10 @@ def run_seeds(recipe: Recipe, force: bool = False, log_output: bool = False) -> 
     if not text.empty:
         rl = toy_eval.rl_table([toy_eval.read_json(r.run_dir / "toy_eval" / "rl.json") for r in runs])
         note = toy_eval.band_note(len([s for s in per_seed if s]))
-        page = text.to_markdown(index=False) + f"\n\n{note}\n"
+        page = text.to_markdown(index=False, disable_numparse=True) + f"\n\n{note}\n"
         if not rl.empty:
-            page += f"\n## The RL sanity check\n\n{rl.to_markdown(index=False)}\n\n{toy_eval.RL_NOTE}\n"
+            rl_text = rl.to_markdown(index=False, disable_numparse=True)  # keeps the signs of the Δ
+            page += f"\n## The RL sanity check\n\n{rl_text}\n\n{toy_eval.RL_NOTE}\n"
         atomic_write_text(recipe.run_dir / "stage_table.md", page)
         atomic_write_json(
             recipe.run_dir / "stage_table.json",
