@@ -88,8 +88,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None) -> dic
 
 
 def read_scores(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / "toy_eval" / "scores.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json(Path(run_dir) / "toy_eval" / "scores.json")
 
 
 def _band(values: list[float]) -> tuple[float, float]:
@@ -227,7 +226,10 @@ def rl_check(run_dir: str | Path) -> dict[str, dict]:
 
 
 def read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """A result file of this module, or {} where that stage or seed has none yet (a bad file names itself)."""
+    from tulu_kit.io import read_json as read
+
+    return read(path) if path.is_file() else {}
 
 
 def rl_table(per_seed: list[dict]) -> pd.DataFrame:
