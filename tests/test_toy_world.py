@@ -219,24 +219,43 @@ def test_rl_table_bands_the_frozen_control_and_the_trained_policy():
     assert one["Δ sampled"] == "+0.100" and one["KL (last)"] == "n/a"
 
 
-def test_rl_check_scores_start_and_policy_on_the_stages_training_prompts(tiny_model, tmp_path):
-    """The frozen control is the stage's start model: with the policy's weights equal to it, both score the same
-    (the measure is deterministic); a row the verifier fails counts as wrong."""
-    import shutil
+def _always_says(src, out, digit: str):
+    """A copy of the tiny model that says ``digit`` at every position, whatever the context: the layers add
+    nothing to the residual stream, every token embeds to one vector, and only ``digit``'s output row sees it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    tokenizer, model = AutoTokenizer.from_pretrained(src), AutoModelForCausalLM.from_pretrained(src)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.fill_(1.0)
+        model.model.norm.weight.fill_(1.0)
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[tokenizer.convert_tokens_to_ids(digit)] = 10.0
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def test_rl_check_scores_start_and_policy_on_the_stages_training_prompts(tiny_model, tmp_path):
+    """The frozen control is the stage's start model and the trained side its policy, each scored on the stage's
+    own training prompts: a policy that always says 7 passes every prompt whose answer is 7777 (4 tokens), the
+    random start model none; a row the verifier fails counts as wrong."""
     from tulu_kit.io import write_jsonl
     from tulu_kit.toy_eval import rl_accuracy, rl_check
 
-    rows = toy.synthetic_arithmetic(6, seed=0)
+    rows = [{**r, "ground_truth": "7777"} for r in toy.synthetic_arithmetic(6, seed=0)]
     write_jsonl(tmp_path / "rl.jsonl", rows)
-    shutil.copytree(tiny_model, tmp_path / "run" / "grpo" / "model")
+    _always_says(tiny_model, tmp_path / "run" / "grpo" / "model", "7")
     config = {"model": str(tiny_model), "train_file": str(tmp_path / "rl.jsonl"), "seed": 0, "temperature": 1.0,
               "max_completion_length": 4}  # fmt: skip
     (tmp_path / "run" / "grpo" / "config.json").write_text(json.dumps(config))
-    (tmp_path / "run" / "grpo" / "metrics.json").write_text(json.dumps({"kl_last": 0.0, "kl_max": 0.0}))
+    (tmp_path / "run" / "grpo" / "metrics.json").write_text(json.dumps({"kl_last": 0.25, "kl_max": 0.5}))
     check = rl_check(tmp_path / "run")
     assert set(check) == {"grpo"}
-    assert check["grpo"]["frozen"] == check["grpo"]["trained"] and check["grpo"]["frozen"]["n_prompts"] == 6
-    assert json.loads((tmp_path / "run" / "toy_eval" / "rl.json").read_text())["grpo"]["kl_last"] == 0.0
-    wrong = [{**r, "ground_truth": "12345"} for r in rows]  # no 4-token reply of the random model says it
-    assert rl_accuracy(tiny_model, wrong, 1.0, 4) == {"sampled": 0.0, "greedy": 0.0, "n_prompts": 6}
+    assert check["grpo"]["trained"] == {"sampled": 1.0, "greedy": 1.0, "n_prompts": 6}
+    assert check["grpo"]["frozen"] == {"sampled": 0.0, "greedy": 0.0, "n_prompts": 6}
+    assert json.loads((tmp_path / "run" / "toy_eval" / "rl.json").read_text())["grpo"]["kl_last"] == 0.25
+    wrong = [{**r, "ground_truth": "12345"} for r in rows]  # no 4-token reply says it
+    assert rl_accuracy(tmp_path / "run" / "grpo" / "model", wrong, 1.0, 4)["sampled"] == 0.0
