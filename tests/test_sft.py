@@ -331,9 +331,17 @@ def _parameter_names(path: Path) -> set[str]:
 
 
 def test_notebook_03_runs(tiny_model, tmp_path, mix, run_notebook):
+    import shutil
+
+    from tulu_kit.data.synthetic import write_toy_benchmarks
+
+    shutil.copy(
+        mix, tmp_path / "sft.jsonl"
+    )  # with the toy world's held-out questions beside it, as notebook 01
+    write_toy_benchmarks(tmp_path / "toy_benchmarks", n=4)
     nb = run_notebook(
         "notebooks/03_lora_qlora.ipynb",
-        dict(model=str(tiny_model), train_file=str(mix), eval_file="", out_dir=str(tmp_path / "lora"), max_steps=2,
+        dict(model=str(tiny_model), train_file=str(tmp_path / "sft.jsonl"), eval_file="", out_dir=str(tmp_path / "lora"), max_steps=2,
              max_length=128, per_device_train_batch_size=2, launcher="none", report_to="none", lora_r=4, logging_steps=1),
     )  # fmt: skip
     adapter = json.loads((tmp_path / "lora" / "adapter" / "adapter_config.json").read_text())
@@ -347,6 +355,13 @@ def test_notebook_03_runs(tiny_model, tmp_path, mix, run_notebook):
         shown = [line.rsplit("\r", 1)[-1] for line in stream.split("\n")]  # as a notebook draws \r
         assert "Training Loss" not in html and "'loss'" not in stream
         assert "done: 2 steps in" in stream and len([x for x in shown if x.strip()]) <= 20, shown
+    # held-out accuracy of the base, LoRA and full models, and a sentence per benchmark computed from it
+    (held,) = [c for c in nb.cells if c.cell_type == "code" and "relative_lines" in c.source]
+    printed = "".join(o.get("text", "") for o in held.outputs if o.output_type == "stream")
+    scores = {m: json.loads((tmp_path / "lora" / "toy_eval" / m / "gsm8k" / "metrics.json").read_text())["score"]
+              for m in ("LoRA", "full")}  # fmt: skip
+    assert f"arithmetic: LoRA {scores['LoRA']:.3f} vs full {scores['full']:.3f}" in printed, printed
+    assert printed.count("within 10%") == 3 and any("text/html" in o.get("data", {}) for o in held.outputs)
 
 
 def test_compare_runs_scales_the_trainable_share_to_7b():
@@ -363,6 +378,7 @@ def test_compare_runs_scales_the_trainable_share_to_7b():
         training_memory_gb(7e9, int(7e9 * 0.01), 4)["total"], 1
     )
     assert table.loc["LoRA", "trainable %"] == 1.0
+    assert not table.isna().any().any() and table.loc["QLoRA (estimate only)", "final NLL"] == "—"
     q = compare_runs({"full": full, "QLoRA": lora}, load_in_4bit=True)
     assert (
         q.loc["QLoRA", col] == table.loc["QLoRA (estimate only)", col]

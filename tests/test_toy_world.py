@@ -259,3 +259,25 @@ def test_rl_check_scores_start_and_policy_on_the_stages_training_prompts(tiny_mo
     assert json.loads((tmp_path / "run" / "toy_eval" / "rl.json").read_text())["grpo"]["kl_last"] == 0.25
     wrong = [{**r, "ground_truth": "12345"} for r in rows]  # no 4-token reply says it
     assert rl_accuracy(tmp_path / "run" / "grpo" / "model", wrong, 1.0, 4)["sampled"] == 0.0
+
+
+def test_relative_lines_compare_a_model_with_its_reference():
+    from tulu_kit.toy_eval import models_table, relative_lines
+
+    def score(x, se=0.04):
+        return {"score": x, "stderr": se, "n": 100}
+
+    scores = {
+        "LoRA": {"gsm8k": score(0.80), "ifeval": score(0.18), "mmlu": score(0.0, 0.0)},
+        "full": {"gsm8k": score(0.86), "ifeval": score(0.38), "mmlu": score(0.0, 0.0)},
+    }
+    lines = relative_lines(scores, "LoRA", "full")
+    assert lines[0] == "arithmetic: LoRA 0.800 vs full 0.860 (93% of it, ± 0.040 / ± 0.040): within 10%"
+    assert (
+        lines[1].startswith("instructions: LoRA 0.180 vs full 0.380 (47% of it") and "not within" in lines[1]
+    )
+    assert lines[2].startswith("facts: LoRA 0.000 vs full 0.000 (full scores 0,") and lines[2].endswith(
+        ": within 10%"
+    )
+    table = models_table(scores)
+    assert list(table.columns) == ["LoRA", "full"] and table.iloc[1, 1] == "0.380 ± 0.040"

@@ -212,7 +212,7 @@ def compare_runs(runs: dict[str, dict], load_in_4bit: bool, scale_to: int = 7_00
         share = adapted[-1]["trainable_params"] / adapted[-1]["total_params"]
         scaled = models.training_memory_gb(scale_to, int(scale_to * share), weight_bits=4)
         rows["QLoRA (estimate only)"] = {f"{scale_to / 1e9:.0f}B estimate (GB)": round(scaled["total"], 1)}
-    return pd.DataFrame(rows).T
+    return pd.DataFrame(rows).T.fillna("—")  # the estimate-only row was not run: a dash, never NaN
 
 
 def main(argv: list[str] | None = None, callbacks=None) -> int:

@@ -87,6 +87,42 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None) -> dic
     return scores
 
 
+def score_models(models: dict[str, str | Path], data_dir: str | Path, out_dir: str | Path) -> dict[str, dict]:
+    """Several models (``{label: model folder}``) on the toy world's held-out benchmarks in ``data_dir``, each
+    cached under ``<out_dir>/<label>`` like a stage (notebook 03: the base, LoRA and full fine-tuning)."""
+    data_dir = Path(data_dir)
+    if not (data_dir / "gsm8k" / "test.jsonl").is_file():
+        raise FileNotFoundError(
+            f"{data_dir}: no toy benchmarks (notebook 01 / the data stage writes them with toy_benchmarks > 0)"
+        )
+    return {label: evaluate_stage(Path(m), data_dir, Path(out_dir) / label) for label, m in models.items()}
+
+
+def models_table(scores: dict[str, dict]) -> pd.DataFrame:
+    """:func:`score_models`' result as a table: rows = benchmarks, columns = models, each score ± its stderr."""
+    return pd.DataFrame(
+        {
+            label: {BENCHMARKS[b][0]: f"{v['score']:.3f} ± {v['stderr']:.3f}" for b, v in per.items()}
+            for label, per in scores.items()
+        }
+    )
+
+
+def relative_lines(scores: dict[str, dict], model: str, reference: str, tolerance: float = 0.10) -> list[str]:
+    """One sentence per benchmark, computed from ``scores``: ``model``'s held-out accuracy as a share of
+    ``reference``'s, and whether it is within ``tolerance`` of it (the stderrs say how far to trust the gap)."""
+    lines = []
+    for bench, ref in scores[reference].items():
+        got, want = scores[model][bench]["score"], ref["score"]
+        share = f"{got / want:.0%} of it" if want else f"{reference} scores 0"
+        verdict = "within" if got >= (1 - tolerance) * want else "not within"
+        lines.append(
+            f"{BENCHMARKS[bench][0].split(' (')[0]}: {model} {got:.3f} vs {reference} {want:.3f} "
+            f"({share}, ± {scores[model][bench]['stderr']:.3f} / ± {ref['stderr']:.3f}): {verdict} {tolerance:.0%}"
+        )
+    return lines
+
+
 def read_scores(run_dir: str | Path) -> dict:
     return read_json(Path(run_dir) / "toy_eval" / "scores.json")
 
