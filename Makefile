@@ -58,8 +58,11 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/nbstripout --verify $(NOTEBOOKS)
 
+# pytest-xdist: one worker per core (at most 4), each test module on one worker (its module fixtures built once),
+# torch threads shared out among the workers (tests/conftest.py). TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n > 4 ? 4 : n )))
 test: lint dirs
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 format: setup
 	$(VENV)/bin/ruff check --fix .

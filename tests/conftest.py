@@ -14,6 +14,13 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ["WANDB_MODE"] = "disabled"
 
+# `make test` runs pytest-xdist workers (pytest -n): each worker, and the kernels and launches it starts, gets its
+# share of the cores. Two workers with a torch thread per core each spin against each other (seen here: the demo's
+# pretraining 10x slower than alone).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _share = len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(max(1, _share))
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TULU_KIT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
@@ -54,3 +61,9 @@ def run_notebook(tmp_path):
         return nbformat.read(out, as_version=4)
 
     return _run
+
+
+def pytest_collection_modifyitems(items):
+    """The demo's module (test_pipeline.py, by far the longest) first, so that `pytest -n` workers share out the
+    other modules around it instead of starting it last."""
+    items.sort(key=lambda item: item.path.name != "test_pipeline.py")
