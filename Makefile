@@ -58,11 +58,12 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/nbstripout --verify $(NOTEBOOKS)
 
-# pytest-xdist: one worker per core (at most 4), each test module on one worker (its module fixtures built once),
-# torch threads shared out among the workers (tests/conftest.py). TEST_WORKERS=0 runs in this process.
+# pytest-xdist: one worker per core (at most 4); each test module runs whole on one worker (its module fixtures
+# built once), in collection order, where tests/conftest.py puts the demo's module first and shares the torch
+# threads out among the workers. TEST_WORKERS=0 runs the tests in this process.
 TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n > 4 ? 4 : n )))
 test: lint dirs
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 format: setup
 	$(VENV)/bin/ruff check --fix .
