@@ -59,8 +59,8 @@ lint: setup
 	$(VENV)/bin/nbstripout --verify $(NOTEBOOKS)
 
 # pytest-xdist: one worker per core (at most 4); each test module runs whole on one worker (its module fixtures
-# built once), in collection order, where tests/conftest.py puts the demo's module first and shares the torch
-# threads out among the workers. TEST_WORKERS=0 runs the tests in this process.
+# built once), in collection order, where tests/conftest.py puts the demo's module first and makes torch's
+# threads wait passively, not spin. TEST_WORKERS=0 runs the tests in this process.
 TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n > 4 ? 4 : n )))
 test: lint dirs
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
