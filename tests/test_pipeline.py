@@ -21,9 +21,11 @@ from tulu_kit.config import REPO_ROOT, load_recipe
 def demo_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("demo") / "run"
     env = dict(os.environ)
-    # the RL stages cut to 4 iterations and a shorter pretraining: their learning is tested in test_ppo.py,
-    # test_grpo.py and test_toy_world.py, and shown by `make sanity`; here every notebook runs and is checked
-    cut = ["ppo.max_steps=4", "grpo.max_steps=4", "quickstart.pretrain_steps=400"]
+    # the RL stages cut to 4 iterations on 64 prompts, a shorter pretraining, 40 reward-model steps and a 3-point
+    # merge path: their learning is tested in test_ppo.py, test_grpo.py, test_reward.py and test_toy_world.py, and
+    # shown by `make sanity`; here every notebook runs and is checked
+    cut = ["ppo.max_steps=4", "grpo.max_steps=4", "ppo.synthetic_size=64", "grpo.synthetic_size=64",
+           "quickstart.pretrain_steps=400", "reward.max_steps=40", "merge.path=[0.0,0.5,1.0]"]  # fmt: skip
     cmd = [sys.executable, "-m", "tulu_kit.cli", "run", "recipes/quickstart.yaml", "--out", str(run_dir)]
     cmd += [arg for kv in cut for arg in ("--set", kv)]
     result = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1800)
@@ -153,7 +155,7 @@ def test_demo_stages_improve_the_model_on_the_toy_world(demo_run):
     # the RL sanity check: each RL stage's start model (its frozen control) and policy on its training prompts
     rl = json.loads((demo_run[0] / "toy_eval" / "rl.json").read_text())
     assert set(rl) == {"ppo", "grpo"} and rl["ppo"]["frozen"] == rl["grpo"]["frozen"]  # both start from DPO
-    assert rl["grpo"]["frozen"]["n_prompts"] == 256 and 0 < rl["grpo"]["frozen"]["sampled"] < 1
+    assert rl["grpo"]["frozen"]["n_prompts"] == 64 and 0 < rl["grpo"]["frozen"]["sampled"] < 1
     assert "The RL sanity check" in report
 
 
