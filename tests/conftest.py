@@ -14,11 +14,10 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ["WANDB_MODE"] = "disabled"
 
-# `make test` runs pytest-xdist workers (pytest -n), two on two cores. torch's OpenMP threads, one per core in each
-# worker and in the kernels and launches it starts, wait passively: with the default spin-waiting, two processes
-# of two threads each on two cores run several times slower than one (measured: 60 pretraining steps 11.9 s alone,
-# 33.2 s beside one busy process; passive 13.8 s and 17.9 s), while a thread per process leaves a core idle
-# whenever the other worker waits on a subprocess.
+# `make test` runs pytest-xdist workers (pytest -n), one per core. Their torch threads (and those of the kernels and
+# launches they start) wait passively: spin-waiting, two processes of two threads on two cores run several times
+# slower than one (measured: 60 pretraining steps 11.9 s alone, 33.2 s beside a busy process; passive 13.8 s and
+# 17.9 s). The whole suite took as long as with one thread per worker (797 s against 801 s of pytest).
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
