@@ -67,17 +67,23 @@ def evaluate_stage(model_dir: Path, data_dir: Path, out_dir: Path, batch_size: i
     return out
 
 
+def _toy_benchmarks(data_dir: str | Path) -> Path:
+    """``data_dir`` when it holds the toy benchmark files, else an error saying who writes them."""
+    data_dir = Path(data_dir)
+    if not (data_dir / "gsm8k" / "test.jsonl").is_file():
+        raise FileNotFoundError(
+            f"{data_dir}: no toy benchmarks (notebook 01 / the data stage writes them with toy_benchmarks > 0)"
+        )
+    return data_dir
+
+
 def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None) -> dict[str, dict[str, dict]]:
     """Score every stage of ``run_dir`` that wrote a model (``<stage>/model``) in :data:`COLUMNS`; writes
     ``<run_dir>/toy_eval/scores.json`` and returns ``{stage: {benchmark: {"score", "stderr", "n"}}}``."""
     from tulu_kit.io import atomic_write_json
 
     run_dir = Path(run_dir)
-    data_dir = Path(data_dir) if data_dir else run_dir / "data" / TOY_DIR
-    if not (data_dir / "gsm8k" / "test.jsonl").is_file():
-        raise FileNotFoundError(
-            f"{data_dir}: no toy benchmarks (the data stage writes them with toy_benchmarks > 0)"
-        )
+    data_dir = _toy_benchmarks(data_dir or run_dir / "data" / TOY_DIR)
     scores = {}
     for stage in COLUMNS:
         model_dir = run_dir / stage / "model"
@@ -90,11 +96,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None) -> dic
 def score_models(models: dict[str, str | Path], data_dir: str | Path, out_dir: str | Path) -> dict[str, dict]:
     """Several models (``{label: model folder}``) on the toy world's held-out benchmarks in ``data_dir``, each
     cached under ``<out_dir>/<label>`` like a stage (notebook 03: the base, LoRA and full fine-tuning)."""
-    data_dir = Path(data_dir)
-    if not (data_dir / "gsm8k" / "test.jsonl").is_file():
-        raise FileNotFoundError(
-            f"{data_dir}: no toy benchmarks (notebook 01 / the data stage writes them with toy_benchmarks > 0)"
-        )
+    data_dir = _toy_benchmarks(data_dir)
     return {label: evaluate_stage(Path(m), data_dir, Path(out_dir) / label) for label, m in models.items()}
 
 
