@@ -335,9 +335,8 @@ def test_notebook_03_runs(tiny_model, tmp_path, mix, run_notebook):
 
     from tulu_kit.data.synthetic import write_toy_benchmarks
 
-    shutil.copy(
-        mix, tmp_path / "sft.jsonl"
-    )  # with the toy world's held-out questions beside it, as notebook 01
+    # the mix with the toy world's held-out questions beside it, where notebook 01 writes them
+    shutil.copy(mix, tmp_path / "sft.jsonl")
     write_toy_benchmarks(tmp_path / "toy_benchmarks", n=4)
     nb = run_notebook(
         "notebooks/03_lora_qlora.ipynb",
