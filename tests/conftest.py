@@ -63,6 +63,24 @@ def run_notebook(tmp_path):
     return _run
 
 
+@pytest.fixture(autouse=True)
+def one_distributed_job_at_a_time(request, tmp_path_factory):
+    """Tests marked ``distributed`` start jobs of several processes (gloo, DeepSpeed); under `pytest -n` they take
+    turns, so two such jobs never share the cores (four ranks on two cores) or race at their rendezvous."""
+    if request.node.get_closest_marker("distributed") is None:
+        yield
+        return
+    from filelock import FileLock
+
+    # every xdist worker's base temp is a child of one session folder
+    with FileLock(str(tmp_path_factory.getbasetemp().parent / "tulu-kit-distributed.lock")):
+        yield
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "distributed: starts a job of several processes (one such test at a time)")
+
+
 def pytest_collection_modifyitems(items):
     """The demo's module (test_pipeline.py, by far the longest) first, so that `pytest -n` workers share out the
     other modules around it instead of starting it last."""

@@ -211,6 +211,7 @@ def test_model_fingerprint_changes_when_the_weights_are_rewritten(tiny_model, tm
     assert trainers.model_fingerprint("org/other-model") != trainers.model_fingerprint("org/model")
 
 
+@pytest.mark.distributed
 def test_zero3_two_processes_evaluate_before_training_and_key_the_cache_by_model(tmp_path, pairs_file):
     """recipes/tulu*/dpo_*.yaml: ZeRO-3, cached reference, held-out pairs. An evaluate() before train() broke the
     DeepSpeed engine, and the weight hash of ZeRO-3's empty shards let a second model reuse the first's cache."""

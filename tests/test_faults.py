@@ -296,6 +296,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.distributed
 def test_collective_atomic_dir_puts_every_rank_in_one_fresh_folder(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "WORLD_SIZE": "2",
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29631"}  # fmt: skip

@@ -76,6 +76,20 @@ def test_a_failed_launch_says_the_root_cause_first(tmp_path):
         launch.stream([sys.executable, "-c", full], tmp_path / "launch" / "train.log")
     first = str(err.value).splitlines()[0]
     assert first.startswith(f"disk full while writing under {tmp_path} (") and "GB free there now" in first
+    # a rank killed by SIGABRT from C++ (a gloo or c10d exception) prints no Python traceback
+    abort = (
+        "import os, sys\n"
+        "print('step 3', flush=True)\n"
+        "print(\"terminate called after throwing an instance of 'gloo::IoException'\", file=sys.stderr)\n"
+        "print('  what():  Read error [127.0.0.1]:41234: Connection reset by peer', file=sys.stderr, flush=True)\n"
+        "os.abort()\n"
+    )
+    with pytest.raises(launch.LaunchError) as err:
+        launch.stream([sys.executable, "-c", abort], tmp_path / "launch" / "train.log")
+    assert str(err.value).splitlines()[0] == (
+        "terminate called after throwing an instance of 'gloo::IoException'; "
+        "what():  Read error [127.0.0.1]:41234: Connection reset by peer"
+    )
 
 
 def test_a_missing_model_stops_before_launching(tmp_path, monkeypatch):
@@ -148,6 +162,7 @@ def mix(tmp_path_factory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("data") / "sft.jsonl", synthetic_sft(64, seed=0))
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize(
     "launcher,deepspeed,port",
     [
@@ -184,6 +199,7 @@ def test_two_processes_agree_and_lower_the_loss(tiny_model, tmp_path, mix, launc
 # --------------------------------------------------------------------------- two "nodes" on this machine
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("stage,port", [("sft", 29621), ("dpo", 29622)])
 def test_two_nodes_started_separately_end_with_identical_weights(tiny_model, tmp_path, mix, stage, port):
     """Each node runs the per-node command of the README (its own machine_rank) as a separate process."""

@@ -67,6 +67,7 @@ def _recipe(tmp_path: Path, tiny_model: Path, port: int) -> Path:
     return path
 
 
+@pytest.mark.distributed
 def test_a_recipe_on_two_nodes_runs_its_notebook_here_and_trains_on_both(tiny_model, tmp_path):
     recipe, run_dir = _recipe(tmp_path, tiny_model, 29641), tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TULU_KIT_REMOTE": "local"}

@@ -153,6 +153,7 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("deepspeed", ["", "recipes/deepspeed/zero2.json"], ids=["ddp", "zero2"])
 def test_two_processes_end_with_identical_weights(tiny_model, tmp_path, deepspeed):
     cfg = _cfg(tiny_model, tmp_path / "run", max_steps=2, rollout_batch_size=8, per_device_train_batch_size=4,

@@ -87,6 +87,7 @@ def test_config_is_strict():
         from_dict(reward.RewardConfig, {"eval_fraction": 1.5}, "rm.yaml")
 
 
+@pytest.mark.distributed
 def test_zero3_two_processes_score_heldout_pairs(tiny_model, tmp_path):
     """Under ZeRO-3 (recipes/tulu3/rm_8b.yaml) the weights are empty shards outside the engine: scoring the
     held-out pairs before and after training must gather them, not crash in the embedding lookup."""
@@ -96,6 +97,7 @@ def test_zero3_two_processes_score_heldout_pairs(tiny_model, tmp_path):
     cfg = reward.RewardConfig(
         model=str(tiny_model), train_file=str(data), out_dir=str(tmp_path / "rm"), eval_fraction=0.25,
         max_steps=2, per_device_train_batch_size=4, max_length=96, launcher="accelerate", num_processes=2,
+        main_process_port=29671,
         deepspeed=str(Path(__file__).parents[1] / "recipes/deepspeed/zero3.json"),
     )  # fmt: skip
     result = reward.run(cfg)

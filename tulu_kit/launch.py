@@ -149,7 +149,7 @@ def stream(cmd: list[str], log_path: str | Path, env: dict | None = None, tail_l
                 partial += text
                 *lines, partial = re.split(r"[\r\n]", partial)
                 tail.extend(line for line in lines if line.strip())
-                errors.extend(line for line in lines if _ERROR_LINE.match(line) or _DISK_FULL.search(line))
+                errors.extend(line for line in lines if _is_error(line))
                 del errors[:-200]
             rc = proc.wait()
         except BaseException:
@@ -173,6 +173,10 @@ def stream(cmd: list[str], log_path: str | Path, env: dict | None = None, tail_l
 _ERROR_LINE = re.compile(
     r"^(?:\[rank\d+\]:\s*)?((?:\w+\.)*\w*(?:Error|Exception|Mismatch|Interrupt|Exit)\b:?.*)$"
 )
+# a rank that died in C++ (SIGABRT: gloo, c10d, an assert): its message is in these lines, not in a traceback
+_ABORT_LINE = re.compile(
+    r"^(?:\[rank\d+\]:\s*)?(terminate called after throwing an instance of .*|\s*what\(\):.*|Fatal Python error:.*)$"
+)
 _DISK_FULL = re.compile(
     r"No space left on device|\[Errno 28\]|inline_container\.cc.*unexpected pos|file write failed"
 )
@@ -185,19 +189,28 @@ _WRAPPERS = (
 )
 
 
+def _is_error(line: str) -> bool:
+    return bool(_ERROR_LINE.match(line) or _ABORT_LINE.match(line) or _DISK_FULL.search(line))
+
+
 def root_cause(lines: list[str], where: Path) -> str:
     """The first error a launched job printed, in one line (the launchers' "a child failed" reports skipped);
-    a full disk says so, with the folder and the space left on it."""
+    a full disk says so, with the folder and the space left on it; a rank that aborted in C++ gives the
+    exception's type and its ``what()`` message."""
     if any(_DISK_FULL.search(line) for line in lines):
         try:
             free = f"{shutil.disk_usage(where).free / 1e9:.1f} GB free"
         except OSError:
             free = "free space unknown"
         return f"disk full while writing under {where.parent} ({free} there now): free space, or set out_dir elsewhere"
-    for line in lines:
-        match = _ERROR_LINE.match(line)
+    for i, line in enumerate(lines):
+        match = _ERROR_LINE.match(line) or _ABORT_LINE.match(line)
         if match and not match.group(1).startswith(_WRAPPERS):
-            return match.group(1).strip()
+            cause = match.group(1).strip()
+            after = lines[i + 1] if i + 1 < len(lines) else ""
+            if cause.startswith("terminate called") and (what := _ABORT_LINE.match(after)):
+                cause += "; " + what.group(1).strip()
+            return cause
     return ""
 
 
@@ -248,9 +261,7 @@ def launch(module: str, config: dict, out_dir: str | Path, **launch_args) -> Pat
     if failed:
         proc, log = failed[0]
         lines = Path(log).read_text(errors="replace").splitlines()
-        cause = root_cause(
-            [x for x in lines if _ERROR_LINE.match(x) or _DISK_FULL.search(x)], Path(log).parent
-        )
+        cause = root_cause([x for x in lines if _is_error(x)], Path(log).parent)
         raise LaunchError(
             f"{cause or 'another node failed'}\n(a node's launcher exited with code {proc.returncode}; its log: "
             f"{log})\n" + "\n".join(lines[-20:])
