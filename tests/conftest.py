@@ -78,7 +78,9 @@ def one_distributed_job_at_a_time(request, tmp_path_factory):
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "distributed: starts a job of several processes (one such test at a time)")
+    config.addinivalue_line(
+        "markers", "distributed: starts a job of several processes (one such test at a time)"
+    )
 
 
 def pytest_collection_modifyitems(items):
