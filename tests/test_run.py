@@ -150,3 +150,97 @@ def test_sigterm_marks_the_run_interrupted_and_says_how_to_continue(tmp_path):
     assert "terminated (SIGTERM)" in err and "run the same command again" in err
     status = json.loads((run_dir / "run.json").read_text())
     assert status["status"] == "interrupted" and status["stages"]["first"]["status"] == "interrupted"
+
+
+EVAL_BODY = """\
+import time
+from pathlib import Path
+Path(out_dir).mkdir(parents=True, exist_ok=True)
+(Path(out_dir) / "started").write_text(str(time.time()))
+if subset == "fail":
+    raise ValueError("boom " + out_dir)
+time.sleep(120 if subset == "sleep" else 1.5)
+(Path(out_dir) / "ended").write_text(str(time.time()))
+"""
+
+
+def _eval_recipe(tmp_path: Path, subsets: dict[str, str], eval_jobs: int) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell('out_dir = "x"\nsubset = ""', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(EVAL_BODY),
+    ]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "ev.ipynb")
+    lines = [f"name: t\neval_jobs: {eval_jobs}\nstages:"]
+    lines += [
+        f"  {name}: {{kind: eval_gsm8k, notebook: {tmp_path / 'ev.ipynb'}, subset: '{subset}'}}"
+        for name, subset in subsets.items()
+    ]
+    path = tmp_path / "r.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _times(run_dir: Path, stage: str) -> tuple[float, float]:
+    return tuple(float((run_dir / stage / f).read_text()) for f in ("started", "ended"))
+
+
+def test_eval_jobs_run_consecutive_eval_stages_side_by_side(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    recipe = load_recipe(_eval_recipe(tmp_path, {"a": "", "b": "", "c": ""}, eval_jobs=2), run_dir=run_dir)
+    from tulu_kit.run import _waves
+
+    assert _waves(recipe) == [[0, 1, 2]] and recipe.resolved()["eval_jobs"] == 2
+    assert run_recipe(recipe) == 0
+    (a0, a1), (b0, b1), (c0, c1) = (_times(run_dir, s) for s in "abc")
+    assert b0 < a1 and a0 < b1  # a and b ran at once
+    assert c0 >= min(a1, b1)  # c waited for a free slot
+    status = json.loads((run_dir / "run.json").read_text())
+    assert status["status"] == "completed" and all(
+        s["status"] == "completed" for s in status["stages"].values()
+    )
+    out = capsys.readouterr().out
+    assert out.count(": running ") == 3 and out.count(": done in ") == 3
+    assert run_recipe(recipe) == 0 and capsys.readouterr().out.count("skipped") == 3  # a re-run skips them
+    # each kernel ran in the notebook's folder, as papermill's cwd would have put it, and this process did not move
+    executed = nbformat.read(run_dir / "notebooks" / "ev.a.ipynb", as_version=4)
+    assert executed.metadata.papermill.get("cwd") is None and Path.cwd() != tmp_path
+
+
+def test_a_failed_eval_stage_lets_the_running_one_finish_and_starts_no_more(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    recipe = load_recipe(
+        _eval_recipe(tmp_path, {"a": "", "b": "fail", "c": ""}, eval_jobs=2), run_dir=run_dir
+    )
+    assert run_recipe(recipe) == 1
+    assert "stage 'b' failed: ValueError: boom" in capsys.readouterr().err
+    status = json.loads((run_dir / "run.json").read_text())
+    assert status["status"] == "failed" and status["failed_stage"] == "b"
+    assert [status["stages"][s]["status"] for s in "abc"] == ["completed", "failed", "pending"]
+    assert (run_dir / "a" / "ended").is_file() and not (run_dir / "c").exists()
+
+
+def test_sigterm_interrupts_every_running_eval_stage(tmp_path):
+    import signal
+    import time
+
+    recipe = _eval_recipe(tmp_path, {"a": "sleep", "b": "sleep", "c": ""}, eval_jobs=2)
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tulu_kit.cli", "run", str(recipe), "--out", str(run_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 90
+    while time.time() < deadline and not all((run_dir / s / "started").exists() for s in "ab"):
+        time.sleep(0.2)  # both kernels are in their sleeping cells
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.count("terminated (SIGTERM)") == 2 and "run the same command again" in err
+    status = json.loads((run_dir / "run.json").read_text())
+    assert status["status"] == "interrupted"
+    assert [status["stages"][s]["status"] for s in "abc"] == ["interrupted", "interrupted", "pending"]
+    assert not (run_dir / "a" / "ended").exists() and not (run_dir / "c").exists()

@@ -61,7 +61,7 @@ STAGES.update(
 )  # fmt: skip
 
 RESERVED_STAGE_KEYS = ("kind", "notebook")
-_RECIPE_KEYS = ("name", "seed", "seeds", "stages")
+_RECIPE_KEYS = ("name", "seed", "seeds", "eval_jobs", "stages")
 
 
 class ConfigError(ValueError):
@@ -434,13 +434,21 @@ class Recipe:
     seeds: list[int] = dataclasses.field(default_factory=list)  # run once per seed into <run_dir>/seed-<k>
     # the key=value overrides it was loaded with
     overrides: list[str] = dataclasses.field(default_factory=list)
+    # consecutive eval stages run this many at a time, each in its own kernel (tulu_kit.run); 1 on one GPU
+    eval_jobs: int = 1
 
     def resolved(self) -> dict:
         """The recipe as it will run: every default filled in, every ``${...}`` substituted."""
         stages = {
             s.name: {"kind": s.kind, "notebook": _relative(s.notebook), **s.params} for s in self.stages
         }
-        return {"name": self.name, "seed": self.seed, "run_dir": str(self.run_dir), "stages": stages}
+        return {
+            "name": self.name,
+            "seed": self.seed,
+            "eval_jobs": self.eval_jobs,
+            "run_dir": str(self.run_dir),
+            "stages": stages,
+        }
 
 
 def _relative(path: Path) -> str:
@@ -541,6 +549,9 @@ def load_recipe(
         raise ConfigError(f"{source}: seeds must be a list of integers (e.g. [1, 2, 3]), got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"{source}: seeds {seeds} repeats a seed")
+    eval_jobs = _coerce(raw.get("eval_jobs", 1), int, "eval_jobs", source)
+    if eval_jobs < 1:
+        raise ConfigError(f"{source}: eval_jobs must be at least 1 (eval stages at a time), got {eval_jobs}")
     run_dir = Path(run_dir or RUNS_DIR / name).resolve()  # runs/ of this project, wherever the command runs
     variables = {"run_dir": str(run_dir), "name": name, "seed": str(seed)}
     stages = []
@@ -565,7 +576,7 @@ def load_recipe(
         stages.append(Stage(stage_name, kind, notebook, config))
     check_model_overrides(original, overrides, source)
     check_run_paths(stages, run_dir, source)
-    return Recipe(name, seed, run_dir, stages, source, seeds, list(overrides))
+    return Recipe(name, seed, run_dir, stages, source, seeds, list(overrides), eval_jobs)
 
 
 def spread_over_nodes(cfg: Any, hosts: list[str], gpus_per_node: int, where: str) -> Any:

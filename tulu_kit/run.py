@@ -137,10 +137,17 @@ def executed_path(recipe: Recipe, stage: Stage) -> Path:
     return recipe.run_dir / "notebooks" / name
 
 
-def stage_kernel_manager(log_path: Path) -> type:
-    """The kernel manager of a stage: the kernel's stderr to ``log_path``, the quiet environment, and no courtesy
-    SIGINT when papermill shuts a finished kernel down (jupyter_client interrupts first, and an idle kernel then
-    logs "KeyboardInterrupt caught in kernel", which a successful run left in its folder)."""
+# pid of each stage kernel running now: concurrent eval stages are interrupted through them (a kernel runs in a
+# session of its own, so a Ctrl-C in the terminal does not reach it)
+_KERNEL_PIDS: set[int] = set()
+
+
+def stage_kernel_manager(log_path: Path, cwd: Path) -> type:
+    """The kernel manager of a stage: the kernel started in ``cwd`` (the notebook's folder; papermill's own
+    ``cwd`` would change this whole process's directory, which concurrent stages share), its stderr to
+    ``log_path``, the quiet environment, and no courtesy SIGINT when papermill shuts a finished kernel down
+    (jupyter_client interrupts first, and an idle kernel then logs "KeyboardInterrupt caught in kernel", which a
+    successful run left in its folder)."""
     from jupyter_client.manager import AsyncKernelManager
 
     class StageKernelManager(AsyncKernelManager):
@@ -149,7 +156,15 @@ def stage_kernel_manager(log_path: Path) -> type:
             for key, value in QUIET_ENV.items():
                 env.setdefault(key, value)  # the kernel and what it launches only, not papermill's own bar
             with open(log_path, "ab") as log:
-                return await super()._async_launch_kernel(kernel_cmd, **{**kw, "stderr": log, "env": env})
+                kw = {**kw, "stderr": log, "env": env, "cwd": str(cwd)}
+                result = await super()._async_launch_kernel(kernel_cmd, **kw)
+            self._stage_pid = self.provisioner.pid
+            _KERNEL_PIDS.add(self._stage_pid)
+            return result
+
+        async def _async_cleanup_resources(self, restart: bool = False) -> None:
+            _KERNEL_PIDS.discard(getattr(self, "_stage_pid", None))
+            await super()._async_cleanup_resources(restart=restart)
 
         async def _async_interrupt_kernel(self):
             if self.shutting_down:  # the shutdown request follows; a Ctrl-C reaches the kernel by itself
@@ -160,7 +175,7 @@ def stage_kernel_manager(log_path: Path) -> type:
 
 
 @contextlib.contextmanager
-def _kernel_options(log_path: Path):
+def _kernel_options(log_path: Path, cwd: Path):
     """How papermill starts the kernel: its own stderr to ``log_path``, IPC sockets instead of TCP (POSIX).
 
     The kernel's stderr carries only the kernel's own log (a cell's output reaches the notebook over ZMQ), so
@@ -169,7 +184,7 @@ def _kernel_options(log_path: Path):
     private temporary folder keep the traffic off the network stack and silence the "running over TCP
     without encryption" warning every stage printed.
     """
-    options: dict = {"kernel_manager_class": stage_kernel_manager(log_path)}
+    options: dict = {"kernel_manager_class": stage_kernel_manager(log_path, cwd)}
     try:
         with tempfile.TemporaryDirectory(prefix="tulu-kit-kernel-") as folder:
             if os.name != "nt":
@@ -189,13 +204,12 @@ def execute_stage(stage: Stage, output: Path, log_output: bool = False, progress
 
     output.parent.mkdir(parents=True, exist_ok=True)
     Path(stage.config.out_dir).mkdir(parents=True, exist_ok=True)
-    with _kernel_options(output.with_suffix(".kernel.log")) as options:
+    with _kernel_options(output.with_suffix(".kernel.log"), stage.notebook.parent) as options:
         pm.execute_notebook(
             str(stage.notebook),
             str(output),
             parameters=stage.params,
             kernel_name=KERNEL,
-            cwd=str(stage.notebook.parent),
             progress_bar=progress_bar,
             log_output=log_output,
             **options,
@@ -314,55 +328,165 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run_stages(recipe: Recipe, force: bool, log_output: bool) -> int:
-    from papermill.exceptions import PapermillExecutionError
+def _waves(recipe: Recipe) -> list[list[int]]:
+    """The stages' indices in the order they run: one at a time, except that consecutive eval stages form one
+    wave of up to ``recipe.eval_jobs`` at a time (they only read models; nothing downstream reads them before
+    the wave ends)."""
+    waves: list[list[int]] = []
+    for i, stage in enumerate(recipe.stages):
+        grouped = recipe.eval_jobs > 1 and stage.kind.startswith("eval_")
+        if grouped and waves and recipe.stages[waves[-1][-1]].kind.startswith("eval_"):
+            waves[-1].append(i)
+        else:
+            waves.append([i])
+    return waves
 
+
+class _Stop(Exception):
+    """A stage failed or was interrupted: the run ends with ``code``."""
+
+    def __init__(self, code: int):
+        self.code = code
+
+
+def _run_stages(recipe: Recipe, force: bool, log_output: bool) -> int:
     atomic_write_text(recipe.run_dir / "config.yaml", yaml.safe_dump(recipe.resolved(), sort_keys=False))
     status = RunStatus(recipe)
     rerun_rest = force
     total = len(recipe.stages)
-    for i, stage in enumerate(recipe.stages):
-        tag = f"[{i + 1}/{total}] {stage.name}"
-        if not rerun_rest and stage_completed(recipe, stage):
-            print(f"{tag}: completed earlier with the same parameters, skipped", flush=True)
-            earlier = json.loads(_marker(recipe, stage).read_text()).get("seconds")
-            status.set(
-                stage.name, status="skipped", seconds=earlier, notebook=str(executed_path(recipe, stage))
-            )
-            continue
-        rerun_rest = True
-        output = executed_path(recipe, stage)
-        print(
-            f"{tag}: running {stage.notebook.relative_to(stage.notebook.parents[1])} -> {output}", flush=True
-        )
-        marker = _marker(recipe, stage)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.unlink(missing_ok=True)
-        start = time.time()
-        status.set(stage.name, status="running", notebook=str(output))
-        try:
-            execute_stage(stage, output, log_output=log_output)
-        except PapermillExecutionError as e:
-            _print_failure(stage, e, output)
-            status.set(stage.name, status="failed", error=f"{e.ename}: {e.evalue}")
-            status.set(status="failed", failed_stage=stage.name)
-            return 1
-        except KeyboardInterrupt as e:
-            how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
-            print(
-                f"\n{tag}: {how}; partial notebook: {output}\nto continue, run the same command again: "
-                "completed stages are skipped (a training stage with resume: true goes on from its last checkpoint)",
-                file=sys.stderr,
-            )
-            status.set(stage.name, status="interrupted")
-            status.set(status="interrupted", interrupted_stage=stage.name)
-            return 143 if isinstance(e, Terminated) else 130
-        seconds = round(time.time() - start, 1)
-        atomic_write_json(
-            marker, {"status": "completed", "params_hash": params_hash(stage), "seconds": seconds}
-        )
-        status.set(stage.name, status="completed", seconds=seconds)
-        print(f"{tag}: done in {seconds:.1f} s", flush=True)
+    try:
+        for wave in _waves(recipe):
+            todo = []
+            for i in wave:
+                stage, tag = recipe.stages[i], f"[{i + 1}/{total}] {recipe.stages[i].name}"
+                if not rerun_rest and stage_completed(recipe, stage):
+                    print(f"{tag}: completed earlier with the same parameters, skipped", flush=True)
+                    earlier = json.loads(_marker(recipe, stage).read_text()).get("seconds")
+                    status.set(
+                        stage.name,
+                        status="skipped",
+                        seconds=earlier,
+                        notebook=str(executed_path(recipe, stage)),
+                    )
+                else:
+                    todo.append((tag, stage))
+            if todo:
+                rerun_rest = True
+                if len(todo) == 1:
+                    _run_one(recipe, status, *todo[0], log_output)
+                else:
+                    _run_concurrently(recipe, status, todo, log_output)
+    except _Stop as stop:
+        return stop.code
     status.set(status="completed")
     print(f"run '{recipe.name}' completed: {recipe.run_dir}", flush=True)
     return 0
+
+
+def _started(recipe: Recipe, status: RunStatus, tag: str, stage: Stage) -> Path:
+    output = executed_path(recipe, stage)
+    print(f"{tag}: running {stage.notebook.relative_to(stage.notebook.parents[1])} -> {output}", flush=True)
+    marker = _marker(recipe, stage)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)
+    status.set(stage.name, status="running", notebook=str(output))
+    return output
+
+
+def _completed(recipe: Recipe, status: RunStatus, tag: str, stage: Stage, seconds: float) -> None:
+    seconds = round(seconds, 1)
+    atomic_write_json(
+        _marker(recipe, stage), {"status": "completed", "params_hash": params_hash(stage), "seconds": seconds}
+    )
+    status.set(stage.name, status="completed", seconds=seconds)
+    print(f"{tag}: done in {seconds:.1f} s", flush=True)
+
+
+def _failed(status: RunStatus, stage: Stage, error, output: Path) -> None:
+    _print_failure(stage, error, output)
+    status.set(stage.name, status="failed", error=f"{error.ename}: {error.evalue}")
+    status.set(status="failed", failed_stage=stage.name)
+
+
+def _interrupted(status: RunStatus, stages: list[tuple[str, Stage, Path]], e: KeyboardInterrupt) -> _Stop:
+    how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+    for tag, stage, output in stages:
+        print(f"\n{tag}: {how}; partial notebook: {output}", file=sys.stderr)
+        status.set(stage.name, status="interrupted")
+    print(
+        "to continue, run the same command again: completed stages are skipped (a training stage with "
+        "resume: true goes on from its last checkpoint)",
+        file=sys.stderr,
+    )
+    status.set(status="interrupted", **({"interrupted_stage": stages[0][1].name} if stages else {}))
+    return _Stop(143 if isinstance(e, Terminated) else 130)
+
+
+def _run_one(recipe: Recipe, status: RunStatus, tag: str, stage: Stage, log_output: bool) -> None:
+    from papermill.exceptions import PapermillExecutionError
+
+    output = _started(recipe, status, tag, stage)
+    start = time.time()
+    try:
+        execute_stage(stage, output, log_output=log_output)
+    except PapermillExecutionError as e:
+        _failed(status, stage, e, output)
+        raise _Stop(1) from None
+    except KeyboardInterrupt as e:
+        raise _interrupted(status, [(tag, stage, output)], e) from None
+    _completed(recipe, status, tag, stage, time.time() - start)
+
+
+def _run_concurrently(
+    recipe: Recipe, status: RunStatus, todo: list[tuple[str, Stage]], log_output: bool
+) -> None:
+    """A wave of eval stages, ``recipe.eval_jobs`` at a time, each in a kernel of its own (papermill in a
+    thread; no progress bars, a line as each starts and ends). A failure lets the running ones finish and
+    starts no more; Ctrl-C / SIGTERM interrupts the running kernels and marks their stages interrupted."""
+    import signal
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from papermill.exceptions import PapermillExecutionError
+
+    def execute(stage: Stage, output: Path) -> float:
+        start = time.time()
+        execute_stage(stage, output, log_output=log_output, progress_bar=False)
+        return time.time() - start
+
+    pending, running, failed = list(todo), {}, False
+    pool = ThreadPoolExecutor(max_workers=recipe.eval_jobs, thread_name_prefix="tulu-kit-stage")
+    try:
+        while running or (pending and not failed):
+            while pending and not failed and len(running) < recipe.eval_jobs:
+                tag, stage = pending.pop(0)
+                output = _started(recipe, status, tag, stage)
+                running[pool.submit(execute, stage, output)] = (tag, stage, output)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                tag, stage, output = running.pop(future)
+                try:
+                    _completed(recipe, status, tag, stage, future.result())
+                except PapermillExecutionError as e:
+                    _failed(status, stage, e, output)
+                    failed = True
+    except KeyboardInterrupt as e:
+        interrupted: set[int] = set()
+        # each running cell raises KeyboardInterrupt and papermill saves its notebook; a kernel still starting
+        # is interrupted once it is up
+        while not all(f.done() for f in running):
+            for pid in _KERNEL_PIDS - interrupted:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGINT)
+                interrupted.add(pid)
+            wait(running, timeout=0.5)
+        stopped = []
+        for future, (tag, stage, output) in running.items():
+            if future.exception() is None:  # it ended before the interrupt reached it
+                _completed(recipe, status, tag, stage, future.result())
+            else:
+                stopped.append((tag, stage, output))
+        raise _interrupted(status, stopped, e) from None
+    finally:
+        pool.shutdown(wait=True)
+    if failed:
+        raise _Stop(1)

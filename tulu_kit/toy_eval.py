@@ -40,7 +40,7 @@ def _model_stamp(model_dir: Path) -> str:
     return ";".join(f"{f.name}:{f.stat().st_mtime_ns}:{f.stat().st_size}" for f in files)
 
 
-def evaluate_stage(model_dir: Path, data_dir: Path, out_dir: Path, batch_size: int = 32) -> dict[str, dict]:
+def evaluate_stage(model_dir: Path, data_dir: Path, out_dir: Path, batch_size: int = 100) -> dict[str, dict]:
     """Score one model on the three toy benchmarks; results cached beside a stamp of the model's weights."""
     from tulu_kit.evals.core import get_benchmark
 
