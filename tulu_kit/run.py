@@ -142,10 +142,10 @@ def executed_path(recipe: Recipe, stage: Stage) -> Path:
 _KERNEL_PIDS: set[int] = set()
 
 
-def stage_kernel_manager(log_path: Path, cwd: Path) -> type:
+def stage_kernel_manager(log_path: Path, cwd: Path, extra_env: dict | None = None) -> type:
     """The kernel manager of a stage: the kernel started in ``cwd`` (the notebook's folder; papermill's own
     ``cwd`` would change this whole process's directory, which concurrent stages share), its stderr to
-    ``log_path``, the quiet environment, and no courtesy SIGINT when papermill shuts a finished kernel down
+    ``log_path``, the quiet environment (and ``extra_env``, unless already set), and no courtesy SIGINT when papermill shuts a finished kernel down
     (jupyter_client interrupts first, and an idle kernel then logs "KeyboardInterrupt caught in kernel", which a
     successful run left in its folder)."""
     from jupyter_client.manager import AsyncKernelManager
@@ -153,7 +153,7 @@ def stage_kernel_manager(log_path: Path, cwd: Path) -> type:
     class StageKernelManager(AsyncKernelManager):
         async def _async_launch_kernel(self, kernel_cmd, **kw):
             env = dict(kw.get("env") or os.environ)
-            for key, value in QUIET_ENV.items():
+            for key, value in {**QUIET_ENV, **(extra_env or {})}.items():
                 env.setdefault(key, value)  # the kernel and what it launches only, not papermill's own bar
             with open(log_path, "ab") as log:
                 kw = {**kw, "stderr": log, "env": env, "cwd": str(cwd)}
@@ -175,7 +175,7 @@ def stage_kernel_manager(log_path: Path, cwd: Path) -> type:
 
 
 @contextlib.contextmanager
-def _kernel_options(log_path: Path, cwd: Path):
+def _kernel_options(log_path: Path, cwd: Path, env: dict | None = None):
     """How papermill starts the kernel: its own stderr to ``log_path``, IPC sockets instead of TCP (POSIX).
 
     The kernel's stderr carries only the kernel's own log (a cell's output reaches the notebook over ZMQ), so
@@ -184,7 +184,7 @@ def _kernel_options(log_path: Path, cwd: Path):
     private temporary folder keep the traffic off the network stack and silence the "running over TCP
     without encryption" warning every stage printed.
     """
-    options: dict = {"kernel_manager_class": stage_kernel_manager(log_path, cwd)}
+    options: dict = {"kernel_manager_class": stage_kernel_manager(log_path, cwd, env)}
     try:
         with tempfile.TemporaryDirectory(prefix="tulu-kit-kernel-") as folder:
             if os.name != "nt":
@@ -198,13 +198,16 @@ def _kernel_options(log_path: Path, cwd: Path):
             log_path.unlink()
 
 
-def execute_stage(stage: Stage, output: Path, log_output: bool = False, progress_bar: bool = True) -> None:
-    """Execute one stage's notebook with its parameters; papermill saves ``output`` after every cell."""
+def execute_stage(
+    stage: Stage, output: Path, log_output: bool = False, progress_bar: bool = True, env: dict | None = None
+) -> None:
+    """Execute one stage's notebook with its parameters; papermill saves ``output`` after every cell. ``env``:
+    variables for its kernel, where the environment does not set them."""
     import papermill as pm
 
     output.parent.mkdir(parents=True, exist_ok=True)
     Path(stage.config.out_dir).mkdir(parents=True, exist_ok=True)
-    with _kernel_options(output.with_suffix(".kernel.log"), stage.notebook.parent) as options:
+    with _kernel_options(output.with_suffix(".kernel.log"), stage.notebook.parent, env) as options:
         pm.execute_notebook(
             str(stage.notebook),
             str(output),
@@ -448,9 +451,13 @@ def _run_concurrently(
 
     from papermill.exceptions import PapermillExecutionError
 
+    # the kernels share the cores: torch's threads spin while they wait, and two kernels of two threads each on
+    # two cores ran the code evals 5x slower than one at a time (measured on the quickstart's evals)
+    threads = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // recipe.eval_jobs))}
+
     def execute(stage: Stage, output: Path) -> float:
         start = time.time()
-        execute_stage(stage, output, log_output=log_output, progress_bar=False)
+        execute_stage(stage, output, log_output=log_output, progress_bar=False, env=threads)
         return time.time() - start
 
     pending, running, failed = list(todo), {}, False
