@@ -244,3 +244,20 @@ def test_sigterm_interrupts_every_running_eval_stage(tmp_path):
     assert status["status"] == "interrupted"
     assert [status["stages"][s]["status"] for s in "abc"] == ["interrupted", "interrupted", "pending"]
     assert not (run_dir / "a" / "ended").exists() and not (run_dir / "c").exists()
+
+
+def test_eval_jobs_is_checked_and_groups_only_consecutive_eval_stages(tmp_path):
+    import pytest
+
+    from tulu_kit.config import ConfigError
+    from tulu_kit.run import _waves
+
+    path = tmp_path / "r.yaml"
+    path.write_text("name: t\neval_jobs: 0\nstages:\n  eval_gsm8k: {}\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml: eval_jobs must be at least 1"):
+        load_recipe(path)
+    stages = "  quickstart: {}\n  eval_gsm8k: {}\n  eval_mmlu: {}\n  report: {}\n  eval_bbh: {}\n"
+    path.write_text(f"name: t\neval_jobs: 2\nstages:\n{stages}")
+    assert _waves(load_recipe(path, run_dir=tmp_path / "run")) == [[0], [1, 2], [3], [4]]
+    path.write_text(f"name: t\nstages:\n{stages}")  # the default, 1: every stage on its own
+    assert _waves(load_recipe(path, run_dir=tmp_path / "run")) == [[0], [1], [2], [3], [4]]
