@@ -64,16 +64,19 @@ def run_notebook(tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def one_distributed_job_at_a_time(request, tmp_path_factory):
+def one_distributed_job_at_a_time(request):
     """Tests marked ``distributed`` start jobs of several processes (gloo, DeepSpeed); under `pytest -n` they take
-    turns, so two such jobs never share the cores (four ranks on two cores) or race at their rendezvous."""
-    if request.node.get_closest_marker("distributed") is None:
+    turns (a lock per test session), so two such jobs never share the cores (four ranks on two cores) or race at
+    their rendezvous."""
+    session = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if session is None or request.node.get_closest_marker("distributed") is None:
         yield
         return
+    import tempfile
+
     from filelock import FileLock
 
-    # every xdist worker's base temp is a child of one session folder
-    with FileLock(str(tmp_path_factory.getbasetemp().parent / "tulu-kit-distributed.lock")):
+    with FileLock(os.path.join(tempfile.gettempdir(), f"tulu-kit-distributed-{session}.lock")):
         yield
 
 

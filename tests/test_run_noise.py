@@ -49,7 +49,7 @@ def test_shutting_a_finished_kernel_down_sends_it_no_interrupt(tmp_path):
     from tulu_kit.run import stage_kernel_manager
 
     signals = []
-    manager = stage_kernel_manager(tmp_path / "k.log")(kernel_name="python3")
+    manager = stage_kernel_manager(tmp_path / "k.log", tmp_path)(kernel_name="python3")
 
     async def record(signum):
         signals.append(signum)

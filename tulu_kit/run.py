@@ -4,8 +4,10 @@
 ``notebooks/`` (executed copies under the notebook's own name, ``04_dpo.ipynb``, ``gsm8k.ipynb``; with the stage
 name added when several stages run one notebook; partial ones kept on failure) and one folder per stage.
 A stage that completed with the same parameters is skipped on a re-run; once a stage runs again, every later
-stage runs again too, since its inputs may have changed. ``force`` re-runs everything. One run at a time holds
-a run folder (an advisory lock on ``<run_dir>/.lock``); a second one into it stops at once.
+stage runs again too, since its inputs may have changed (consecutive eval stages, which read models and never
+each other's results, are each skipped or run on their own, ``eval_jobs`` of them at a time). ``force``
+re-runs everything. One run at a time holds a run folder (an advisory lock on ``<run_dir>/.lock``); a second
+one into it stops at once.
 """
 
 from __future__ import annotations
@@ -137,17 +139,17 @@ def executed_path(recipe: Recipe, stage: Stage) -> Path:
     return recipe.run_dir / "notebooks" / name
 
 
-# pid of each stage kernel running now: concurrent eval stages are interrupted through them (a kernel runs in a
-# session of its own, so a Ctrl-C in the terminal does not reach it)
-_KERNEL_PIDS: set[int] = set()
+# the kernel managers of the stage kernels alive now: concurrent eval stages are interrupted through them (a kernel
+# runs in a session of its own, so a Ctrl-C in the terminal does not reach it)
+_LIVE_KERNELS: set = set()
 
 
 def stage_kernel_manager(log_path: Path, cwd: Path, extra_env: dict | None = None) -> type:
     """The kernel manager of a stage: the kernel started in ``cwd`` (the notebook's folder; papermill's own
     ``cwd`` would change this whole process's directory, which concurrent stages share), its stderr to
-    ``log_path``, the quiet environment (and ``extra_env``, unless already set), and no courtesy SIGINT when papermill shuts a finished kernel down
-    (jupyter_client interrupts first, and an idle kernel then logs "KeyboardInterrupt caught in kernel", which a
-    successful run left in its folder)."""
+    ``log_path``, the quiet environment (and ``extra_env``, unless already set), and no courtesy SIGINT when
+    papermill shuts a finished kernel down (jupyter_client interrupts first, and an idle kernel then logs
+    "KeyboardInterrupt caught in kernel", which a successful run left in its folder)."""
     from jupyter_client.manager import AsyncKernelManager
 
     class StageKernelManager(AsyncKernelManager):
@@ -158,16 +160,15 @@ def stage_kernel_manager(log_path: Path, cwd: Path, extra_env: dict | None = Non
             with open(log_path, "ab") as log:
                 kw = {**kw, "stderr": log, "env": env, "cwd": str(cwd)}
                 result = await super()._async_launch_kernel(kernel_cmd, **kw)
-            self._stage_pid = self.provisioner.pid
-            _KERNEL_PIDS.add(self._stage_pid)
+            _LIVE_KERNELS.add(self)
             return result
 
         async def _async_cleanup_resources(self, restart: bool = False) -> None:
-            _KERNEL_PIDS.discard(getattr(self, "_stage_pid", None))
+            _LIVE_KERNELS.discard(self)
             await super()._async_cleanup_resources(restart=restart)
 
         async def _async_interrupt_kernel(self):
-            if self.shutting_down:  # the shutdown request follows; a Ctrl-C reaches the kernel by itself
+            if self.shutting_down:  # the shutdown request follows
                 return
             await super()._async_interrupt_kernel()
 
@@ -332,13 +333,12 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 
 def _waves(recipe: Recipe) -> list[list[int]]:
-    """The stages' indices in the order they run: one at a time, except that consecutive eval stages form one
-    wave of up to ``recipe.eval_jobs`` at a time (they only read models; nothing downstream reads them before
-    the wave ends)."""
+    """The stages' indices in the order they run: each stage a wave of its own, except that consecutive eval
+    stages form one wave, run ``recipe.eval_jobs`` at a time. They read models and never each other's results,
+    so each is skipped or run on its own; the stage after the wave runs again if any of them ran."""
     waves: list[list[int]] = []
     for i, stage in enumerate(recipe.stages):
-        grouped = recipe.eval_jobs > 1 and stage.kind.startswith("eval_")
-        if grouped and waves and recipe.stages[waves[-1][-1]].kind.startswith("eval_"):
+        if stage.kind.startswith("eval_") and waves and recipe.stages[waves[-1][-1]].kind.startswith("eval_"):
             waves[-1].append(i)
         else:
             waves.append([i])
@@ -375,18 +375,22 @@ def _run_stages(recipe: Recipe, force: bool, log_output: bool) -> int:
                     todo.append((tag, stage))
             if todo:
                 rerun_rest = True
-                if len(todo) == 1:
-                    _run_one(recipe, status, *todo[0], log_output)
+                if len(todo) == 1 or recipe.eval_jobs == 1:
+                    for tag, stage in todo:
+                        _run_one(recipe, status, tag, stage, log_output)
                 else:
                     _run_concurrently(recipe, status, todo, log_output)
     except _Stop as stop:
         return stop.code
+    except KeyboardInterrupt as e:  # between two stages
+        return _interrupted(status, [], e).code
     status.set(status="completed")
     print(f"run '{recipe.name}' completed: {recipe.run_dir}", flush=True)
     return 0
 
 
 def _started(recipe: Recipe, status: RunStatus, tag: str, stage: Stage) -> Path:
+    """Print and record that ``stage`` starts (its old marker removed); returns its executed notebook's path."""
     output = executed_path(recipe, stage)
     print(f"{tag}: running {stage.notebook.relative_to(stage.notebook.parents[1])} -> {output}", flush=True)
     marker = _marker(recipe, stage)
@@ -406,8 +410,17 @@ def _completed(recipe: Recipe, status: RunStatus, tag: str, stage: Stage, second
 
 
 def _failed(status: RunStatus, stage: Stage, error, output: Path) -> None:
-    _print_failure(stage, error, output)
-    status.set(stage.name, status="failed", error=f"{error.ename}: {error.evalue}")
+    """A failed cell (``PapermillExecutionError``), or what ended its kernel (a ``DeadKernelError``: killed for
+    memory, say), printed and recorded."""
+    if hasattr(error, "ename"):
+        _print_failure(stage, error, output)
+        message = f"{error.ename}: {error.evalue}"
+    else:
+        message = f"{type(error).__name__}: {error}"
+        print(
+            f"\nstage '{stage.name}' failed: {message}\npartial executed notebook: {output}", file=sys.stderr
+        )
+    status.set(stage.name, status="failed", error=message)
     status.set(status="failed", failed_stage=stage.name)
 
 
@@ -446,14 +459,12 @@ def _run_concurrently(
     """A wave of eval stages, ``recipe.eval_jobs`` at a time, each in a kernel of its own (papermill in a
     thread; no progress bars, a line as each starts and ends). A failure lets the running ones finish and
     starts no more; Ctrl-C / SIGTERM interrupts the running kernels and marks their stages interrupted."""
-    import signal
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
-    from papermill.exceptions import PapermillExecutionError
 
     # the kernels share the cores: torch's threads spin while they wait, and two kernels of two threads each on
     # two cores ran the code evals 5x slower than one at a time (measured on the quickstart's evals)
-    threads = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // recipe.eval_jobs))}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = {"OMP_NUM_THREADS": str(max(1, cores // recipe.eval_jobs))}
 
     def execute(stage: Stage, output: Path) -> float:
         start = time.time()
@@ -466,29 +477,27 @@ def _run_concurrently(
         while running or (pending and not failed):
             while pending and not failed and len(running) < recipe.eval_jobs:
                 tag, stage = pending.pop(0)
-                output = _started(recipe, status, tag, stage)
+                output = executed_path(recipe, stage)
                 running[pool.submit(execute, stage, output)] = (tag, stage, output)
+                _started(recipe, status, tag, stage)
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                tag, stage, output = running.pop(future)
+                tag, stage, output = running[future]
                 try:
                     _completed(recipe, status, tag, stage, future.result())
-                except PapermillExecutionError as e:
+                except Exception as e:  # a failed cell, or a kernel that died
                     _failed(status, stage, e, output)
                     failed = True
+                del running[future]
+                if failed and running:
+                    print(f"waiting for {len(running)} running stage(s) to end", file=sys.stderr, flush=True)
     except KeyboardInterrupt as e:
-        interrupted: set[int] = set()
-        # each running cell raises KeyboardInterrupt and papermill saves its notebook; a kernel still starting
-        # is interrupted once it is up
-        while not all(f.done() for f in running):
-            for pid in _KERNEL_PIDS - interrupted:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGINT)
-                interrupted.add(pid)
-            wait(running, timeout=0.5)
+        _interrupt_kernels(running)
         stopped = []
         for future, (tag, stage, output) in running.items():
-            if future.exception() is None:  # it ended before the interrupt reached it
+            if (
+                not future.cancelled() and future.exception() is None
+            ):  # it ended before the interrupt reached it
                 _completed(recipe, status, tag, stage, future.result())
             else:
                 stopped.append((tag, stage, output))
@@ -497,3 +506,21 @@ def _run_concurrently(
         pool.shutdown(wait=True)
     if failed:
         raise _Stop(1)
+
+
+def _interrupt_kernels(running: dict) -> None:
+    """Interrupt every stage kernel (SIGINT to its process group, as jupyter_client interrupts one) until the
+    running stages have ended: the cell in progress raises KeyboardInterrupt and papermill saves the notebook.
+    Sent again every half second, since a kernel ignores SIGINT while it starts or sits between two cells; a
+    further Ctrl-C or SIGTERM here changes nothing."""
+    import signal
+    from concurrent.futures import wait
+
+    while not all(f.done() for f in running):
+        for km in list(_LIVE_KERNELS):
+            process = getattr(km.provisioner, "process", None)
+            if process is not None and process.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, signal.SIGINT)  # its own session: pgid = pid
+        with contextlib.suppress(KeyboardInterrupt):
+            wait(running, timeout=0.5)
