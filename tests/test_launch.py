@@ -60,6 +60,12 @@ def test_stream_tees_output_and_raises_with_the_tail_on_failure(tmp_path, capsys
     assert "boom: bad row 7" in str(err.value) and str(log) in str(err.value)
 
 
+def _first_line_of_failure(code: str, log: Path) -> str:
+    with pytest.raises(launch.LaunchError) as err:
+        launch.stream([sys.executable, "-c", code], log)
+    return str(err.value).splitlines()[0]
+
+
 def test_a_failed_launch_says_the_root_cause_first(tmp_path):
     # rank 0's traceback, then the launcher's own (accelerate ends in CalledProcessError): the first line is rank 0's
     code = (
@@ -68,13 +74,10 @@ def test_a_failed_launch_says_the_root_cause_first(tmp_path):
         "print('[rank0]: FileNotFoundError: data/sft.jsonl: no such file')\n"
         "raise subprocess.CalledProcessError(1, ['python', '-m', 'tulu_kit.sft'])\n"
     )
-    with pytest.raises(launch.LaunchError) as err:
-        launch.stream([sys.executable, "-c", code], tmp_path / "launch" / "train.log")
-    assert str(err.value).splitlines()[0] == "FileNotFoundError: data/sft.jsonl: no such file"
+    log = tmp_path / "launch" / "train.log"
+    assert _first_line_of_failure(code, log) == "FileNotFoundError: data/sft.jsonl: no such file"
     full = "print('RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos 4416 vs 4304'); exit(1)"
-    with pytest.raises(launch.LaunchError) as err:
-        launch.stream([sys.executable, "-c", full], tmp_path / "launch" / "train.log")
-    first = str(err.value).splitlines()[0]
+    first = _first_line_of_failure(full, log)
     assert first.startswith(f"disk full while writing under {tmp_path} (") and "GB free there now" in first
     # a rank killed by SIGABRT from C++ (a gloo or c10d exception) prints no Python traceback
     abort = (
@@ -84,9 +87,7 @@ def test_a_failed_launch_says_the_root_cause_first(tmp_path):
         "print('  what():  Read error [127.0.0.1]:41234: Connection reset by peer', file=sys.stderr, flush=True)\n"
         "os.abort()\n"
     )
-    with pytest.raises(launch.LaunchError) as err:
-        launch.stream([sys.executable, "-c", abort], tmp_path / "launch" / "train.log")
-    assert str(err.value).splitlines()[0] == (
+    assert _first_line_of_failure(abort, log) == (
         "terminate called after throwing an instance of 'gloo::IoException'; "
         "what():  Read error [127.0.0.1]:41234: Connection reset by peer"
     )

@@ -125,6 +125,12 @@ def test_cli_misspelt_key_fails_fast_naming_it(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def _start_run(recipe: Path, run_dir: Path) -> subprocess.Popen:
+    """`tulu-kit run` in a process of its own, to be signalled."""
+    cmd = [sys.executable, "-m", "tulu_kit.cli", "run", str(recipe), "--out", str(run_dir)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def test_sigterm_marks_the_run_interrupted_and_says_how_to_continue(tmp_path):
     import signal
     import time
@@ -136,12 +142,7 @@ def test_sigterm_marks_the_run_interrupted_and_says_how_to_continue(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"name: t\nstages:\n  first: {{kind: quickstart, notebook: {nb}, prompt: sleep}}\n")
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tulu_kit.cli", "run", str(recipe), "--out", str(run_dir)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start_run(recipe, run_dir)
     deadline = time.time() + 90
     while time.time() < deadline and not (run_dir / "first" / "executions.txt").exists():
         time.sleep(0.2)  # the stage's second cell has run: the kernel is in the sleeping cell
@@ -238,12 +239,7 @@ def test_sigterm_interrupts_every_running_eval_stage(tmp_path):
 
     recipe = _eval_recipe(tmp_path, {"a": "sleep", "b": "sleep", "c": ""}, eval_jobs=2)
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tulu_kit.cli", "run", str(recipe), "--out", str(run_dir)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start_run(recipe, run_dir)
     try:
         deadline = time.time() + 90
         while time.time() < deadline and not all((run_dir / s / "started").exists() for s in "ab"):
