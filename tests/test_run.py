@@ -220,6 +220,18 @@ def test_eval_jobs_run_consecutive_eval_stages_side_by_side(tmp_path, capsys):
     assert Path.cwd() == here
 
 
+def test_a_dead_kernel_fails_its_stage_one_at_a_time_too(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert run_recipe(load_recipe(_eval_recipe(tmp_path, {"a": "die"}, 1), run_dir=run_dir)) == 1
+    assert "stage 'a' failed: DeadKernelError" in capsys.readouterr().err
+    status = json.loads((run_dir / "run.json").read_text())
+    assert (status["status"], status["failed_stage"], status["stages"]["a"]["status"]) == (
+        "failed",
+        "a",
+        "failed",
+    )
+
+
 @pytest.mark.parametrize("how,says", [("fail", "ValueError: boom"), ("die", "DeadKernelError")])
 def test_a_failed_eval_stage_lets_the_running_one_finish_and_starts_no_more(tmp_path, capsys, how, says):
     run_dir = tmp_path / "run"

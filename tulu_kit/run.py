@@ -389,15 +389,13 @@ def _run_stages(recipe: Recipe, force: bool, log_output: bool) -> int:
     return 0
 
 
-def _started(recipe: Recipe, status: RunStatus, tag: str, stage: Stage) -> Path:
-    """Print and record that ``stage`` starts (its old marker removed); returns its executed notebook's path."""
-    output = executed_path(recipe, stage)
+def _started(recipe: Recipe, status: RunStatus, tag: str, stage: Stage, output: Path) -> None:
+    """Print and record that ``stage`` starts, writing ``output`` (its old marker removed)."""
     print(f"{tag}: running {stage.notebook.relative_to(stage.notebook.parents[1])} -> {output}", flush=True)
     marker = _marker(recipe, stage)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)
     status.set(stage.name, status="running", notebook=str(output))
-    return output
 
 
 def _completed(recipe: Recipe, status: RunStatus, tag: str, stage: Stage, seconds: float) -> None:
@@ -439,13 +437,12 @@ def _interrupted(status: RunStatus, stages: list[tuple[str, Stage, Path]], e: Ke
 
 
 def _run_one(recipe: Recipe, status: RunStatus, tag: str, stage: Stage, log_output: bool) -> None:
-    from papermill.exceptions import PapermillExecutionError
-
-    output = _started(recipe, status, tag, stage)
+    output = executed_path(recipe, stage)
+    _started(recipe, status, tag, stage, output)
     start = time.time()
     try:
         execute_stage(stage, output, log_output=log_output)
-    except PapermillExecutionError as e:
+    except Exception as e:  # a failed cell, or a kernel that died: the same rule as in a concurrent wave
         _failed(status, stage, e, output)
         raise _Stop(1) from None
     except KeyboardInterrupt as e:
@@ -479,7 +476,7 @@ def _run_concurrently(
                 tag, stage = pending.pop(0)
                 output = executed_path(recipe, stage)
                 running[pool.submit(execute, stage, output)] = (tag, stage, output)
-                _started(recipe, status, tag, stage)
+                _started(recipe, status, tag, stage, output)
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 tag, stage, output = running[future]
