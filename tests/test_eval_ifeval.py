@@ -54,6 +54,17 @@ def test_verdicts_equal_the_official_scorer(nltk_env):
     m = scored.metrics
     assert m["prompt_level_loose_acc"] == pytest.approx(431 / 540)  # reference: 0.7981
     assert m["inst_level_loose_acc"] == pytest.approx(0.85697, abs=1e-4)  # reference: 0.8570
+    # per instruction id: the official report's tier-1 lines (evaluation_lib.print_report) over the reference
+    # run's loose verdicts; only letter_frequency can differ, by the two random draws above
+    total, correct = {}, {}
+    for r in loose.values():
+        for iid, ok in zip(r["instruction_id_list"], r["follow_instruction_list"]):
+            total[iid] = total.get(iid, 0) + 1
+            correct[iid] = correct.get(iid, 0) + ok
+    assert m["counts"]["per_group"] == total and len(total) == 25
+    for iid in total:
+        if iid != "keywords:letter_frequency":
+            assert m["subscores"][iid] == pytest.approx(correct[iid] / total[iid]), iid
 
 
 def test_scoring_is_deterministic(nltk_env):

@@ -63,6 +63,15 @@ def test_benchmark_files_are_scored_by_the_kits_scorers(tmp_path):
     ]
     assert ifeval.score_predictions(follow, str(root)).metrics["prompt_level_strict_acc"] == 1.0
     assert ifeval.score_predictions(ignore, str(root)).metrics["prompt_level_loose_acc"] == 0.0
+    # per instruction id: follow the quotation instruction only; each kind scores its own share
+    mixed = [f if r["instruction_id_list"] == ["startend:quotation"] else g
+             for r, f, g in zip(bench["ifeval"], follow, ignore)]  # fmt: skip
+    m = ifeval.score_predictions(mixed, str(root)).metrics
+    asked = {}
+    for r in bench["ifeval"]:
+        asked[r["instruction_id_list"][0]] = asked.get(r["instruction_id_list"][0], 0) + 1
+    assert m["counts"]["per_group"] == asked and len(asked) > 1
+    assert m["subscores"] == {k: float(k == "startend:quotation") for k in asked}
     # MMLU: one subject per fact table; the gold letter scores 1, a wrong one 0
     assert set(mmlu.subjects(str(root))) == set(toy.FACTS)
     gold = [{"question": r["question"], "subject": r["subject"], "choices": r["choices"], "prediction": r["answer"]}
@@ -146,6 +155,73 @@ def test_seed_table_bands_and_deltas():
     assert numbers.iloc[0]["Δ PPO"] == pytest.approx(-0.1) and numbers.iloc[0]["Δ GRPO"] == pytest.approx(0.2)
 
 
+def test_kinds_table_and_its_sentence_come_from_the_scores():
+    from tulu_kit.toy_eval import kinds_lines, kinds_table
+
+    def run(sft_keywords, sft_case):
+        kinds = lambda kw, case: {"ifeval": {"score": 0.0, "stderr": 0.0, "n": 10, "kinds": {  # noqa: E731
+            "keywords:existence": {"score": kw, "n": 6}, "change_case:english_capital": {"score": case, "n": 3},
+            "startend:quotation": {"score": 1.0, "n": 1}}}}  # fmt: skip
+        return {"quickstart": kinds(0.0, 0.0), "sft": kinds(sft_keywords, sft_case)}
+
+    one = kinds_table([run(0.5, 2 / 3)])
+    assert list(one.columns) == ["benchmark", "instruction", "questions", "base", "SFT"]
+    assert list(one["instruction"]) == [
+        "keywords:existence",
+        "change_case:english_capital",
+        "startend:quotation",
+    ]
+    assert list(one["questions"]) == [6, 3, 1] and one.iloc[1]["SFT"] == "0.667"
+    two = kinds_table([run(0.5, 2 / 3), run(0.0, 1 / 3)])
+    assert two.iloc[0]["SFT"] == "0.250 ± 0.354" and two.iloc[1]["base"] == "0.000 ± 0.000"
+    # the others together are weighted by their questions: (3 * 2/3 + 1 * 1) / 4 = 0.75, then 0.5 for seed 2
+    (line,) = kinds_lines([run(0.5, 2 / 3)])
+    assert "keywords:existence, is 6 of the 10 held-out questions; after SFT it scores 0.500" in line
+    assert line.endswith("the other 2 together 0.750.")
+    (line,) = kinds_lines([run(0.5, 2 / 3), run(0.0, 1 / 3)])
+    assert "it scores 0.250, the other 2 together 0.625 (mean of 2 seeds)." in line
+    # a stage scored without its kinds (an older result) leaves the table empty, never half filled
+    old = run(0.5, 2 / 3)
+    del old["sft"]["ifeval"]["kinds"]
+    assert kinds_table([old]).empty and kinds_lines([old]) == []
+
+
+def test_sanity_page_sets_out_the_table_the_kinds_and_the_rl_check(tmp_path):
+    from tulu_kit.toy_eval import seed_page
+
+    def scores(sft):
+        def cell(s, kinds=None):
+            return {"score": s, "stderr": 0.05, "n": 4, **({"kinds": kinds} if kinds else {})}
+
+        def kinds(kw):
+            return {"keywords:existence": {"score": kw, "n": 3}, "startend:quotation": {"score": 1.0, "n": 1}}
+
+        return {"quickstart": {"gsm8k": cell(0.0), "ifeval": cell(0.0, kinds(0.0)), "mmlu": cell(0.25)},
+                "sft": {"gsm8k": cell(sft), "ifeval": cell(0.25, kinds(0.0)), "mmlu": cell(0.25)}}  # fmt: skip
+
+    runs = []
+    for k, sft in ((1, 0.5), (2, 0.75)):
+        run = tmp_path / f"seed-{k}"
+        (run / "toy_eval").mkdir(parents=True)
+        (run / "toy_eval" / "scores.json").write_text(json.dumps(scores(sft)))
+        acc = {"sampled": 0.5, "greedy": 0.75, "n_prompts": 8}
+        rl = {"grpo": {"frozen": acc, "trained": {**acc, "sampled": 0.5 + k / 8}, "kl_last": 0.01}}
+        (run / "toy_eval" / "rl.json").write_text(json.dumps(rl))
+        runs.append(run)
+    page, numbers = seed_page(runs)
+    assert page.startswith("| benchmark") and "2 seeds: each cell is the mean" in page
+    assert "| arithmetic" in page and "0.625 ± 0.177" in page  # SFT's sums: mean and sd of 0.5 and 0.75
+    kinds = page[page.index("## By kind of question") : page.index("## The RL sanity check")]
+    assert (
+        "| keywords:existence" in kinds
+        and "is 3 of the 4 held-out questions; after SFT it scores 0.000" in kinds
+    )
+    assert "the other 1 together 1.000 (mean of 2 seeds)." in kinds
+    assert "+0.188 ± 0.088" in page  # GRPO's Δ sampled: 1/8 and 2/8
+    assert numbers["rows"][0]["Δ SFT"] == pytest.approx(0.625) and len(numbers["kinds"]) == 2
+    assert seed_page([tmp_path / "nothing"]) == ("", {})
+
+
 def test_seeds_run_the_recipe_once_per_seed(tmp_path):
     from tulu_kit.config import load_recipe
     from tulu_kit.run import seed_recipes
@@ -201,6 +277,13 @@ def test_report_scores_every_stage_on_the_toy_world_and_bands_seeds(tiny_model, 
     assert report["toy_note"].startswith("2 seeds")
     # the random model scores what it scores on both seeds (same weights): sd 0
     assert table.iloc[0]["base"].endswith("± 0.000")
+    # each instruction id of the held-out instructions, with its question count, and the sentence computed from it
+    kinds = report["kinds_table"]
+    asked = {}
+    for r in ifeval.load_inputs(str(runs[0] / "data" / "toy_benchmarks")):
+        asked[r["instruction_id_list"][0]] = asked.get(r["instruction_id_list"][0], 0) + 1
+    assert dict(zip(kinds["instruction"], kinds["questions"])) == asked
+    assert report["kinds_note"] == []  # its sentence is about the SFT model, which this run has not
 
 
 def test_rl_table_bands_the_frozen_control_and_the_trained_policy():

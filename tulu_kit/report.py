@@ -465,6 +465,7 @@ def why_empty(report: dict) -> dict[str, str]:
         "`tulu-kit run RECIPE.yaml`",
         "toy_table": "not scored on the toy world: set toy_benchmarks to the data stage's toy_benchmarks folder "
         "(../runs/lab/data/toy_benchmarks after notebook 01)",
+        "kinds_table": "not scored on the toy world by kind: set toy_benchmarks (see above)",
         "rl_table": "no RL stage (ppo, grpo) wrote a model in this run, or toy_benchmarks is not set",
         "training": "no training stage finished (no <stage>/metrics.json with train_steps)",
         "curves": "no training stage logged its steps (<stage>/log_history.jsonl): run notebook 02_sft first",
@@ -479,6 +480,7 @@ def why_empty(report: dict) -> dict[str, str]:
 
 SHOWN_WITH = {
     "toy_table": "toy_note",
+    "kinds_table": "kinds_note",
     "published": "published_notes",
     "rl_table": "rl_note",
 }  # under the section
@@ -704,6 +706,9 @@ def render_html(report: dict, images: dict[str, str]) -> str:
             html_table(report["toy_table"]),
         ]
         parts.append(_paragraph(report["toy_note"]))
+    if report.get("kinds_table") is not None and not report["kinds_table"].empty:
+        parts += ["<h3>By kind of question</h3>", html_table(report["kinds_table"])]
+        parts += [_paragraph(line) for line in report["kinds_note"]]
     if report.get("rl_table") is not None and not report["rl_table"].empty:
         parts += ["<h2>The RL sanity check: accuracy on each RL stage's training prompts</h2>",
                   html_table(report["rl_table"]), _paragraph(report["rl_note"])]  # fmt: skip
@@ -777,6 +782,8 @@ def build(cfg: ReportConfig) -> dict:
         toy = {
             "toy_table": toy_eval.seed_table(per_seed)[0],
             "toy_note": toy_eval.band_note(len(per_seed)),
+            "kinds_table": toy_eval.kinds_table(per_seed),
+            "kinds_note": toy_eval.kinds_lines(per_seed),
             "rl_note": toy_eval.RL_NOTE,
             "rl_table": toy_eval.rl_table([toy_eval.read_json(r / "toy_eval" / "rl.json") for r in runs]),
         }

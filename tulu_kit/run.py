@@ -275,20 +275,10 @@ def run_seeds(recipe: Recipe, force: bool = False, log_output: bool = False) -> 
         code = run_recipe(run, force=force, log_output=log_output)
         if code:
             return code
-    per_seed = [toy_eval.read_scores(r.run_dir) for r in runs]
-    text, numbers = toy_eval.seed_table(per_seed)
-    if not text.empty:
-        rl = toy_eval.rl_table([toy_eval.read_json(r.run_dir / "toy_eval" / "rl.json") for r in runs])
-        note = toy_eval.band_note(len([s for s in per_seed if s]))
-        page = text.to_markdown(index=False, disable_numparse=True) + f"\n\n{note}\n"
-        if not rl.empty:
-            rl_text = rl.to_markdown(index=False, disable_numparse=True)  # keeps the signs of the Δ
-            page += f"\n## The RL sanity check\n\n{rl_text}\n\n{toy_eval.RL_NOTE}\n"
+    page, numbers = toy_eval.seed_page([r.run_dir for r in runs])
+    if page:
         atomic_write_text(recipe.run_dir / "stage_table.md", page)
-        atomic_write_json(
-            recipe.run_dir / "stage_table.json",
-            {"note": note, "rows": numbers.to_dict("records"), "rl": rl.to_dict("records")},
-        )
+        atomic_write_json(recipe.run_dir / "stage_table.json", numbers)
         print(page, flush=True)
     return 0
 

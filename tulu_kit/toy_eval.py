@@ -33,6 +33,10 @@ BENCHMARKS = {
 }
 # the data stage writes the held-out benchmark files to <data out_dir>/toy_benchmarks
 TOY_DIR = "toy_benchmarks"
+# toy benchmark -> what its subscores are: the kinds table shows each stage per kind (IFEval: per instruction id)
+KINDS = {"ifeval": "instruction"}
+# part of each cached result's stamp: a result scored by an older version of this module is scored again
+SCORES_VERSION = "2"  # 2: the subscores of KINDS kept
 
 
 def _model_stamp(model_dir: Path) -> str:
@@ -45,7 +49,7 @@ def evaluate_stage(model_dir: Path, data_dir: Path, out_dir: Path, batch_size: i
     from tulu_kit.evals.core import get_benchmark
 
     out: dict[str, dict] = {}
-    stamp = _model_stamp(model_dir)
+    stamp = f"v{SCORES_VERSION};{_model_stamp(model_dir)}"
     for name, (_, max_new_tokens) in BENCHMARKS.items():
         bench_dir = out_dir / name
         stamp_file = bench_dir / "model_stamp.txt"
@@ -64,6 +68,9 @@ def evaluate_stage(model_dir: Path, data_dir: Path, out_dir: Path, batch_size: i
             stamp_file.write_text(stamp)
         metrics = json.loads((bench_dir / "metrics.json").read_text())
         out[name] = {"score": metrics["score"], "stderr": metrics["stderr"], "n": metrics["counts"]["n"]}
+        if name in KINDS:
+            per = metrics["counts"].get("per_group", {})
+            out[name]["kinds"] = {k: {"score": v, "n": per[k]} for k, v in metrics["subscores"].items()}
     return out
 
 
@@ -164,6 +171,63 @@ def seed_table(per_seed: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(text_rows), pd.DataFrame(num_rows)
 
 
+def kinds_table(per_seed: list[dict]) -> pd.DataFrame:
+    """Each stage per kind of question (:data:`KINDS`: IFEval's instruction ids), from one ``scores.json`` per seed:
+    one row per kind with how many held-out questions ask it, columns = stages, each the kind's accuracy (mean ±
+    sd over seeds, or the one seed's share). Rows with the most questions first: they weigh most in the score."""
+    per_seed = [s for s in per_seed if s]
+    stages = [s for s in COLUMNS if per_seed and all(s in run for run in per_seed)]
+    rows = []
+    for bench in KINDS:
+        runs = [[run[st].get(bench, {}).get("kinds") for st in stages] for run in per_seed]
+        if not stages or not all(all(k for k in run) for run in runs):
+            continue  # a stage scored without its kinds
+        first = per_seed[0][stages[0]][bench]["kinds"]
+        for name in sorted(first, key=lambda k: (-first[k]["n"], k)):
+            row = {
+                "benchmark": BENCHMARKS[bench][0].split(" (")[0],
+                KINDS[bench]: name,
+                "questions": first[name]["n"],
+            }
+            for stage in stages:
+                values = [run[stage][bench]["kinds"].get(name, {}).get("score") for run in per_seed]
+                if None in values:
+                    row[COLUMNS[stage]] = "n/a"
+                    continue
+                mean, sd = _band(values)
+                row[COLUMNS[stage]] = f"{mean:.3f} ± {sd:.3f}" if len(values) > 1 else f"{mean:.3f}"
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def kinds_lines(per_seed: list[dict], stage: str = "sft") -> list[str]:
+    """One sentence per benchmark of :data:`KINDS`, computed from the scores: how much of the benchmark its most
+    asked kind is, and that kind's accuracy after ``stage`` (mean over seeds) beside the other kinds' together."""
+    per_seed = [s for s in per_seed if s and stage in s]
+    lines = []
+    for bench, kind in KINDS.items():
+        if not per_seed or not all(run[stage].get(bench, {}).get("kinds") for run in per_seed):
+            continue
+        kinds = per_seed[0][stage][bench]["kinds"]
+        total = sum(k["n"] for k in kinds.values())
+        top = max(kinds, key=lambda k: (kinds[k]["n"], k))
+        mean = sum(run[stage][bench]["kinds"][top]["score"] for run in per_seed) / len(per_seed)
+        rest = [k for k in kinds if k != top]
+        rest_n = sum(kinds[k]["n"] for k in rest)
+        line = (
+            f"{BENCHMARKS[bench][0].split(' (')[0]}: the most asked {kind}, {top}, is {kinds[top]['n']} of the "
+            f"{total} held-out questions; after {COLUMNS[stage]} it scores {mean:.3f}"
+        )
+        if rest_n:
+            others = sum(
+                sum(run[stage][bench]["kinds"][k]["score"] * kinds[k]["n"] for k in rest) / rest_n
+                for run in per_seed
+            ) / len(per_seed)
+            line += f", the other {len(rest)} together {others:.3f}"
+        lines.append(line + ("" if len(per_seed) == 1 else f" (mean of {len(per_seed)} seeds)") + ".")
+    return lines
+
+
 def band_note(n_seeds: int) -> str:
     start = " Δ: the change from the model the stage started from (PPO and GRPO from DPO, merge from PPO)."
     if n_seeds == 1:
@@ -180,6 +244,28 @@ def seed_runs(run_dir: str | Path) -> list[Path]:
         if run_dir.resolve() in [p.resolve() for p in runs]:
             return runs
     return [run_dir]
+
+
+def seed_page(runs: list[Path]) -> tuple[str, dict]:
+    """``make sanity``'s page (markdown) and its numbers from the seed runs' folders: the per-stage table with its
+    note, the stages by kind of question with their sentences, and the RL sanity check; ("", {}) when no run was
+    scored on the toy world."""
+    per_seed = [s for s in (read_scores(r) for r in runs) if s]
+    if not per_seed:  # no seed scored its stages: no table of zero seeds
+        return "", {}
+    text, numbers = seed_table(per_seed)
+    note = band_note(len(per_seed))
+    page = text.to_markdown(index=False, disable_numparse=True) + f"\n\n{note}\n"
+    kinds = kinds_table(per_seed)
+    if not kinds.empty:
+        page += f"\n## By kind of question\n\n{kinds.to_markdown(index=False, disable_numparse=True)}\n"
+        page += "".join(f"\n{line}\n" for line in kinds_lines(per_seed))
+    rl = rl_table([read_json(Path(r) / "toy_eval" / "rl.json") for r in runs])
+    if not rl.empty:
+        rl_text = rl.to_markdown(index=False, disable_numparse=True)  # keeps the signs of the Δ
+        page += f"\n## The RL sanity check\n\n{rl_text}\n\n{RL_NOTE}\n"
+    return page, {"note": note, "rows": numbers.to_dict("records"), "rl": rl.to_dict("records"),
+                  "kinds": kinds.to_dict("records")}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ RL sanity check

@@ -7,7 +7,9 @@ Loose mode also accepts the response with its first and/or last line removed and
 
 Protocol as open-instruct ran it (`eval/ifeval/run_eval.py`): the prompt as the user turn, greedy, 2048 new
 tokens. Metrics: prompt-level (all instructions of a prompt followed) and instruction-level accuracy, strict and
-loose; loose prompt-level is the number Tulu 3 reports.
+loose; loose prompt-level is the number Tulu 3 reports. ``subscores``: loose instruction-level accuracy per
+instruction id (``counts.per_group``: how many times each was asked), the official report's per-instruction lines
+(google-research ``instruction_following_eval/evaluation_lib.py``, ``print_report``'s "tier 1").
 
 Determinism: the sentence splitter needs NLTK's `punkt_tab`; a missing copy is an error whenever a prompt has an
 instruction that uses it (never a silent change of verdicts) -- `tulu-kit data prepare-eval` fetches it. `langdetect` is seeded (`DetectorFactory.seed = 0`).
@@ -184,6 +186,7 @@ def score_predictions(
     inputs = inputs if inputs is not None else load_inputs(data_dir)
     by_prompt = {r["prompt"]: r for r in inputs}
     values: dict[str, list[float]] = {m: [] for m in METRICS}
+    by_instruction: dict[str, list[float]] = {}  # loose, per instruction id (the official report's tier 1)
     verdicts, unmatched = [], []
     for row, p in enumerate(preds, 1):
         if "prompt" not in p:
@@ -205,6 +208,8 @@ def score_predictions(
         values["prompt_level_loose_acc"].append(float(all(loose)))
         values["inst_level_strict_acc"] += [float(x) for x in strict]
         values["inst_level_loose_acc"] += [float(x) for x in loose]
+        for iid, ok in zip(inp["instruction_id_list"], loose):
+            by_instruction.setdefault(iid, []).append(float(ok))
         verdicts.append(
             {
                 "key": inp["key"],
@@ -222,8 +227,9 @@ def score_predictions(
             "%d prediction(s) skipped: prompt not an IFEval input (rows %s)", len(unmatched), unmatched
         )
     metrics = make_metrics(
-        NAME, "prompt_level_loose_acc", values["prompt_level_loose_acc"], PROTOCOL, extra=extra
-    )
+        NAME, "prompt_level_loose_acc", values["prompt_level_loose_acc"], PROTOCOL,
+        groups=dict(sorted(by_instruction.items())), extra=extra,
+    )  # fmt: skip
     metrics["counts"]["unmatched"] = len(unmatched)
     return Scored(metrics, verdicts)
 
