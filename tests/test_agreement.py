@@ -437,6 +437,18 @@ def test_ifbench(shared_data, tmp_path, monkeypatch):
                     len(preds)))  # fmt: skip
         got.append((sum(v["follow_instruction_list_loose"] == loose[p["prompt"]] for p, v in zip(preds, verdicts)),
                     len(preds)))  # fmt: skip
+        # per instruction id: the official report's tier-1 lines over the same prompts' official loose verdicts
+        official: dict[str, list[bool]] = {}
+        for p, v in zip(preds, verdicts):
+            for iid, ok in zip(v["instruction_id_list"], loose[p["prompt"]]):
+                official.setdefault(iid, []).append(ok)
+        m = json.loads((tmp_path / version / "s" / "metrics.json").read_text())
+        assert m["counts"]["per_group"] == {k: len(v) for k, v in official.items()}
+        differ = {i for p, v in zip(preds, verdicts) if v["follow_instruction_list_loose"] != loose[p["prompt"]]
+                  for i in v["instruction_id_list"]}  # fmt: skip
+        for iid, oks in official.items():
+            if iid not in differ:
+                assert m["subscores"][iid] == pytest.approx(sum(oks) / len(oks)), iid
     assert got == stated("ifbench")
 
 

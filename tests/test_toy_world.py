@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 import torch
@@ -67,9 +68,7 @@ def test_benchmark_files_are_scored_by_the_kits_scorers(tmp_path):
     mixed = [f if r["instruction_id_list"] == ["startend:quotation"] else g
              for r, f, g in zip(bench["ifeval"], follow, ignore)]  # fmt: skip
     m = ifeval.score_predictions(mixed, str(root)).metrics
-    asked = {}
-    for r in bench["ifeval"]:
-        asked[r["instruction_id_list"][0]] = asked.get(r["instruction_id_list"][0], 0) + 1
+    asked = Counter(r["instruction_id_list"][0] for r in bench["ifeval"])
     assert m["counts"]["per_group"] == asked and len(asked) > 1
     assert m["subscores"] == {k: float(k == "startend:quotation") for k in asked}
     # MMLU: one subject per fact table; the gold letter scores 1, a wrong one 0
@@ -158,32 +157,81 @@ def test_seed_table_bands_and_deltas():
 def test_kinds_table_and_its_sentence_come_from_the_scores():
     from tulu_kit.toy_eval import kinds_lines, kinds_table
 
-    def run(sft_keywords, sft_case):
-        kinds = lambda kw, case: {"ifeval": {"score": 0.0, "stderr": 0.0, "n": 10, "kinds": {  # noqa: E731
-            "keywords:existence": {"score": kw, "n": 6}, "change_case:english_capital": {"score": case, "n": 3},
-            "startend:quotation": {"score": 1.0, "n": 1}}}}  # fmt: skip
-        return {"quickstart": kinds(0.0, 0.0), "sft": kinds(sft_keywords, sft_case)}
+    def kind(score, n):
+        return {"score": score, "stderr": 0.1, "n": n}
 
-    one = kinds_table([run(0.5, 2 / 3)])
+    def run(sft_keywords, sft_case):
+        def scores(kw, case):
+            kinds = {"keywords:existence": kind(kw, 6), "change_case:english_capital": kind(case, 3),
+                     "startend:quotation": kind(1.0, 1)}  # fmt: skip
+            return {"ifeval": {"score": 0.0, "stderr": 0.0, "n": 10, "kinds": kinds}}
+
+        return {"quickstart": scores(0.0, 0.0), "sft": scores(sft_keywords, sft_case)}
+
+    one, numbers = kinds_table([run(0.5, 2 / 3)])
     assert list(one.columns) == ["benchmark", "instruction", "questions", "base", "SFT"]
     assert list(one["instruction"]) == [
         "keywords:existence",
         "change_case:english_capital",
         "startend:quotation",
     ]
-    assert list(one["questions"]) == [6, 3, 1] and one.iloc[1]["SFT"] == "0.667"
-    two = kinds_table([run(0.5, 2 / 3), run(0.0, 1 / 3)])
+    assert list(one["questions"]) == [6, 3, 1]
+    assert one.iloc[1]["SFT"] == "0.667 ± 0.100"  # one seed: ± the kind's standard error, as the main table
+    two, numbers = kinds_table([run(0.5, 2 / 3), run(0.0, 1 / 3)])
     assert two.iloc[0]["SFT"] == "0.250 ± 0.354" and two.iloc[1]["base"] == "0.000 ± 0.000"
+    assert numbers.iloc[0]["SFT"] == pytest.approx(0.25) and numbers.iloc[0]["SFT sd"] == pytest.approx(
+        0.3536, 1e-3
+    )
     # the others together are weighted by their questions: (3 * 2/3 + 1 * 1) / 4 = 0.75, then 0.5 for seed 2
     (line,) = kinds_lines([run(0.5, 2 / 3)])
     assert "keywords:existence, is 6 of the 10 held-out questions; after SFT it scores 0.500" in line
     assert line.endswith("the other 2 together 0.750.")
     (line,) = kinds_lines([run(0.5, 2 / 3), run(0.0, 1 / 3)])
     assert "it scores 0.250, the other 2 together 0.625 (mean of 2 seeds)." in line
+    # a tie in questions: the table's first row and the sentence name the same kind
+    tie = run(0.5, 2 / 3)
+    for stage in tie.values():
+        stage["ifeval"]["kinds"]["change_case:english_capital"]["n"] = 6
+    assert kinds_table([tie])[0].iloc[0]["instruction"] == "change_case:english_capital"
+    assert "the most asked instruction, change_case:english_capital," in kinds_lines([tie])[0]
+    # a kind only one seed scored: its row says n/a for the other, and no sentence pools the two
+    extra = run(0.5, 2 / 3)
+    extra["sft"]["ifeval"]["kinds"]["detectable_format:title"] = kind(1.0, 2)
+    table = kinds_table([run(0.5, 2 / 3), extra])[0].set_index("instruction")
+    assert (
+        table.loc["detectable_format:title", "SFT"] == "n/a"
+        and table.loc["detectable_format:title", "base"] == "n/a"
+    )
+    assert kinds_lines([run(0.5, 2 / 3), extra]) == []
     # a stage scored without its kinds (an older result) leaves the table empty, never half filled
     old = run(0.5, 2 / 3)
     del old["sft"]["ifeval"]["kinds"]
-    assert kinds_table([old]).empty and kinds_lines([old]) == []
+    assert kinds_table([old])[0].empty and kinds_lines([old]) == []
+
+
+def test_an_older_seeds_scores_are_brought_up_to_date(tiny_model, tmp_path):
+    import shutil
+
+    from tulu_kit.data.synthetic import write_toy_benchmarks
+    from tulu_kit.toy_eval import evaluate_run, read_scores, refresh
+
+    run = tmp_path / "seed-1"
+    shutil.copytree(tiny_model, run / "quickstart" / "model")
+    write_toy_benchmarks(run / "data" / "toy_benchmarks", n=2)
+    evaluate_run(run)
+    scores_file = run / "toy_eval" / "scores.json"
+    first = scores_file.stat().st_mtime_ns
+    refresh([run])  # up to date: left as it is
+    assert scores_file.stat().st_mtime_ns == first
+    # as a kit without per-kind scores left it: no kinds in scores.json, a stamp without the version
+    old = read_scores(run)
+    del old["quickstart"]["ifeval"]["kinds"]
+    scores_file.write_text(json.dumps(old))
+    stamp = run / "toy_eval" / "quickstart" / "ifeval" / "model_stamp.txt"
+    stamp.write_text(stamp.read_text().split(";", 1)[1])
+    refresh([run])
+    kinds = read_scores(run)["quickstart"]["ifeval"]["kinds"]
+    assert sum(k["n"] for k in kinds.values()) == 2 and stamp.read_text().startswith("v2;")
 
 
 def test_sanity_page_sets_out_the_table_the_kinds_and_the_rl_check(tmp_path):
@@ -279,9 +327,9 @@ def test_report_scores_every_stage_on_the_toy_world_and_bands_seeds(tiny_model, 
     assert table.iloc[0]["base"].endswith("± 0.000")
     # each instruction id of the held-out instructions, with its question count, and the sentence computed from it
     kinds = report["kinds_table"]
-    asked = {}
-    for r in ifeval.load_inputs(str(runs[0] / "data" / "toy_benchmarks")):
-        asked[r["instruction_id_list"][0]] = asked.get(r["instruction_id_list"][0], 0) + 1
+    asked = Counter(
+        r["instruction_id_list"][0] for r in ifeval.load_inputs(str(runs[0] / "data" / "toy_benchmarks"))
+    )
     assert dict(zip(kinds["instruction"], kinds["questions"])) == asked
     assert report["kinds_note"] == []  # its sentence is about the SFT model, which this run has not
 

@@ -465,7 +465,7 @@ def why_empty(report: dict) -> dict[str, str]:
         "`tulu-kit run RECIPE.yaml`",
         "toy_table": "not scored on the toy world: set toy_benchmarks to the data stage's toy_benchmarks folder "
         "(../runs/lab/data/toy_benchmarks after notebook 01)",
-        "kinds_table": "not scored on the toy world by kind: set toy_benchmarks (see above)",
+        "kinds_table": "no toy benchmark scored by kind of question: set toy_benchmarks (see above)",
         "rl_table": "no RL stage (ppo, grpo) wrote a model in this run, or toy_benchmarks is not set",
         "training": "no training stage finished (no <stage>/metrics.json with train_steps)",
         "curves": "no training stage logged its steps (<stage>/log_history.jsonl): run notebook 02_sft first",
@@ -768,7 +768,8 @@ def render_html(report: dict, images: dict[str, str]) -> str:
 # --------------------------------------------------------------------------------------------- the stage
 def build(cfg: ReportConfig) -> dict:
     """Every table of the report, read from the run folder(s); nothing is written but the toy world's scores
-    (``<run_dir>/toy_eval``) when ``toy_benchmarks`` is set."""
+    (``<run_dir>/toy_eval``, and those of its other seeds scored by an older version of the kit) when
+    ``toy_benchmarks`` is set."""
     run_dir = Path(cfg.run_dir)
     published, notes = published_table(run_dir, cfg.reference)
     toy = {}
@@ -778,11 +779,12 @@ def build(cfg: ReportConfig) -> dict:
         toy_eval.evaluate_run(run_dir, cfg.toy_benchmarks)
         toy_eval.rl_check(run_dir)
         runs = toy_eval.seed_runs(run_dir)
+        toy_eval.refresh(runs)
         per_seed = [s for s in (toy_eval.read_scores(r) for r in runs) if s]
         toy = {
             "toy_table": toy_eval.seed_table(per_seed)[0],
             "toy_note": toy_eval.band_note(len(per_seed)),
-            "kinds_table": toy_eval.kinds_table(per_seed),
+            "kinds_table": toy_eval.kinds_table(per_seed)[0],
             "kinds_note": toy_eval.kinds_lines(per_seed),
             "rl_note": toy_eval.RL_NOTE,
             "rl_table": toy_eval.rl_table([toy_eval.read_json(r / "toy_eval" / "rl.json") for r in runs]),

@@ -35,7 +35,7 @@ BENCHMARKS = {
 TOY_DIR = "toy_benchmarks"
 # toy benchmark -> what its subscores are: the kinds table shows each stage per kind (IFEval: per instruction id)
 KINDS = {"ifeval": "instruction"}
-# part of each cached result's stamp: a result scored by an older version of this module is scored again
+# part of the cached results' stamps of KINDS: one scored by an older version of this module is scored again
 SCORES_VERSION = "2"  # 2: the subscores of KINDS kept
 
 
@@ -49,8 +49,9 @@ def evaluate_stage(model_dir: Path, data_dir: Path, out_dir: Path, batch_size: i
     from tulu_kit.evals.core import get_benchmark
 
     out: dict[str, dict] = {}
-    stamp = f"v{SCORES_VERSION};{_model_stamp(model_dir)}"
+    weights = _model_stamp(model_dir)
     for name, (_, max_new_tokens) in BENCHMARKS.items():
+        stamp = f"v{SCORES_VERSION};{weights}" if name in KINDS else weights
         bench_dir = out_dir / name
         stamp_file = bench_dir / "model_stamp.txt"
         if not (
@@ -69,9 +70,23 @@ def evaluate_stage(model_dir: Path, data_dir: Path, out_dir: Path, batch_size: i
         metrics = json.loads((bench_dir / "metrics.json").read_text())
         out[name] = {"score": metrics["score"], "stderr": metrics["stderr"], "n": metrics["counts"]["n"]}
         if name in KINDS:
-            per = metrics["counts"].get("per_group", {})
-            out[name]["kinds"] = {k: {"score": v, "n": per[k]} for k, v in metrics["subscores"].items()}
+            per = metrics["counts"]["per_group"]
+            out[name]["kinds"] = {k: _kind(v, per[k]) for k, v in metrics["subscores"].items()}
     return out
+
+
+def _kind(score: float, n: int) -> dict:
+    """A kind's share of 0/1 verdicts with its standard error (the sample sd of those verdicts / sqrt(n), as
+    :func:`tulu_kit.evals.core.mean_stderr` gives a benchmark's)."""
+    from tulu_kit.evals.core import mean_stderr
+
+    correct = round(score * n)
+    return {"score": score, "stderr": mean_stderr([1.0] * correct + [0.0] * (n - correct))[1], "n": n}
+
+
+def _short(bench: str) -> str:
+    """A toy benchmark's row label without its scorer: "instructions"."""
+    return BENCHMARKS[bench][0].split(" (")[0]
 
 
 def _toy_benchmarks(data_dir: str | Path) -> Path:
@@ -86,7 +101,8 @@ def _toy_benchmarks(data_dir: str | Path) -> Path:
 
 def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None) -> dict[str, dict[str, dict]]:
     """Score every stage of ``run_dir`` that wrote a model (``<stage>/model``) in :data:`COLUMNS`; writes
-    ``<run_dir>/toy_eval/scores.json`` and returns ``{stage: {benchmark: {"score", "stderr", "n"}}}``."""
+    ``<run_dir>/toy_eval/scores.json`` and returns ``{stage: {benchmark: {"score", "stderr", "n"}}}``, plus
+    ``"kinds": {kind: {"score", "stderr", "n"}}`` for the benchmarks of :data:`KINDS`."""
     from tulu_kit.io import atomic_write_json
 
     run_dir = Path(run_dir)
@@ -126,7 +142,7 @@ def relative_lines(scores: dict[str, dict], model: str, reference: str, toleranc
         share = f"{got / want:.0%} of it" if want else f"{reference} scores 0"
         verdict = "within" if got >= (1 - tolerance) * want else "not within"
         lines.append(
-            f"{BENCHMARKS[bench][0].split(' (')[0]}: {model} {got:.3f} vs {reference} {want:.3f} "
+            f"{_short(bench)}: {model} {got:.3f} vs {reference} {want:.3f} "
             f"({share}, ± {scores[model][bench]['stderr']:.3f} / ± {ref['stderr']:.3f}): {verdict} {tolerance:.0%}"
         )
     return lines
@@ -171,61 +187,85 @@ def seed_table(per_seed: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(text_rows), pd.DataFrame(num_rows)
 
 
-def kinds_table(per_seed: list[dict]) -> pd.DataFrame:
-    """Each stage per kind of question (:data:`KINDS`: IFEval's instruction ids), from one ``scores.json`` per seed:
-    one row per kind with how many held-out questions ask it, columns = stages, each the kind's accuracy (mean ±
-    sd over seeds, or the one seed's share). Rows with the most questions first: they weigh most in the score."""
+def kinds_table(per_seed: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each stage per kind of question (:data:`KINDS`: IFEval's instruction ids; each toy question asks one), from
+    one ``scores.json`` per seed: (table of strings, table of numbers), one row per kind with how many held-out
+    questions ask it, columns = stages, each the kind's accuracy (mean ± sd over seeds, or the one seed's share ±
+    its standard error, as :func:`seed_table`). The most asked kinds first: they weigh most in the score. A kind a
+    seed or stage did not score is "n/a" there; empty when a stage's scores have no kinds (an older result)."""
     per_seed = [s for s in per_seed if s]
     stages = [s for s in COLUMNS if per_seed and all(s in run for run in per_seed)]
-    rows = []
-    for bench in KINDS:
-        runs = [[run[st].get(bench, {}).get("kinds") for st in stages] for run in per_seed]
-        if not stages or not all(all(k for k in run) for run in runs):
-            continue  # a stage scored without its kinds
-        first = per_seed[0][stages[0]][bench]["kinds"]
-        for name in sorted(first, key=lambda k: (-first[k]["n"], k)):
-            row = {
-                "benchmark": BENCHMARKS[bench][0].split(" (")[0],
-                KINDS[bench]: name,
-                "questions": first[name]["n"],
-            }
+    text_rows, num_rows = [], []
+    for bench, kind in KINDS.items():
+        cells = [run[st].get(bench, {}).get("kinds") for run in per_seed for st in stages]
+        if not stages or not all(cells):
+            continue
+        asked: dict[str, int] = {}
+        for kinds in cells:
+            for name, v in kinds.items():
+                asked.setdefault(name, v["n"])
+        for name in _most_asked(asked):
+            text = {"benchmark": _short(bench), kind: name, "questions": asked[name]}
+            num = dict(text)
             for stage in stages:
-                values = [run[stage][bench]["kinds"].get(name, {}).get("score") for run in per_seed]
-                if None in values:
-                    row[COLUMNS[stage]] = "n/a"
+                got = [run[stage][bench]["kinds"].get(name) for run in per_seed]
+                column = COLUMNS[stage]
+                if None in got:
+                    text[column], num[column], num[f"{column} sd"] = "n/a", None, None
                     continue
-                mean, sd = _band(values)
-                row[COLUMNS[stage]] = f"{mean:.3f} ± {sd:.3f}" if len(values) > 1 else f"{mean:.3f}"
-            rows.append(row)
-    return pd.DataFrame(rows)
+                mean, sd = _band([g["score"] for g in got])
+                if len(got) == 1:
+                    sd = got[0]["stderr"]
+                text[column] = f"{mean:.3f} ± {sd:.3f}"
+                num[column], num[f"{column} sd"] = mean, sd
+            text_rows.append(text)
+            num_rows.append(num)
+    return pd.DataFrame(text_rows), pd.DataFrame(num_rows)
+
+
+def _most_asked(asked: dict[str, int]) -> list[str]:
+    """Kinds by how many questions ask them, most first (ties by name): the table's order and the sentence's pick."""
+    return sorted(asked, key=lambda k: (-asked[k], k))
 
 
 def kinds_lines(per_seed: list[dict], stage: str = "sft") -> list[str]:
     """One sentence per benchmark of :data:`KINDS`, computed from the scores: how much of the benchmark its most
-    asked kind is, and that kind's accuracy after ``stage`` (mean over seeds) beside the other kinds' together."""
+    asked kind is, and that kind's accuracy after ``stage`` (mean over seeds) beside the other kinds' together
+    (weighted by how many questions ask each). None where the seeds scored different kinds."""
     per_seed = [s for s in per_seed if s and stage in s]
     lines = []
     for bench, kind in KINDS.items():
         if not per_seed or not all(run[stage].get(bench, {}).get("kinds") for run in per_seed):
             continue
         kinds = per_seed[0][stage][bench]["kinds"]
-        total = sum(k["n"] for k in kinds.values())
-        top = max(kinds, key=lambda k: (kinds[k]["n"], k))
+        asked = {k: v["n"] for k, v in kinds.items()}
+        if any({k: v["n"] for k, v in run[stage][bench]["kinds"].items()} != asked for run in per_seed):
+            continue  # seeds scored on different held-out files: no sentence pools them
+        top, *rest = _most_asked(asked)
         mean = sum(run[stage][bench]["kinds"][top]["score"] for run in per_seed) / len(per_seed)
-        rest = [k for k in kinds if k != top]
-        rest_n = sum(kinds[k]["n"] for k in rest)
         line = (
-            f"{BENCHMARKS[bench][0].split(' (')[0]}: the most asked {kind}, {top}, is {kinds[top]['n']} of the "
-            f"{total} held-out questions; after {COLUMNS[stage]} it scores {mean:.3f}"
+            f"{_short(bench)}: the most asked {kind}, {top}, is {asked[top]} of the {sum(asked.values())} held-out "
+            f"questions; after {COLUMNS[stage]} it scores {mean:.3f}"
         )
-        if rest_n:
+        if rest:
+            rest_n = sum(asked[k] for k in rest)
             others = sum(
-                sum(run[stage][bench]["kinds"][k]["score"] * kinds[k]["n"] for k in rest) / rest_n
+                sum(run[stage][bench]["kinds"][k]["score"] * asked[k] for k in rest) / rest_n
                 for run in per_seed
             ) / len(per_seed)
             line += f", the other {len(rest)} together {others:.3f}"
         lines.append(line + ("" if len(per_seed) == 1 else f" (mean of {len(per_seed)} seeds)") + ".")
     return lines
+
+
+def refresh(runs: list[Path]) -> None:
+    """Re-score each seed run (on its own ``data/toy_benchmarks``) whose ``scores.json`` an older version of the
+    kit wrote (a benchmark of :data:`KINDS` without its kinds), so that the tables are not left without its rows;
+    an up-to-date run is left as it is."""
+    for run in runs:
+        scores = read_scores(run)
+        if any(b in KINDS and "kinds" not in v for stage in scores.values() for b, v in stage.items()):
+            evaluate_run(run)
 
 
 def band_note(n_seeds: int) -> str:
@@ -250,13 +290,14 @@ def seed_page(runs: list[Path]) -> tuple[str, dict]:
     """``make sanity``'s page (markdown) and its numbers from the seed runs' folders: the per-stage table with its
     note, the stages by kind of question with their sentences, and the RL sanity check; ("", {}) when no run was
     scored on the toy world."""
+    refresh(runs)
     per_seed = [s for s in (read_scores(r) for r in runs) if s]
     if not per_seed:  # no seed scored its stages: no table of zero seeds
         return "", {}
     text, numbers = seed_table(per_seed)
     note = band_note(len(per_seed))
     page = text.to_markdown(index=False, disable_numparse=True) + f"\n\n{note}\n"
-    kinds = kinds_table(per_seed)
+    kinds, kinds_numbers = kinds_table(per_seed)
     if not kinds.empty:
         page += f"\n## By kind of question\n\n{kinds.to_markdown(index=False, disable_numparse=True)}\n"
         page += "".join(f"\n{line}\n" for line in kinds_lines(per_seed))
@@ -265,7 +306,7 @@ def seed_page(runs: list[Path]) -> tuple[str, dict]:
         rl_text = rl.to_markdown(index=False, disable_numparse=True)  # keeps the signs of the Δ
         page += f"\n## The RL sanity check\n\n{rl_text}\n\n{RL_NOTE}\n"
     return page, {"note": note, "rows": numbers.to_dict("records"), "rl": rl.to_dict("records"),
-                  "kinds": kinds.to_dict("records")}  # fmt: skip
+                  "kinds": kinds_numbers.to_dict("records")}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ RL sanity check

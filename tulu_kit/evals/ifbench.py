@@ -9,7 +9,8 @@ imported). Strict and loose scoring are the official `evaluation_lib.test_instru
 
 Protocol of OLMES's `IFBench` task (`oe_eval/tasks/oe_eval_tasks/ifbench.py`, read in the fork davidheineman/olmes
 at `1f8dddb`): the prompt as the user turn, greedy, 1,280 new tokens, no stop. Metrics as IFEval's: prompt- and
-instruction-level accuracy, strict and loose, all four in metrics.json. The headline here is prompt-level loose (as
+instruction-level accuracy, strict and loose, all four in metrics.json, and the loose accuracy per instruction id
+in ``subscores``. The headline here is prompt-level loose (as
 for IFEval); OLMES's task default is instruction-level loose (`inst_level_loose_acc`), also reported.
 
 Two prompt files exist (`version`): `v300` is the current `data/IFBench_test.jsonl` (300 prompts, since the
@@ -45,6 +46,7 @@ from tulu_kit.evals.core import (
     take,
 )
 from tulu_kit.evals.data import MissingDataError, data_root, require_file
+from tulu_kit.evals.ifeval import per_instruction
 from tulu_kit.io import iter_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -269,8 +271,9 @@ def score_predictions(
         log.warning("%d prediction(s) skipped: prompt not an IFBench %s input (rows %s)", len(unmatched), version,
                     unmatched)  # fmt: skip
     metrics = make_metrics(
-        NAME, "prompt_level_loose_acc", values["prompt_level_loose_acc"], PROTOCOL, extra=extra
-    )
+        NAME, "prompt_level_loose_acc", values["prompt_level_loose_acc"], PROTOCOL,
+        groups=per_instruction(verdicts), extra=extra,
+    )  # fmt: skip
     metrics["counts"]["unmatched"] = len(unmatched)
     return Scored(metrics, verdicts)
 

@@ -186,7 +186,6 @@ def score_predictions(
     inputs = inputs if inputs is not None else load_inputs(data_dir)
     by_prompt = {r["prompt"]: r for r in inputs}
     values: dict[str, list[float]] = {m: [] for m in METRICS}
-    by_instruction: dict[str, list[float]] = {}  # loose, per instruction id (the official report's tier 1)
     verdicts, unmatched = [], []
     for row, p in enumerate(preds, 1):
         if "prompt" not in p:
@@ -208,8 +207,6 @@ def score_predictions(
         values["prompt_level_loose_acc"].append(float(all(loose)))
         values["inst_level_strict_acc"] += [float(x) for x in strict]
         values["inst_level_loose_acc"] += [float(x) for x in loose]
-        for iid, ok in zip(inp["instruction_id_list"], loose):
-            by_instruction.setdefault(iid, []).append(float(ok))
         verdicts.append(
             {
                 "key": inp["key"],
@@ -228,10 +225,21 @@ def score_predictions(
         )
     metrics = make_metrics(
         NAME, "prompt_level_loose_acc", values["prompt_level_loose_acc"], PROTOCOL,
-        groups=dict(sorted(by_instruction.items())), extra=extra,
+        groups=per_instruction(verdicts), extra=extra,
     )  # fmt: skip
     metrics["counts"]["unmatched"] = len(unmatched)
     return Scored(metrics, verdicts)
+
+
+def per_instruction(verdicts: list[dict]) -> dict[str, list[float]]:
+    """Loose verdicts grouped by instruction id, from IFEval-format verdicts (``instruction_id_list``,
+    ``follow_instruction_list_loose``): the official report's per-instruction "tier 1" lines
+    (``evaluation_lib.print_report``), as ``make_metrics`` groups; IFBench's verdicts have the same form."""
+    groups: dict[str, list[float]] = {}
+    for v in verdicts:
+        for iid, ok in zip(v["instruction_id_list"], v["follow_instruction_list_loose"]):
+            groups.setdefault(iid, []).append(float(ok))
+    return dict(sorted(groups.items()))
 
 
 def run(cfg: IFEvalConfig, backend=None) -> dict:
