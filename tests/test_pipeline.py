@@ -152,6 +152,10 @@ def test_demo_stages_improve_the_model_on_the_toy_world(demo_run):
     assert all(scores[s][b]["n"] == 100 for s in scores for b in ("gsm8k", "ifeval", "mmlu"))
     report = (demo_run[0] / "report" / "report.html").read_text()
     assert "Each stage on the toy world" in report
+    # each instruction kind per stage, and the sentence computed from it (tulu_kit.toy_eval.kinds_lines)
+    assert "By kind of question" in report and "held-out questions; after SFT it scores" in report
+    kinds = scores["sft"]["ifeval"]["kinds"]
+    assert sum(k["n"] for k in kinds.values()) == 100 and len(kinds) > 1
     # the RL sanity check: each RL stage's start model (its frozen control) and policy on its training prompts
     rl = json.loads((demo_run[0] / "toy_eval" / "rl.json").read_text())
     assert set(rl) == {"ppo", "grpo"} and rl["ppo"]["frozen"] == rl["grpo"]["frozen"]  # both start from DPO
