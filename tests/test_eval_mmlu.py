@@ -65,3 +65,49 @@ def test_run_on_demo_data_predicts_the_most_probable_letter(tiny_model, tmp_path
         assert p["prediction"] == "ABCD"[max(range(4), key=lambda i: p["logprobs"][i])]
         assert p["prompt"].count("Answer:") == 3  # two dev exemplars + the question
     assert metrics["score"] == sum(p["prediction"] == p["answer"] for p in preds) / 3
+
+
+def test_cloze_form_is_olmes_prompt_without_options():
+    dev = [{"question": "1+1?", "choices": ["1", "2", "3", "4"], "answer": "B"}]
+    row = {"question": "2+2?", "choices": ["3", "4", "5", "6"], "subject": "high_school_math"}
+    assert mmlu.build_prompt(row, dev, 1, "lm-eval", "rc") == (
+        "The following are multiple choice questions (with answers) about high school math.\n\n"
+        "Question: 1+1?\nAnswer: 2\n\nQuestion: 2+2?\nAnswer:"
+    )
+
+
+class _Sums:
+    """A backend whose log-likelihood of a continuation is given per choice text."""
+
+    tokenizer = None
+
+    def __init__(self, sums):
+        self.sums, self.requests = sums, []
+
+    def loglikelihood(self, requests):
+        self.requests += requests
+        return [(self.sums[cont.strip()], 1) for _ctx, cont in requests]
+
+
+def test_cloze_picks_the_highest_log_likelihood_per_character():
+    """" Madrid" (7 characters) at -5.6 beats " Rome" (5) at -4.5 per character (-0.8 vs -0.9), though its sum is
+    lower: a sum-argmax would say B, the per-character argmax says A."""
+    row = {"id": "x/0", "subject": "x", "question": "Capital of Spain?", "choices": ["Madrid", "Rome", "Oslo", "Bern"],
+           "answer": "A"}  # fmt: skip
+    be = _Sums({"Madrid": -5.6, "Rome": -4.5, "Oslo": -9.0, "Bern": -8.0})
+    (pred,) = mmlu.cloze(be, [row], ["P"])
+    assert be.requests == [("P", " Madrid"), ("P", " Rome"), ("P", " Oslo"), ("P", " Bern")]
+    assert pred["logprobs"] == [-5.6, -4.5, -9.0, -8.0] and pred["per_char"][:2] == pytest.approx([-0.8, -0.9])
+    assert pred["prediction"] == "A" and max(range(4), key=lambda i: pred["logprobs"][i]) == 1
+
+
+def test_cloze_run_on_demo_data(tiny_model, tmp_path):
+    cfg = mmlu.MMLUConfig(model=str(tiny_model), data_dir="demo", out_dir=str(tmp_path), form="rc", chat=True)
+    metrics = mmlu.run(cfg)
+    preds = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert metrics["counts"]["n"] == 3
+    for p in preds:
+        assert "\nA. " not in p["prompt"] and "Question: " in p["prompt"] and p["prompt"].endswith("The answer is:")
+        assert p["prediction"] == "ABCD"[max(range(4), key=lambda i: p["per_char"][i])]
+        assert p["per_char"] == pytest.approx([s / len(" " + c) for s, c in zip(p["logprobs"], p["choices"])])
+    assert metrics["score"] == sum(p["prediction"] == p["answer"] for p in preds) / 3

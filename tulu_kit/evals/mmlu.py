@@ -5,6 +5,12 @@ github.com/hendrycks/test `evaluate.py`) as open-instruct ran it (`eval/mmlu/run
 following are multiple choice questions (with answers) about {subject}.", k dev-set exemplars, the question with
 "A. .. D." options and "Answer:"; in chat mode the assistant turn starts "The answer is:". The prediction is the
 letter whose token (" A" .. " D") has the highest next-token probability. Accuracy over all questions (micro).
+
+``form: rc`` is OLMES's cloze formulation (Gu et al. 2024, "OLMES: A Standard for Language Model Evaluations", arXiv
+2406.08446), for models too small to map an answer to its letter (at chance in the letter form): the same header,
+"Question: {q}\nAnswer:" with no options listed, and each choice's text (" Cairo") scored as a continuation; the
+prediction is the choice with the highest log-likelihood per character (lm-eval's ``acc_norm``, OLMES's
+``acc_per_char``), so a long choice is not penalised for its length.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ PROTOCOL = {
     "decoding": "none: next-token log-probability of ' A', ' B', ' C', ' D'",
     "extraction": "argmax over the four letters",
     "metric": "accuracy over all questions (micro average)",
-    "source": "hendrycks/test evaluate.py; open-instruct eval/mmlu/run_eval.py",
+    "source": "hendrycks/test evaluate.py; open-instruct eval/mmlu/run_eval.py (form rc: OLMES's cloze formulation)",
     "data": "mmlu/dev/*_dev.csv, mmlu/test/*_test.csv",
 }
 
@@ -54,6 +60,9 @@ class MMLUConfig(EvalConfig):
     # open-instruct: its header exactly, "about  abstract algebra" (hendrycks/test's format_subject puts a space
     # before each word); lm-eval: one space. The two differ by that one character only.
     prompt_style: Literal["open-instruct", "lm-eval"] = "open-instruct"
+    # mc: the options listed, the answer letter's probability (open-instruct, Tulu); rc: OLMES's cloze formulation,
+    # each option's text scored per character (small models, which are at chance in the letter form)
+    form: Literal["mc", "rc"] = "mc"
     # subset "open-instruct" + max_examples: open-instruct's per-subject draw (test_df.sample(n, random_state=seed))
 
 
@@ -96,17 +105,25 @@ def load_subject(data_dir: str | None, subject: str) -> tuple[list[dict], list[d
     return dev, test
 
 
-def format_example(row: dict, with_answer: bool) -> str:
+def format_example(row: dict, with_answer: bool, form: str = "mc") -> str:
+    if form == "rc":  # OLMES make_cloze_prompt: no options, the answer's text after "Answer:"
+        text = f"Question: {row['question']}\nAnswer:"
+        return text + (f" {answer_text(row)}\n\n" if with_answer else "")
     text = row["question"] + "".join(f"\n{L}. {c}" for L, c in zip(LETTERS, row["choices"])) + "\nAnswer:"
     return text + (f" {row['answer']}\n\n" if with_answer else "")
 
 
-def build_prompt(row: dict, dev: list[dict], n_shot: int, style: str = "open-instruct") -> str:
+def answer_text(row: dict) -> str:
+    """The text of the right choice (what ``form: rc`` scores)."""
+    return row["choices"][LETTERS.index(row["answer"])]
+
+
+def build_prompt(row: dict, dev: list[dict], n_shot: int, style: str = "open-instruct", form: str = "mc") -> str:
     words = row["subject"].split("_")
     # open-instruct (hendrycks/test): "about {}".format(" abstract algebra") -- two spaces; lm-eval: one
     subject = "".join(" " + w for w in words) if style == "open-instruct" else " ".join(words)
     head = f"The following are multiple choice questions (with answers) about {subject}.\n\n"
-    return head + "".join(format_example(d, True) for d in dev[:n_shot]) + format_example(row, False)
+    return head + "".join(format_example(d, True, form) for d in dev[:n_shot]) + format_example(row, False, form)
 
 
 def load_examples(cfg: MMLUConfig) -> tuple[list[dict], dict[str, list[dict]]]:
@@ -187,12 +204,14 @@ def run(cfg: MMLUConfig, backend=None) -> dict:
     n_shot = 0 if cfg.n_shot is None else cfg.n_shot
 
     def text(e: dict) -> str:
-        return build_prompt(e, devs[e["subject"]], n_shot, cfg.prompt_style)
+        return build_prompt(e, devs[e["subject"]], n_shot, cfg.prompt_style, cfg.form)
 
     def compute(be: Backend, chunk: list[dict]) -> list[dict]:
         prompts = [
             chat_prompt(be.tokenizer, text(e), cfg.chat, "The answer is:" if cfg.chat else "") for e in chunk
         ]
+        if cfg.form == "rc":
+            return cloze(be, chunk, prompts)
         scores = be.choice_logprobs(prompts, LETTERS)
         return [
             {**e, "prompt": p, "logprobs": s, "prediction": LETTERS[max(range(4), key=lambda i: s[i])]}
@@ -201,3 +220,17 @@ def run(cfg: MMLUConfig, backend=None) -> dict:
 
     preds = predict(cfg, examples, compute, backend, sort_key=lambda e: len(text(e)))
     return finish(cfg, score_predictions(preds, cfg.data_dir))
+
+
+def cloze(be: Backend, chunk: list[dict], prompts: list[str]) -> list[dict]:
+    """``form: rc``: each choice's text as a continuation of the prompt, in one batched call; the prediction is the
+    letter of the highest log-likelihood per character (``logprobs`` keeps the sums, ``per_char`` the scores)."""
+    conts = [[" " + c for c in e["choices"]] for e in chunk]
+    scores = iter(be.loglikelihood([(p, c) for p, cs in zip(prompts, conts) for c in cs]))
+    out = []
+    for e, p, cs in zip(chunk, prompts, conts):
+        sums = [next(scores)[0] for _ in cs]
+        per_char = [s / len(c) for s, c in zip(sums, cs)]
+        best = LETTERS[max(range(len(cs)), key=lambda i: per_char[i])]
+        out.append({**e, "prompt": p, "logprobs": sums, "per_char": per_char, "prediction": best})
+    return out
