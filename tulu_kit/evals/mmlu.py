@@ -9,8 +9,8 @@ letter whose token (" A" .. " D") has the highest next-token probability. Accura
 ``form: rc`` is OLMES's cloze formulation (Gu et al. 2024, "OLMES: A Standard for Language Model Evaluations", arXiv
 2406.08446), for models too small to map an answer to its letter (at chance in the letter form): the same header,
 "Question: {q}\nAnswer:" with no options listed, and each choice's text (" Cairo") scored as a continuation; the
-prediction is the choice with the highest log-likelihood per character (lm-eval's ``acc_norm``, OLMES's
-``acc_per_char``), so a long choice is not penalised for its length.
+prediction is the choice with the highest log-likelihood per character of its text (lm-eval's ``acc_norm``:
+``argmax(lls / len(choice))``, the space before it not counted), so a long choice is not penalised for its length.
 """
 
 from __future__ import annotations
@@ -224,13 +224,14 @@ def run(cfg: MMLUConfig, backend=None) -> dict:
 
 def cloze(be: Backend, chunk: list[dict], prompts: list[str]) -> list[dict]:
     """``form: rc``: each choice's text as a continuation of the prompt, in one batched call; the prediction is the
-    letter of the highest log-likelihood per character (``logprobs`` keeps the sums, ``per_char`` the scores)."""
-    conts = [[" " + c for c in e["choices"]] for e in chunk]
-    scores = iter(be.loglikelihood([(p, c) for p, cs in zip(prompts, conts) for c in cs]))
+    letter of the highest log-likelihood per character of the choice (``logprobs`` keeps the sums, ``per_char`` the
+    scores; lm-eval's ``acc_norm`` divides by ``len(choice)``, without the space before it)."""
+    requests = [(p, " " + c) for e, p in zip(chunk, prompts) for c in e["choices"]]
+    scores = iter(be.loglikelihood(requests))
     out = []
-    for e, p, cs in zip(chunk, prompts, conts):
-        sums = [next(scores)[0] for _ in cs]
-        per_char = [s / len(c) for s, c in zip(sums, cs)]
-        best = LETTERS[max(range(len(cs)), key=lambda i: per_char[i])]
+    for e, p in zip(chunk, prompts):
+        sums = [next(scores)[0] for _ in e["choices"]]
+        per_char = [s / len(c) for s, c in zip(sums, e["choices"])]
+        best = LETTERS[max(range(len(sums)), key=lambda i: per_char[i])]
         out.append({**e, "prompt": p, "logprobs": sums, "per_char": per_char, "prediction": best})
     return out
