@@ -90,7 +90,7 @@ class _Sums:
 
 
 def test_cloze_picks_the_highest_log_likelihood_per_character():
-    """"Madrid" (6 characters) at -5.8 beats "Rome" (4) at -4.0 per character (-0.967 vs -1.0), though its sum is
+    """ "Madrid" (6 characters) at -5.8 beats "Rome" (4) at -4.0 per character (-0.967 vs -1.0), though its sum is
     lower: a sum-argmax would say B, lm-eval's acc_norm (argmax of lls / len(choice)) says A. Counting the space
     before each choice (-5.8 / 7 = -0.829 vs -4.0 / 5 = -0.8) would say B."""
     row = {"id": "x/0", "subject": "x", "question": "Capital of Spain?", "choices": ["Madrid", "Rome", "Oslo", "Bern"],
@@ -98,7 +98,9 @@ def test_cloze_picks_the_highest_log_likelihood_per_character():
     be = _Sums({"Madrid": -5.8, "Rome": -4.0, "Oslo": -9.0, "Bern": -8.0})
     (pred,) = mmlu.cloze(be, [row], ["P"])
     assert be.requests == [("P", " Madrid"), ("P", " Rome"), ("P", " Oslo"), ("P", " Bern")]
-    assert pred["logprobs"] == [-5.8, -4.0, -9.0, -8.0] and pred["per_char"][:2] == pytest.approx([-5.8 / 6, -1.0])
+    assert pred["logprobs"] == [-5.8, -4.0, -9.0, -8.0] and pred["per_char"][:2] == pytest.approx(
+        [-5.8 / 6, -1.0]
+    )
     assert pred["prediction"] == "A" and max(range(4), key=lambda i: pred["logprobs"][i]) == 1
 
 
@@ -108,7 +110,12 @@ def test_cloze_run_on_demo_data(tiny_model, tmp_path):
     preds = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert metrics["counts"]["n"] == 3
     for p in preds:
-        assert "\nA. " not in p["prompt"] and "Question: " in p["prompt"] and p["prompt"].endswith("The answer is:")
+        assert (
+            "\nA. " not in p["prompt"]
+            and "Question: " in p["prompt"]
+            and p["prompt"].endswith("The answer is:")
+        )
         assert p["prediction"] == "ABCD"[max(range(4), key=lambda i: p["per_char"][i])]
         assert p["per_char"] == pytest.approx([s / len(c) for s, c in zip(p["logprobs"], p["choices"])])
     assert metrics["score"] == sum(p["prediction"] == p["answer"] for p in preds) / 3
+    assert metrics["protocol"]["extraction"].startswith("argmax of log-likelihood / len(choice)")

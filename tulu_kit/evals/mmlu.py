@@ -46,8 +46,16 @@ PROTOCOL = {
     "decoding": "none: next-token log-probability of ' A', ' B', ' C', ' D'",
     "extraction": "argmax over the four letters",
     "metric": "accuracy over all questions (micro average)",
-    "source": "hendrycks/test evaluate.py; open-instruct eval/mmlu/run_eval.py (form rc: OLMES's cloze formulation)",
+    "source": "hendrycks/test evaluate.py; open-instruct eval/mmlu/run_eval.py",
     "data": "mmlu/dev/*_dev.csv, mmlu/test/*_test.csv",
+}
+CLOZE_PROTOCOL = {  # form rc
+    **PROTOCOL,
+    "prompt": "The following are multiple choice questions (with answers) about {subject}.\\n\\nQuestion: {q}\\n"
+    "Answer:  (chat: + assistant 'The answer is:')",
+    "decoding": "none: log-likelihood of each option's text ' {choice}' after the prompt",
+    "extraction": "argmax of log-likelihood / len(choice) (lm-eval acc_norm)",
+    "source": "OLMES cloze formulation (Gu et al. 2024, arXiv 2406.08446) on hendrycks/test's header",
 }
 
 
@@ -118,12 +126,16 @@ def answer_text(row: dict) -> str:
     return row["choices"][LETTERS.index(row["answer"])]
 
 
-def build_prompt(row: dict, dev: list[dict], n_shot: int, style: str = "open-instruct", form: str = "mc") -> str:
+def build_prompt(
+    row: dict, dev: list[dict], n_shot: int, style: str = "open-instruct", form: str = "mc"
+) -> str:
     words = row["subject"].split("_")
     # open-instruct (hendrycks/test): "about {}".format(" abstract algebra") -- two spaces; lm-eval: one
     subject = "".join(" " + w for w in words) if style == "open-instruct" else " ".join(words)
     head = f"The following are multiple choice questions (with answers) about {subject}.\n\n"
-    return head + "".join(format_example(d, True, form) for d in dev[:n_shot]) + format_example(row, False, form)
+    return (
+        head + "".join(format_example(d, True, form) for d in dev[:n_shot]) + format_example(row, False, form)
+    )
 
 
 def load_examples(cfg: MMLUConfig) -> tuple[list[dict], dict[str, list[dict]]]:
@@ -141,7 +153,7 @@ def load_examples(cfg: MMLUConfig) -> tuple[list[dict], dict[str, list[dict]]]:
     return examples, devs
 
 
-def score_predictions(preds: list[dict], data_dir: str | None = None) -> Scored:
+def score_predictions(preds: list[dict], data_dir: str | None = None, form: str = "mc") -> Scored:
     """Records with 'question' (+ optional 'id', 'subject', 'choices') and one of: 'prediction' (a letter), 'logprobs'
     (four numbers, A-D) or 'output' (text whose first standalone A-D letter is the answer)."""
     index: dict[str, dict] = {}
@@ -174,8 +186,9 @@ def score_predictions(preds: list[dict], data_dir: str | None = None) -> Scored:
                 "correct": ok,
             }
         )
+    protocol = CLOZE_PROTOCOL if form == "rc" else PROTOCOL
     return Scored(
-        make_metrics(NAME, "accuracy", values, PROTOCOL, groups=dict(sorted(groups.items()))), verdicts
+        make_metrics(NAME, "accuracy", values, protocol, groups=dict(sorted(groups.items()))), verdicts
     )
 
 
@@ -219,7 +232,7 @@ def run(cfg: MMLUConfig, backend=None) -> dict:
         ]
 
     preds = predict(cfg, examples, compute, backend, sort_key=lambda e: len(text(e)))
-    return finish(cfg, score_predictions(preds, cfg.data_dir))
+    return finish(cfg, score_predictions(preds, cfg.data_dir, cfg.form))
 
 
 def cloze(be: Backend, chunk: list[dict], prompts: list[str]) -> list[dict]:
@@ -231,7 +244,7 @@ def cloze(be: Backend, chunk: list[dict], prompts: list[str]) -> list[dict]:
     out = []
     for e, p in zip(chunk, prompts):
         sums = [next(scores)[0] for _ in e["choices"]]
-        per_char = [s / len(c) for s, c in zip(sums, e["choices"])]
+        per_char = [s / max(len(c), 1) for s, c in zip(sums, e["choices"])]
         best = LETTERS[max(range(len(sums)), key=lambda i: per_char[i])]
         out.append({**e, "prompt": p, "logprobs": sums, "per_char": per_char, "prediction": best})
     return out
