@@ -98,10 +98,10 @@ def test_cloze_picks_the_highest_log_likelihood_per_character():
     be = _Sums({"Madrid": -5.8, "Rome": -4.0, "Oslo": -9.0, "Bern": -8.0})
     (pred,) = mmlu.cloze(be, [row], ["P"])
     assert be.requests == [("P", " Madrid"), ("P", " Rome"), ("P", " Oslo"), ("P", " Bern")]
-    assert pred["logprobs"] == [-5.8, -4.0, -9.0, -8.0] and pred["per_char"][:2] == pytest.approx(
-        [-5.8 / 6, -1.0]
-    )
-    assert pred["prediction"] == "A" and max(range(4), key=lambda i: pred["logprobs"][i]) == 1
+    assert pred["choice_loglikelihoods"] == [-5.8, -4.0, -9.0, -8.0] and pred["per_char"][
+        :2
+    ] == pytest.approx([-5.8 / 6, -1.0])
+    assert pred["prediction"] == "A" and max(range(4), key=lambda i: pred["choice_loglikelihoods"][i]) == 1
 
 
 def test_cloze_run_on_demo_data(tiny_model, tmp_path):
@@ -116,6 +116,46 @@ def test_cloze_run_on_demo_data(tiny_model, tmp_path):
             and p["prompt"].endswith("The answer is:")
         )
         assert p["prediction"] == "ABCD"[max(range(4), key=lambda i: p["per_char"][i])]
-        assert p["per_char"] == pytest.approx([s / len(c) for s, c in zip(p["logprobs"], p["choices"])])
+        assert p["per_char"] == pytest.approx(
+            [s / len(c) for s, c in zip(p["choice_loglikelihoods"], p["choices"])]
+        )
     assert metrics["score"] == sum(p["prediction"] == p["answer"] for p in preds) / 3
     assert metrics["protocol"]["extraction"].startswith("argmax of log-likelihood / len(choice)")
+
+
+def test_cloze_scores_are_never_labelled_the_letter_form(tmp_path):
+    """`tulu-kit score mmlu` on the cloze form's records: scored per character with form=rc (metric acc_norm, its
+    protocol), refused without it; a misspelt form is refused too."""
+    root = tmp_path / "data"
+    (root / "mmlu" / "test").mkdir(parents=True)
+    (root / "mmlu" / "dev").mkdir()
+    (root / "mmlu" / "test" / "geo_test.csv").write_text("Capital of Spain?,Madrid,Rome,Oslo,Bern,A\n")
+    (root / "mmlu" / "dev" / "geo_dev.csv").write_text("")
+    rec = {"question": "Capital of Spain?", "subject": "geo", "per_char": [-0.9, -1.0, -2.0, -2.0]}
+    scored = mmlu.score_predictions([rec], str(root), form="rc")
+    assert scored.metrics["score"] == 1.0 and scored.metrics["metric"] == "acc_norm"
+    assert scored.metrics["protocol"]["extraction"].startswith("argmax of log-likelihood / len(choice)")
+    with pytest.raises(ValueError, match="prediction 1: has 'per_char'.*form=rc"):
+        mmlu.score_predictions([rec], str(root))
+    with pytest.raises(ValueError, match="form rc needs"):
+        mmlu.score_predictions(
+            [{"question": "Capital of Spain?", "logprobs": [0, 1, 2, 3]}], str(root), form="rc"
+        )
+    with pytest.raises(ValueError, match="form must be one of"):
+        mmlu.run(
+            mmlu.MMLUConfig(model="unused", data_dir=str(root), out_dir=str(tmp_path / "o"), form="cloze")
+        )
+
+
+def test_an_eval_folder_from_before_a_setting_existed_resumes(tiny_model, tmp_path):
+    """eval_config.json written before `form` existed: the file was made at the default (mc), so it resumes."""
+    cfg = mmlu.MMLUConfig(model=str(tiny_model), data_dir="demo", out_dir=str(tmp_path))
+    mmlu.run(cfg)
+    saved = json.loads((tmp_path / "eval_config.json").read_text())
+    del saved["form"]
+    (tmp_path / "eval_config.json").write_text(json.dumps(saved))
+    before = (tmp_path / "predictions.jsonl").read_text()
+    mmlu.run(cfg)
+    assert (tmp_path / "predictions.jsonl").read_text() == before
+    with pytest.raises(ValueError, match="form"):  # the other form is another protocol: refused, never mixed
+        mmlu.run(mmlu.MMLUConfig(model=str(tiny_model), data_dir="demo", out_dir=str(tmp_path), form="rc"))

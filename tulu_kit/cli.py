@@ -383,7 +383,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 SCORE_EPILOG = """benchmarks and the fields of each prediction row (JSONL):
   gsm8k           "question", "output"            math        "problem" (or "question"), "output"
   bbh             "task", "input", "output"       tydiqa      "id" (TyDi QA question id), "output"
-  mmlu            "question" (+ "subject"), "prediction" (a letter) or "logprobs" (letter -> log-prob)
+  mmlu            "question" (+ "subject"), "prediction" (a letter) or "logprobs" (letter -> log-prob);
+                  --set form=rc: the cloze form's "per_char" (A-D: log-likelihood per character of each answer)
   truthfulqa      "question", "logprobs" (answer text -> log-prob)
   humaneval, humaneval_plus, mbpp_plus            "task_id", "completion" (the official samples format)
   ifeval          "prompt", "response" (the official input_response_data format)

@@ -431,6 +431,10 @@ def _check_resume(cfg: EvalConfig, out: Path) -> None:
             raise ValueError(f"{path}: expected a JSON object; delete it and predictions.jsonl to start over")
         before = {k: v for k, v in before.items() if k not in _RESUME_IGNORED}
         before.setdefault("data_root", now["data_root"])  # written before the data folder was recorded
+        # a setting added to the protocol since: the file was made at its default
+        for f in dataclasses.fields(cfg):
+            if f.default is not dataclasses.MISSING and f.name in now:
+                before.setdefault(f.name, f.default)
         if "model_fingerprint" not in before:  # made before models were fingerprinted: another model
             before["model_fingerprint"] = "not recorded"
         diff = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v}
@@ -901,7 +905,7 @@ class PredictionError(FileFormatError):
 
 # fields holding the model's answer (everything else in a record identifies the example it answers)
 _ANSWER_TEXT = ("output", "completion", "response", "prediction")
-_ANSWER_SCORES = ("logprobs",)
+_ANSWER_SCORES = ("logprobs", "choice_loglikelihoods", "per_char")
 
 
 def _repeats(benchmark: str) -> bool:

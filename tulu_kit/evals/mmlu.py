@@ -6,11 +6,14 @@ following are multiple choice questions (with answers) about {subject}.", k dev-
 "A. .. D." options and "Answer:"; in chat mode the assistant turn starts "The answer is:". The prediction is the
 letter whose token (" A" .. " D") has the highest next-token probability. Accuracy over all questions (micro).
 
-``form: rc`` is OLMES's cloze formulation (Gu et al. 2024, "OLMES: A Standard for Language Model Evaluations", arXiv
-2406.08446), for models too small to map an answer to its letter (at chance in the letter form): the same header,
-"Question: {q}\nAnswer:" with no options listed, and each choice's text (" Cairo") scored as a continuation; the
-prediction is the choice with the highest log-likelihood per character of its text (lm-eval's ``acc_norm``:
-``argmax(lls / len(choice))``, the space before it not counted), so a long choice is not penalised for its length.
+``form: rc`` is the cloze formulation, for models too small to map an answer to its letter (at chance in the letter
+form; OLMES, Gu et al. 2024, arXiv 2406.08446, scores both forms and keeps the better): the same header, the
+question as OLMES's ``make_cloze_prompt`` writes it ("Question: {q}\nAnswer:", no options), and each choice's text
+(" Cairo") scored as a continuation. The prediction is the choice with the highest log-likelihood per character of
+its text, lm-eval's ``acc_norm`` rule (``argmax(lls / len(choice))``, the space before it not counted), so a long
+choice is not penalised for its length; the metric is named ``acc_norm``. lm-eval's own cloze task
+(``mmlu_continuation``) differs in its prompt: "The following are questions (with answers) about ..." (no
+"multiple choice"), and with a chat template no "The answer is:". OLMES's MMLU is 5-shot: ``n_shot=5``.
 """
 
 from __future__ import annotations
@@ -55,7 +58,10 @@ CLOZE_PROTOCOL = {  # form rc
     "Answer:  (chat: + assistant 'The answer is:')",
     "decoding": "none: log-likelihood of each option's text ' {choice}' after the prompt",
     "extraction": "argmax of log-likelihood / len(choice) (lm-eval acc_norm)",
-    "source": "OLMES cloze formulation (Gu et al. 2024, arXiv 2406.08446) on hendrycks/test's header",
+    "shots": "0 (default) or 5 dev-set exemplars, each answered with its text (OLMES: 5)",
+    "metric": "acc_norm: accuracy of the per-character argmax over all questions (micro average)",
+    "source": "OLMES make_cloze_prompt (Gu et al. 2024, arXiv 2406.08446) after hendrycks/test's header; lm-eval's "
+    "acc_norm rule",
 }
 
 
@@ -153,9 +159,21 @@ def load_examples(cfg: MMLUConfig) -> tuple[list[dict], dict[str, list[dict]]]:
     return examples, devs
 
 
+FORMS = ("mc", "rc")
+
+
+def check_form(form: str) -> None:
+    if form not in FORMS:
+        raise ValueError(
+            f"form must be one of {FORMS} (mc: the answer letter, rc: the cloze form), got {form!r}"
+        )
+
+
 def score_predictions(preds: list[dict], data_dir: str | None = None, form: str = "mc") -> Scored:
     """Records with 'question' (+ optional 'id', 'subject', 'choices') and one of: 'prediction' (a letter), 'logprobs'
-    (four numbers, A-D) or 'output' (text whose first standalone A-D letter is the answer)."""
+    (four numbers, A-D) or 'output' (text whose first standalone A-D letter is the answer). ``form="rc"``: the
+    cloze form's records, 'prediction' or 'per_char' (each choice's log-likelihood per character, A-D)."""
+    check_form(form)
     index: dict[str, dict] = {}
     for subject in subjects(data_dir):
         for row in load_subject(data_dir, subject)[1]:
@@ -173,6 +191,12 @@ def score_predictions(preds: list[dict], data_dir: str | None = None, form: str 
         gold = next((index[k] for k in keys if k in index), None)
         if gold is None:
             raise ValueError(f"prediction {n}: question {p['question'][:60]!r}... is not in mmlu/test")
+        if form == "mc" and "per_char" in p:
+            raise ValueError(
+                f"prediction {n}: has 'per_char', the cloze form's scores: score it with form=rc"
+            )
+        if form == "rc" and "per_char" not in p and p.get("prediction") is None:
+            raise ValueError(f"prediction {n}: form rc needs 'prediction' or 'per_char' (A-D, per character)")
         letter = _letter(p, n)
         ok = letter == gold["answer"]
         values.append(float(ok))
@@ -186,10 +210,8 @@ def score_predictions(preds: list[dict], data_dir: str | None = None, form: str 
                 "correct": ok,
             }
         )
-    protocol = CLOZE_PROTOCOL if form == "rc" else PROTOCOL
-    return Scored(
-        make_metrics(NAME, "accuracy", values, protocol, groups=dict(sorted(groups.items()))), verdicts
-    )
+    metric, protocol = ("acc_norm", CLOZE_PROTOCOL) if form == "rc" else ("accuracy", PROTOCOL)
+    return Scored(make_metrics(NAME, metric, values, protocol, groups=dict(sorted(groups.items()))), verdicts)
 
 
 def _letter(p: dict, n: int) -> str | None:
@@ -200,6 +222,11 @@ def _letter(p: dict, n: int) -> str | None:
             return bare or None
         m = re.search(r"\b([ABCD])\b", text)  # free text ("Answer: B"): the first standalone letter
         return m.group(1) if m else None
+    if "per_char" in p:  # the cloze form: the choice of the highest log-likelihood per character
+        pc = p["per_char"]
+        if not isinstance(pc, list) or len(pc) != 4:
+            raise ValueError(f"prediction {n}: field per_char must be a list of 4 numbers (A-D)")
+        return LETTERS[max(range(4), key=lambda i: pc[i])]
     if "logprobs" in p:
         lp = p["logprobs"]
         if not isinstance(lp, list) or len(lp) != 4:
@@ -212,7 +239,9 @@ def _letter(p: dict, n: int) -> str | None:
 
 
 def run(cfg: MMLUConfig, backend=None) -> dict:
-    """Score the four answer letters of (a subset of) MMLU test, write predictions and metrics.json."""
+    """Score the four answer letters (``form="rc"``: the four answers' texts) of (a subset of) MMLU test, write
+    predictions and metrics.json."""
+    check_form(cfg.form)
     examples, devs = load_examples(cfg)
     n_shot = 0 if cfg.n_shot is None else cfg.n_shot
 
@@ -237,8 +266,8 @@ def run(cfg: MMLUConfig, backend=None) -> dict:
 
 def cloze(be: Backend, chunk: list[dict], prompts: list[str]) -> list[dict]:
     """``form: rc``: each choice's text as a continuation of the prompt, in one batched call; the prediction is the
-    letter of the highest log-likelihood per character of the choice (``logprobs`` keeps the sums, ``per_char`` the
-    scores; lm-eval's ``acc_norm`` divides by ``len(choice)``, without the space before it)."""
+    letter of the highest log-likelihood per character of the choice (``choice_loglikelihoods`` keeps the sums,
+    ``per_char`` the scores; lm-eval's ``acc_norm`` divides by ``len(choice)``, without the space before it)."""
     requests = [(p, " " + c) for e, p in zip(chunk, prompts) for c in e["choices"]]
     scores = iter(be.loglikelihood(requests))
     out = []
@@ -246,5 +275,7 @@ def cloze(be: Backend, chunk: list[dict], prompts: list[str]) -> list[dict]:
         sums = [next(scores)[0] for _ in e["choices"]]
         per_char = [s / max(len(c), 1) for s, c in zip(sums, e["choices"])]
         best = LETTERS[max(range(len(sums)), key=lambda i: per_char[i])]
-        out.append({**e, "prompt": p, "logprobs": sums, "per_char": per_char, "prediction": best})
+        out.append(
+            {**e, "prompt": p, "choice_loglikelihoods": sums, "per_char": per_char, "prediction": best}
+        )
     return out
