@@ -79,8 +79,6 @@ def test_cloze_form_is_olmes_prompt_without_options():
 class _Sums:
     """A backend whose log-likelihood of a continuation is given per choice text."""
 
-    tokenizer = None
-
     def __init__(self, sums):
         self.sums, self.requests = sums, []
 
@@ -98,9 +96,8 @@ def test_cloze_picks_the_highest_log_likelihood_per_character():
     be = _Sums({"Madrid": -5.8, "Rome": -4.0, "Oslo": -9.0, "Bern": -8.0})
     (pred,) = mmlu.cloze(be, [row], ["P"])
     assert be.requests == [("P", " Madrid"), ("P", " Rome"), ("P", " Oslo"), ("P", " Bern")]
-    assert pred["choice_loglikelihoods"] == [-5.8, -4.0, -9.0, -8.0] and pred["per_char"][
-        :2
-    ] == pytest.approx([-5.8 / 6, -1.0])
+    assert pred["choice_loglikelihoods"] == [-5.8, -4.0, -9.0, -8.0]
+    assert pred["per_char"][:2] == pytest.approx([-5.8 / 6, -1.0])
     assert pred["prediction"] == "A" and max(range(4), key=lambda i: pred["choice_loglikelihoods"][i]) == 1
 
 
@@ -137,6 +134,8 @@ def test_cloze_scores_are_never_labelled_the_letter_form(tmp_path):
     assert scored.metrics["protocol"]["extraction"].startswith("argmax of log-likelihood / len(choice)")
     with pytest.raises(ValueError, match="prediction 1: has 'per_char'.*form=rc"):
         mmlu.score_predictions([rec], str(root))
+    with pytest.raises(ValueError, match="prediction 1: field per_char must be a list of 4"):
+        mmlu.score_predictions([{**rec, "per_char": [0.0, 1.0]}], str(root), form="rc")
     with pytest.raises(ValueError, match="form rc needs"):
         mmlu.score_predictions(
             [{"question": "Capital of Spain?", "logprobs": [0, 1, 2, 3]}], str(root), form="rc"

@@ -222,16 +222,13 @@ def _letter(p: dict, n: int) -> str | None:
             return bare or None
         m = re.search(r"\b([ABCD])\b", text)  # free text ("Answer: B"): the first standalone letter
         return m.group(1) if m else None
-    if "per_char" in p:  # the cloze form: the choice of the highest log-likelihood per character
-        pc = p["per_char"]
-        if not isinstance(pc, list) or len(pc) != 4:
-            raise ValueError(f"prediction {n}: field per_char must be a list of 4 numbers (A-D)")
-        return LETTERS[max(range(4), key=lambda i: pc[i])]
-    if "logprobs" in p:
-        lp = p["logprobs"]
-        if not isinstance(lp, list) or len(lp) != 4:
-            raise ValueError(f"prediction {n}: field logprobs must be a list of 4 numbers (A-D)")
-        return LETTERS[max(range(4), key=lambda i: lp[i])]
+    # the letter of the highest score: per character of each answer (the cloze form), else the letter's log-prob
+    for field in ("per_char", "logprobs"):
+        if field in p:
+            scores = p[field]
+            if not isinstance(scores, list) or len(scores) != 4:
+                raise ValueError(f"prediction {n}: field {field} must be a list of 4 numbers (A-D)")
+            return LETTERS[max(range(4), key=lambda i: scores[i])]
     if "output" in p:
         m = re.search(r"\b([ABCD])\b", str(p["output"]))
         return m.group(1) if m else None
