@@ -172,6 +172,12 @@ if subset.startswith("with:"):  # runs only beside its sibling: one at a time, i
         assert time.time() < deadline, f"{sibling} never started"
         time.sleep(0.1)
     time.sleep(1.0)
+if subset.startswith("after:"):  # ends only once the runner has recorded its sibling's failure
+    import json
+    run_json, deadline = out.parent / "run.json", time.time() + 60
+    while json.loads(run_json.read_text()).get("stages", {}).get(subset[6:], {}).get("status") != "failed":
+        assert time.time() < deadline, f"{subset[6:]} never failed"
+        time.sleep(0.1)
 if subset == "sleep":
     time.sleep(120)
 (out / "ended").write_text(str(time.time()))
@@ -235,7 +241,7 @@ def test_a_dead_kernel_fails_its_stage_one_at_a_time_too(tmp_path, capsys):
 @pytest.mark.parametrize("how,says", [("fail", "ValueError: boom"), ("die", "DeadKernelError")])
 def test_a_failed_eval_stage_lets_the_running_one_finish_and_starts_no_more(tmp_path, capsys, how, says):
     run_dir = tmp_path / "run"
-    recipe = load_recipe(_eval_recipe(tmp_path, {"a": "with:b", "b": how, "c": ""}, 2), run_dir=run_dir)
+    recipe = load_recipe(_eval_recipe(tmp_path, {"a": "after:b", "b": how, "c": ""}, 2), run_dir=run_dir)
     assert run_recipe(recipe) == 1
     err = capsys.readouterr().err
     assert f"stage 'b' failed: {says}" in err and "waiting for 1 running stage(s) to end" in err
