@@ -305,6 +305,7 @@ def test_humaneval(shared_data, tmp_path):
     preds = [{"task_id": t, "completion": p["canonical_solution"]} for t, p in problems.items()]
     metrics, verdicts = score("humaneval", preds, shared_data, tmp_path)
     canonical = (sum(v["passed"] for v in verdicts), len(verdicts))
+    assert metrics["pass@1"] == 1.0 and "pass@10" not in metrics  # one sample a task: no pass@10
     example = humaneval.read_problems(shared_data / "humaneval" / "example_problem.jsonl")
     rows = read_jsonl(shared_data / "humaneval" / "example_samples.jsonl")
     samples = humaneval.group_samples(rows, example, "example_problem.jsonl")

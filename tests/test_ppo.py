@@ -120,17 +120,26 @@ def test_batch_indices_cover_each_epoch_once_across_ranks():
 
 
 def test_toy_reward_rises_with_kl_bounded_and_rewards_are_the_scorers(warm_model, toy_file, tmp_path):
+    """The learning test: the share of correct sampled answers rises, beyond its frozen control (the same run at
+    learning rate ≈ 0, whose reward moves only by sampling noise); every logged reward is the scorer's."""
     from tulu_kit.evals import gsm8k
 
     torch.set_num_threads(1)
     kw = dict(train_file=toy_file, max_steps=20, rollout_batch_size=32, per_device_train_batch_size=16)
     result = ppo.run(_cfg(warm_model, tmp_path / "ppo", **kw))
-    history = read_jsonl(tmp_path / "ppo" / "log_history.jsonl")
-    assert [h["step"] for h in history] == list(range(1, 21))
-    start = sum(h["verifiable_reward"] for h in history[:5]) / 5  # share of correct answers, iterations 1-5
-    end = sum(h["verifiable_reward"] for h in history[-5:]) / 5  # and 16-20
-    assert end >= start + 0.1, (start, end)
+    ppo.run(_cfg(warm_model, tmp_path / "frozen", learning_rate=1e-12, **kw))
+
+    def gain(name):  # share of correct answers, iterations 16-20 minus iterations 1-5
+        history = read_jsonl(tmp_path / name / "log_history.jsonl")
+        assert [h["step"] for h in history] == list(range(1, 21))
+        return sum(h["verifiable_reward"] for h in history[-5:]) / 5 - sum(
+            h["verifiable_reward"] for h in history[:5]
+        ) / 5, history
+
+    (trained, history), (frozen, frozen_history) = gain("ppo"), gain("frozen")
+    assert trained >= 0.1 and trained > frozen + 0.05, (trained, frozen)
     assert abs(history[-1]["kl"]) < 5.0  # summed over the response: the policy stays near the reference
+    assert max(abs(h["kl"]) for h in frozen_history) < 1e-4  # the frozen policy is its reference
     assert result["train_steps"] == 20 and Path(result["model_dir"], "config.json").is_file()
     # every logged reward is the GSM8K eval scorer's verdict on the sampled text, times verification_reward
     samples = read_jsonl(tmp_path / "ppo" / "samples.jsonl")
