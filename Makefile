@@ -33,6 +33,10 @@ $(STAMP): pyproject.toml constraints.txt
 	PIP_CONSTRAINT=$(VENV)/constraints.txt $(PIP) install -q -e ".[quant,eval,merge,dev]"
 	DS_BUILD_OPS=0 PIP_CONSTRAINT=$(VENV)/constraints.txt $(PIP) install -q --no-build-isolation "deepspeed>=0.19"
 	$(PIP) check
+	@# DeepSpeed's collectives on CPU need its shm op, built by JIT at a job's first start (about 45 s of compiling,
+	@# into $$TORCH_EXTENSIONS_DIR): built once here instead. Not fatal: only DeepSpeed jobs on CPU need it
+	$(PY) -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" \
+		|| echo "note: DeepSpeed's CPU shm op did not build here; a DeepSpeed job on CPU builds it when it starts"
 	touch $@
 
 dirs:
