@@ -132,9 +132,8 @@ def test_toy_reward_rises_with_kl_bounded_and_rewards_are_the_scorers(warm_model
     def gain(name):  # share of correct answers, iterations 16-20 minus iterations 1-5
         history = read_jsonl(tmp_path / name / "log_history.jsonl")
         assert [h["step"] for h in history] == list(range(1, 21))
-        return sum(h["verifiable_reward"] for h in history[-5:]) / 5 - sum(
-            h["verifiable_reward"] for h in history[:5]
-        ) / 5, history
+        rewards = [h["verifiable_reward"] for h in history]
+        return sum(rewards[-5:]) / 5 - sum(rewards[:5]) / 5, history
 
     (trained, history), (frozen, frozen_history) = gain("ppo"), gain("frozen")
     assert trained >= 0.1 and trained > frozen + 0.05, (trained, frozen)
