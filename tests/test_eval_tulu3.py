@@ -348,13 +348,22 @@ def test_prepare_eval_converters_write_the_layout_the_loaders_read(tmp_path):
     }
 
 
-def test_cli_eval_set_names_an_unknown_setting(capsys):
+def test_cli_eval_set_names_an_unknown_setting_or_a_bad_value(capsys):
+    """`--set` is checked as a recipe's keys are, before any model loads: the key, its type, its choices."""
     from tulu_kit.cli import main
 
-    with pytest.raises(
-        SystemExit, match="gpqa has no setting 'shufle_seed' \\(did you mean 'shuffle_seed'\\?\\)"
-    ):
-        main(["eval", "gpqa", "--model", "x/y", "--data-dir", "demo", "--set", "shufle_seed=1"])
+    def fails(*settings):
+        assert (
+            main(["eval", *settings[:1], "--model", "x/y", "--data-dir", "demo", "--set", *settings[1:]]) == 2
+        )
+        return capsys.readouterr().err
+
+    err = fails("gpqa", "shufle_seed=1")
+    assert "tulu-kit eval gpqa: unknown key 'shufle_seed' (did you mean 'shuffle_seed'?)" in err
+    assert "tulu-kit eval gpqa: shuffle_seed: expected an integer, got 'one'" in fails(
+        "gpqa", "shuffle_seed=one"
+    )
+    assert "tulu-kit eval mmlu: form: must be one of 'mc', 'rc', got 'cloze'" in fails("mmlu", "form=cloze")
 
 
 def test_prepare_eval_lays_out_the_new_benchmarks(tmp_path, monkeypatch):

@@ -347,20 +347,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for key in EVAL_ENGINE_FLAGS:  # unset: the benchmark's default (the code benchmarks sample at T 0.1)
         if getattr(args, key) is not None:
             kw[key] = getattr(args, key)
-    settings = _settings(args.set)
-    if settings:
-        import dataclasses
-        import difflib
-
-        from tulu_kit.evals import get_benchmark
-
-        fields = [f.name for f in dataclasses.fields(get_benchmark(args.benchmark).CONFIG)]
-        for key in settings:
-            if key not in fields:
-                close = difflib.get_close_matches(key, fields, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else f"; known: {', '.join(fields)}"
-                raise SystemExit(f"tulu-kit: error: {args.benchmark} has no setting {key!r}{hint}")
-    kw.update(settings)
+    kw.update(_settings(args.set))  # checked with the other keys by evaluate (tulu_kit.config.from_dict)
     with _run_folder(kw["out_dir"]):
         metrics = evaluate(args.benchmark, **kw)
     print(json.dumps({k: v for k, v in metrics.items() if k not in ("config", "protocol")}, indent=2))

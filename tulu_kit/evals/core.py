@@ -1046,9 +1046,13 @@ def score_file(
 
 
 def evaluate(benchmark: str, **overrides: Any) -> dict:
-    """Build the benchmark's config from keyword overrides and run it (what `tulu-kit eval` calls)."""
+    """Build the benchmark's config from keyword overrides, strictly as a recipe's keys are (an unknown key gets a
+    "did you mean", a value of the wrong type or outside its choices an error naming it), and run it (what
+    `tulu-kit eval` calls)."""
+    from tulu_kit.config import from_dict
+
     mod = get_benchmark(benchmark)
-    return mod.run(mod.CONFIG(**overrides))
+    return mod.run(from_dict(mod.CONFIG, overrides, f"tulu-kit eval {benchmark}"))
 
 
 def rerun(metrics_path: str | Path, out_dir: str | Path, **overrides: Any) -> dict:

@@ -77,6 +77,10 @@ class MMLUConfig(EvalConfig):
     # mc: the options listed, the answer letter's probability (open-instruct, Tulu); rc: OLMES's cloze formulation,
     # each option's text scored per character (small models, which are at chance in the letter form)
     form: Literal["mc", "rc"] = "mc"
+
+    def __post_init__(self):
+        check_form(self.form)  # also when built in Python, not through a recipe or `tulu-kit eval`
+
     # subset "open-instruct" + max_examples: open-instruct's per-subject draw (test_df.sample(n, random_state=seed))
 
 
@@ -238,7 +242,6 @@ def _letter(p: dict, n: int) -> str | None:
 def run(cfg: MMLUConfig, backend=None) -> dict:
     """Score the four answer letters (``form="rc"``: the four answers' texts) of (a subset of) MMLU test, write
     predictions and metrics.json."""
-    check_form(cfg.form)
     examples, devs = load_examples(cfg)
     n_shot = 0 if cfg.n_shot is None else cfg.n_shot
 
