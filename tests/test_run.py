@@ -52,6 +52,7 @@ def _recipe(tmp_path: Path) -> Path:
     path.write_text(
         f"name: t\nstages:\n  first: {{kind: quickstart, notebook: {nb}}}\n"
         f"  second: {{kind: quickstart, notebook: {nb}, prompt: fail}}\n"
+        f"  third: {{kind: quickstart, notebook: {nb}}}\n"
     )
     return path
 
@@ -79,23 +80,26 @@ def test_failure_stops_then_rerun_skips_completed_then_force(tmp_path, capsys):
     assert any(o.get("ename") == "ValueError" for c in partial.cells for o in c.get("outputs", []))
     assert (run_dir / "config.yaml").is_file()
 
-    fixed = load_recipe(recipe_path, ["second.prompt=ok"], run_dir=run_dir)
+    # fixed: second now reads first's folder (a prompt that names it), third reads nothing
+    fixed = load_recipe(recipe_path, ["second.prompt=${run_dir}/first/model"], run_dir=run_dir)
     assert run_recipe(fixed) == 0
-    assert "[1/2] first: completed earlier" in capsys.readouterr().out
-    assert (_executions(run_dir, "first"), _executions(run_dir, "second")) == (1, 2)
+    assert "[1/3] first: completed earlier" in capsys.readouterr().out
+    counts = lambda: [_executions(run_dir, s) for s in ("first", "second", "third")]  # noqa: E731
+    assert counts() == [1, 2, 1]
 
-    assert run_recipe(fixed) == 0  # nothing changed: both skipped
-    assert (_executions(run_dir, "first"), _executions(run_dir, "second")) == (1, 2)
+    assert run_recipe(fixed) == 0  # nothing changed: all skipped
+    assert counts() == [1, 2, 1]
     skipped = json.loads((run_dir / "run.json").read_text())["stages"]["first"]
     marker = json.loads((run_dir / "first" / ".stage.json").read_text())
     assert skipped["status"] == "skipped" and skipped["seconds"] == marker["seconds"] > 0  # the earlier time
 
-    changed_first = load_recipe(recipe_path, ["second.prompt=ok", "first.prompt=new"], run_dir=run_dir)
-    assert run_recipe(changed_first) == 0  # first changed, so second (downstream) runs again too
-    assert (_executions(run_dir, "first"), _executions(run_dir, "second")) == (2, 3)
+    changed = ["second.prompt=${run_dir}/first/model", "first.prompt=new"]
+    changed_first = load_recipe(recipe_path, changed, run_dir=run_dir)
+    assert run_recipe(changed_first) == 0  # first changed: second, which reads it, runs again; third does not
+    assert counts() == [2, 3, 1]
 
     assert run_recipe(changed_first, force=True) == 0
-    assert (_executions(run_dir, "first"), _executions(run_dir, "second")) == (3, 4)
+    assert counts() == [3, 4, 2]
     assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
 
 
@@ -184,7 +188,8 @@ if subset == "sleep":
 """
 
 
-def _eval_recipe(tmp_path: Path, subsets: dict[str, str], eval_jobs: int) -> Path:
+def _eval_recipe(tmp_path: Path, subsets: dict[str, str], jobs: int, reads: dict | None = None) -> Path:
+    """Eval stages running EVAL_BODY with their ``subset``; ``reads``: stage -> the stage whose folder it names."""
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_code_cell('out_dir = "x"\nsubset = ""', metadata={"tags": ["parameters"]}),
@@ -192,24 +197,27 @@ def _eval_recipe(tmp_path: Path, subsets: dict[str, str], eval_jobs: int) -> Pat
     ]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, tmp_path / "ev.ipynb")
-    lines = [f"name: t\neval_jobs: {eval_jobs}\nstages:"]
-    lines += [
-        f"  {name}: {{kind: eval_gsm8k, notebook: {tmp_path / 'ev.ipynb'}, subset: '{subset}'}}"
-        for name, subset in subsets.items()
-    ]
+    lines = [f"name: t\njobs: {jobs}\nstages:"]
+    for name, subset in subsets.items():
+        model = f", model: '${{run_dir}}/{reads[name]}'" if name in (reads or {}) else ""
+        lines.append(
+            f"  {name}: {{kind: eval_gsm8k, notebook: {tmp_path / 'ev.ipynb'}, subset: '{subset}'{model}}}"
+        )
     path = tmp_path / "r.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def test_eval_jobs_run_consecutive_eval_stages_side_by_side(tmp_path, capsys):
+def test_jobs_run_stages_side_by_side_each_after_the_stages_it_reads(tmp_path, capsys):
     run_dir, here = tmp_path / "run", Path.cwd()
     stages = {"a": "with:b", "b": "with:a", "c": ""}
-    recipe = load_recipe(_eval_recipe(tmp_path, stages, eval_jobs=2), run_dir=run_dir)
-    assert recipe.resolved()["eval_jobs"] == 2
+    path = _eval_recipe(tmp_path, stages, jobs=3, reads={"c": "a"})
+    recipe = load_recipe(path, run_dir=run_dir)
+    assert recipe.resolved()["jobs"] == 3
     assert run_recipe(recipe) == 0  # a and b each waited for the other: they ran at once
-    ended = {s: float((run_dir / s / "ended").read_text()) for s in "ab"}
-    assert float((run_dir / "c" / "started").read_text()) >= min(ended.values())  # c waited for a free slot
+    started = {s: float((run_dir / s / "started").read_text()) for s in "abc"}
+    ended = {s: float((run_dir / s / "ended").read_text()) for s in "abc"}
+    assert started["c"] >= ended["a"]  # c reads a's folder: it waited for a, with a slot free
     status = json.loads((run_dir / "run.json").read_text())
     assert status["status"] == "completed" and all(
         s["status"] == "completed" for s in status["stages"].values()
@@ -222,8 +230,14 @@ def test_eval_jobs_run_consecutive_eval_stages_side_by_side(tmp_path, capsys):
 
     cores = len(os.sched_getaffinity(0))
     for s in "abc":
-        assert (run_dir / s / "cwd").read_text().split("\n") == [str(tmp_path), str(max(1, cores // 2))]
+        assert (run_dir / s / "cwd").read_text().split("\n") == [str(tmp_path), str(max(1, cores // 3))]
     assert Path.cwd() == here
+    # a changed: c, which reads it, runs again; b does not
+    again = load_recipe(path, ["a.subset=x"], run_dir=run_dir)
+    assert run_recipe(again) == 0
+    out = capsys.readouterr().out
+    assert "[2/3] b: completed earlier" in out and out.count(": running ") == 2
+    assert float((run_dir / "c" / "started").read_text()) >= float((run_dir / "a" / "ended").read_text())
 
 
 def test_a_dead_kernel_fails_its_stage_one_at_a_time_too(tmp_path, capsys):
@@ -255,7 +269,7 @@ def test_sigterm_interrupts_every_running_eval_stage(tmp_path):
     import signal
     import time
 
-    recipe = _eval_recipe(tmp_path, {"a": "sleep", "b": "sleep", "c": ""}, eval_jobs=2)
+    recipe = _eval_recipe(tmp_path, {"a": "sleep", "b": "sleep", "c": ""}, jobs=2)
     run_dir = tmp_path / "run"
     proc = _start_run(recipe, run_dir)
     try:
@@ -274,16 +288,33 @@ def test_sigterm_interrupts_every_running_eval_stage(tmp_path):
     assert not (run_dir / "a" / "ended").exists() and not (run_dir / "c").exists()
 
 
-def test_eval_jobs_is_checked_and_groups_only_consecutive_eval_stages(tmp_path):
-    from tulu_kit.config import ConfigError
-    from tulu_kit.run import _waves
+def test_jobs_is_checked_and_the_quickstart_stages_read_what_they_should(tmp_path):
+    from tulu_kit.config import REPO_ROOT, ConfigError, stage_dependencies
+    from tulu_kit.run import _share_of_cores
 
     path = tmp_path / "r.yaml"
-    path.write_text("name: t\neval_jobs: 0\nstages:\n  eval_gsm8k: {}\n")
-    with pytest.raises(ConfigError, match=r"r\.yaml: eval_jobs must be at least 1"):
+    path.write_text("name: t\njobs: 0\nstages:\n  eval_gsm8k: {}\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml: jobs must be at least 1"):
         load_recipe(path)
-    stages = "  quickstart: {}\n  eval_gsm8k: {}\n  eval_mmlu: {}\n  report: {}\n  eval_bbh: {}\n"
-    path.write_text(f"name: t\neval_jobs: 2\nstages:\n{stages}")
-    assert _waves(load_recipe(path, run_dir=tmp_path / "run")) == [[0], [1, 2], [3], [4]]
-    path.write_text(f"name: t\nstages:\n{stages}")  # the default, 1: the same waves, one stage at a time
-    assert _waves(load_recipe(path, run_dir=tmp_path / "run")) == [[0], [1, 2], [3], [4]]
+    recipe = load_recipe(REPO_ROOT / "recipes/quickstart.yaml", run_dir=tmp_path / "run")
+    names = [s.name for s in recipe.stages]
+    reads = {
+        names[i]: {names[j] for j in d}
+        for i, d in enumerate(stage_dependencies(recipe.stages, recipe.run_dir))
+    }
+    assert reads["quickstart"] == set() and reads["data"] == {"quickstart"}
+    assert reads["sft"] == {"quickstart", "data"} and reads["data_on_policy"] == {"sft"}
+    assert reads["dpo"] == {"sft", "data_on_policy"} and reads["ppo"] == reads["grpo"] == {"dpo"}
+    assert reads["merge"] == {"sft", "ppo", "data"} and reads["reward"] == {"sft", "data"}
+    assert reads["eval_gsm8k"] == {"ppo"} and reads["eval_truthfulqa_gen"] == {"ppo", "quickstart"}
+    assert reads["report"] == set(names) - {
+        "report"
+    }  # it names the run folder: it reads every stage before it
+    # the stages nothing can run beside keep every core; the others get their share
+    envs = dict(zip(names, _share_of_cores(recipe, stage_dependencies(recipe.stages, recipe.run_dir))))
+    assert recipe.jobs == 2 and [n for n, env in envs.items() if not env] == [
+        "quickstart",
+        "data",
+        "sft",
+        "report",
+    ]

@@ -8,6 +8,7 @@ A recipe is::
 
     name: quickstart          # the run folder defaults to runs/<name>
     seed: 42                  # given to every stage whose config has a `seed` and does not set one
+    jobs: 1                   # stages at a time (those that read none of each other's folders)
     stages:                   # run in this order; each is a notebook executed by papermill
       quickstart: {}          # `kind` defaults to the stage name and selects the STAGES entry
       sft:
@@ -61,7 +62,7 @@ STAGES.update(
 )  # fmt: skip
 
 RESERVED_STAGE_KEYS = ("kind", "notebook")
-_RECIPE_KEYS = ("name", "seed", "seeds", "eval_jobs", "stages")
+_RECIPE_KEYS = ("name", "seed", "seeds", "jobs", "stages")
 
 
 class ConfigError(ValueError):
@@ -434,8 +435,9 @@ class Recipe:
     seeds: list[int] = dataclasses.field(default_factory=list)  # run once per seed into <run_dir>/seed-<k>
     # the key=value overrides it was loaded with
     overrides: list[str] = dataclasses.field(default_factory=list)
-    # consecutive eval stages run this many at a time, each in its own kernel (tulu_kit.run); 1 on one GPU
-    eval_jobs: int = 1
+    # stages that read none of each other's folders run this many at a time, each in its own kernel
+    # (tulu_kit.run); 1 runs them one by one in recipe order (on one GPU, where each would load its model)
+    jobs: int = 1
 
     def resolved(self) -> dict:
         """The recipe as it will run: every default filled in, every ``${...}`` substituted."""
@@ -445,7 +447,7 @@ class Recipe:
         return {
             "name": self.name,
             "seed": self.seed,
-            "eval_jobs": self.eval_jobs,
+            "jobs": self.jobs,
             "run_dir": str(self.run_dir),
             "stages": stages,
         }
@@ -549,9 +551,9 @@ def load_recipe(
         raise ConfigError(f"{source}: seeds must be a list of integers (e.g. [1, 2, 3]), got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"{source}: seeds {seeds} repeats a seed")
-    eval_jobs = _coerce(raw.get("eval_jobs", 1), int, "eval_jobs", source)
-    if eval_jobs < 1:
-        raise ConfigError(f"{source}: eval_jobs must be at least 1 (eval stages at a time), got {eval_jobs}")
+    jobs = _coerce(raw.get("jobs", 1), int, "jobs", source)
+    if jobs < 1:
+        raise ConfigError(f"{source}: jobs must be at least 1 (stages at a time), got {jobs}")
     run_dir = Path(run_dir or RUNS_DIR / name).resolve()  # runs/ of this project, wherever the command runs
     variables = {"run_dir": str(run_dir), "name": name, "seed": str(seed)}
     stages = []
@@ -576,7 +578,7 @@ def load_recipe(
         stages.append(Stage(stage_name, kind, notebook, config))
     check_model_overrides(original, overrides, source)
     check_run_paths(stages, run_dir, source)
-    return Recipe(name, seed, run_dir, stages, source, seeds, list(overrides), eval_jobs)
+    return Recipe(name, seed, run_dir, stages, source, seeds, list(overrides), jobs)
 
 
 def spread_over_nodes(cfg: Any, hosts: list[str], gpus_per_node: int, where: str) -> Any:
@@ -675,6 +677,34 @@ def check_run_paths(stages: list[Stage], run_dir: Path, source: str) -> None:
                     hint = f"did you mean '{close[0]}'?" if close else f"it writes {', '.join(outputs)}"
                     raise ConfigError(f"{source}: {where}: {shown}: stage '{writer.name}' ({writer.kind}) does not "
                                       f"write '{name}' ({hint})")  # fmt: skip
+
+
+def stage_dependencies(stages: list[Stage], run_dir: Path) -> list[set[int]]:
+    """The earlier stages each stage reads: those whose folder one of its parameters names (``${run_dir}/sft/model``),
+    and every earlier stage where one names the run folder itself (the report; an eval of ``${run_dir}``, which
+    takes the last model written). Stages run in this order when a recipe runs ``jobs`` at a time, and a stage
+    that runs again re-runs the stages that read it (:mod:`tulu_kit.run`)."""
+    folders = [
+        str(Path(s.config.out_dir).resolve()) if hasattr(s.config, "out_dir") else None for s in stages
+    ]
+    deps: list[set[int]] = []
+    for i, stage in enumerate(stages):
+        reads: set[int] = set()
+        for key, value in stage.params.items():
+            if key == "out_dir":
+                continue
+            for _, text in _paths(value, key):
+                if not os.path.isabs(text):
+                    continue
+                path = str(Path(text).resolve())
+                if path == str(run_dir):
+                    reads.update(range(i))
+                reads.update(
+                    j for j, folder in enumerate(folders[:i])
+                    if folder and (path == folder or path.startswith(folder + os.sep))
+                )  # fmt: skip
+        deps.append(reads)
+    return deps
 
 
 _TIED_KEYS = ("learning_rate",)  # chosen for one model: a recipe's value is wrong for another

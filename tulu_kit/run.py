@@ -3,11 +3,12 @@
 ``<run_dir>/`` receives ``config.yaml`` (the resolved recipe), ``run.json`` (status of every stage),
 ``notebooks/`` (executed copies under the notebook's own name, ``04_dpo.ipynb``, ``gsm8k.ipynb``; with the stage
 name added when several stages run one notebook; partial ones kept on failure) and one folder per stage.
-A stage that completed with the same parameters is skipped on a re-run; once a stage runs again, every later
-stage runs again too, since its inputs may have changed (consecutive eval stages, which read models and never
-each other's results, are each skipped or run on their own, ``eval_jobs`` of them at a time). ``force``
-re-runs everything. One run at a time holds a run folder (an advisory lock on ``<run_dir>/.lock``); a second
-one into it stops at once.
+A stage that completed with the same parameters is skipped on a re-run, unless a stage it reads (one whose folder
+its parameters name, :func:`tulu_kit.config.stage_dependencies`) ran again: its inputs may have changed.
+``force`` re-runs everything. A recipe's ``jobs: N`` runs N stages at a time, each once the stages it reads have
+ended (on the quickstart, PPO beside GRPO, the reward model beside DPO, the evals beside GRPO); ``jobs: 1``, the
+default, runs them one by one in recipe order. One run at a time holds a run folder (an advisory lock on
+``<run_dir>/.lock``); a second one into it stops at once.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from tulu_kit.config import Recipe, Stage
+from tulu_kit.config import Recipe, Stage, stage_dependencies
 from tulu_kit.io import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -322,17 +323,21 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _waves(recipe: Recipe) -> list[list[int]]:
-    """The stages' indices in the order they run: each stage a wave of its own, except that consecutive eval
-    stages form one wave, run ``recipe.eval_jobs`` at a time. They read models and never each other's results,
-    so each is skipped or run on its own; the stage after the wave runs again if any of them ran."""
-    waves: list[list[int]] = []
-    for i, stage in enumerate(recipe.stages):
-        if stage.kind.startswith("eval_") and waves and recipe.stages[waves[-1][-1]].kind.startswith("eval_"):
-            waves[-1].append(i)
-        else:
-            waves.append([i])
-    return waves
+def _share_of_cores(recipe: Recipe, deps: list[set[int]]) -> list[dict]:
+    """Each stage's kernel environment when stages run ``jobs`` at a time. One that may run beside another
+    (neither reads the other, directly or through others) gets its share of the cores, ``cores // jobs`` torch
+    threads: torch's threads spin while they wait, and two kernels of two threads each on two cores ran the code
+    evals 5x slower than one at a time. One that runs alone whatever the timing (the pretraining, SFT, the
+    report) keeps them all. Decided by the recipe, never by which stage happened to end first, so that a seed's
+    numbers do not depend on the timing."""
+    n = len(recipe.stages)
+    above: list[set[int]] = []  # each stage's ancestors
+    for i in range(n):
+        above.append(set().union(*([{j} | above[j] for j in deps[i]] or [set()])))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    share = {"OMP_NUM_THREADS": str(max(1, cores // recipe.jobs))}
+    alone = [all(j == i or j in above[i] or i in above[j] for j in range(n)) for i in range(n)]
+    return [{} if recipe.jobs == 1 or alone[i] else share for i in range(n)]
 
 
 class _Stop(Exception):
@@ -345,31 +350,24 @@ class _Stop(Exception):
 def _run_stages(recipe: Recipe, force: bool, log_output: bool) -> int:
     atomic_write_text(recipe.run_dir / "config.yaml", yaml.safe_dump(recipe.resolved(), sort_keys=False))
     status = RunStatus(recipe)
-    rerun_rest = force
-    total = len(recipe.stages)
+    deps = stage_dependencies(recipe.stages, recipe.run_dir)
+    ran: set[int] = set()
+
+    def to_run(i: int) -> bool:
+        """Run it: asked to (``force``), a stage it reads ran in this run, or it did not complete earlier with
+        these parameters."""
+        return force or bool(deps[i] & ran) or not stage_completed(recipe, recipe.stages[i])
+
     try:
-        for wave in _waves(recipe):
-            todo = []
-            for i in wave:
-                stage, tag = recipe.stages[i], f"[{i + 1}/{total}] {recipe.stages[i].name}"
-                if not rerun_rest and stage_completed(recipe, stage):
-                    print(f"{tag}: completed earlier with the same parameters, skipped", flush=True)
-                    earlier = json.loads(_marker(recipe, stage).read_text()).get("seconds")
-                    status.set(
-                        stage.name,
-                        status="skipped",
-                        seconds=earlier,
-                        notebook=str(executed_path(recipe, stage)),
-                    )
+        if recipe.jobs == 1:
+            for i, stage in enumerate(recipe.stages):
+                if to_run(i):
+                    ran.add(i)
+                    _run_one(recipe, status, _tag(recipe, i), stage, log_output)
                 else:
-                    todo.append((tag, stage))
-            if todo:
-                rerun_rest = True
-                if len(todo) == 1 or recipe.eval_jobs == 1:
-                    for tag, stage in todo:
-                        _run_one(recipe, status, tag, stage, log_output)
-                else:
-                    _run_concurrently(recipe, status, todo, log_output)
+                    _skipped(recipe, status, _tag(recipe, i), stage)
+        else:
+            _run_graph(recipe, status, deps, to_run, ran, log_output)
     except _Stop as stop:
         return stop.code
     except KeyboardInterrupt as e:  # between two stages
@@ -377,6 +375,16 @@ def _run_stages(recipe: Recipe, force: bool, log_output: bool) -> int:
     status.set(status="completed")
     print(f"run '{recipe.name}' completed: {recipe.run_dir}", flush=True)
     return 0
+
+
+def _tag(recipe: Recipe, i: int) -> str:
+    return f"[{i + 1}/{len(recipe.stages)}] {recipe.stages[i].name}"
+
+
+def _skipped(recipe: Recipe, status: RunStatus, tag: str, stage: Stage) -> None:
+    print(f"{tag}: completed earlier with the same parameters, skipped", flush=True)
+    earlier = json.loads(_marker(recipe, stage).read_text()).get("seconds")
+    status.set(stage.name, status="skipped", seconds=earlier, notebook=str(executed_path(recipe, stage)))
 
 
 def _started(recipe: Recipe, status: RunStatus, tag: str, stage: Stage, output: Path) -> None:
@@ -432,7 +440,9 @@ def _run_one(recipe: Recipe, status: RunStatus, tag: str, stage: Stage, log_outp
     start = time.time()
     try:
         execute_stage(stage, output, log_output=log_output)
-    except Exception as e:  # a failed cell, or a kernel that died: the same rule as in a concurrent wave
+    except (
+        Exception
+    ) as e:  # a failed cell, or a kernel that died: the same rule as when stages run side by side
         _failed(status, stage, e, output)
         raise _Stop(1) from None
     except KeyboardInterrupt as e:
@@ -440,48 +450,59 @@ def _run_one(recipe: Recipe, status: RunStatus, tag: str, stage: Stage, log_outp
     _completed(recipe, status, tag, stage, time.time() - start)
 
 
-def _run_concurrently(
-    recipe: Recipe, status: RunStatus, todo: list[tuple[str, Stage]], log_output: bool
-) -> None:
-    """A wave of eval stages, ``recipe.eval_jobs`` at a time, each in a kernel of its own (papermill in a
-    thread; no progress bars, a line as each starts and ends). A failure lets the running ones finish and
-    starts no more; Ctrl-C / SIGTERM interrupts the running kernels and marks their stages interrupted."""
+def _run_graph(
+    recipe: Recipe, status: RunStatus, deps: list[set[int]], to_run, ran: set[int], log_output: bool
+):
+    """The stages ``recipe.jobs`` at a time, each in a kernel of its own (papermill in a thread; no progress bars,
+    a line as each starts and ends): each starts, in recipe order, once every stage it reads has ended. A failure
+    lets the running ones finish and starts no more; Ctrl-C / SIGTERM interrupts the running kernels and marks
+    their stages interrupted."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-    # the kernels share the cores: torch's threads spin while they wait, and two kernels of two threads each on
-    # two cores ran the code evals 5x slower than one at a time (measured on the quickstart's evals)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = {"OMP_NUM_THREADS": str(max(1, cores // recipe.eval_jobs))}
+    envs = _share_of_cores(recipe, deps)
 
-    def execute(stage: Stage, output: Path) -> float:
+    def execute(stage: Stage, output: Path, env: dict) -> float:
         start = time.time()
-        execute_stage(stage, output, log_output=log_output, progress_bar=False, env=threads)
+        execute_stage(stage, output, log_output=log_output, progress_bar=False, env=env)
         return time.time() - start
 
-    pending, running, failed = list(todo), {}, False
-    pool = ThreadPoolExecutor(max_workers=recipe.eval_jobs, thread_name_prefix="tulu-kit-stage")
+    pending, ended, running, failed = list(range(len(recipe.stages))), set(), {}, False
+    pool = ThreadPoolExecutor(max_workers=recipe.jobs, thread_name_prefix="tulu-kit-stage")
     try:
-        while running or (pending and not failed):
-            while pending and not failed and len(running) < recipe.eval_jobs:
-                tag, stage = pending.pop(0)
-                output = executed_path(recipe, stage)
-                running[pool.submit(execute, stage, output)] = (tag, stage, output)
-                _started(recipe, status, tag, stage, output)
+        while True:
+            for i in list(pending):  # a stage only reads earlier ones: one pass in order sees every skip
+                if failed:
+                    break
+                if not deps[i] <= ended:
+                    continue
+                stage, tag = recipe.stages[i], _tag(recipe, i)
+                if not to_run(i):
+                    pending.remove(i)
+                    _skipped(recipe, status, tag, stage)
+                    ended.add(i)
+                elif len(running) < recipe.jobs:
+                    pending.remove(i)
+                    ran.add(i)
+                    output = executed_path(recipe, stage)
+                    running[pool.submit(execute, stage, output, envs[i])] = (i, tag, stage, output)
+                    _started(recipe, status, tag, stage, output)
+            if not running:
+                break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                tag, stage, output = running[future]
+                i, tag, stage, output = running.pop(future)
                 try:
                     _completed(recipe, status, tag, stage, future.result())
+                    ended.add(i)
                 except Exception as e:  # a failed cell, or a kernel that died
                     _failed(status, stage, e, output)
                     failed = True
-                del running[future]
-                if failed and running:
-                    print(f"waiting for {len(running)} running stage(s) to end", file=sys.stderr, flush=True)
+            if failed and running:
+                print(f"waiting for {len(running)} running stage(s) to end", file=sys.stderr, flush=True)
     except KeyboardInterrupt as e:
         _interrupt_kernels(running)
         stopped = []
-        for future, (tag, stage, output) in running.items():
+        for future, (_, tag, stage, output) in running.items():
             if (
                 not future.cancelled() and future.exception() is None
             ):  # it ended before the interrupt reached it
