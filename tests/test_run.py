@@ -182,6 +182,8 @@ if subset.startswith("after:"):  # ends only once the runner has recorded its si
     while json.loads(run_json.read_text()).get("stages", {}).get(subset[6:], {}).get("status") != "failed":
         assert time.time() < deadline, f"{subset[6:]} never failed"
         time.sleep(0.1)
+if subset.startswith("nap:"):
+    time.sleep(float(subset[4:]))
 if subset == "sleep":
     time.sleep(120)
 (out / "ended").write_text(str(time.time()))
@@ -210,34 +212,56 @@ def _eval_recipe(tmp_path: Path, subsets: dict[str, str], jobs: int, reads: dict
 
 def test_jobs_run_stages_side_by_side_each_after_the_stages_it_reads(tmp_path, capsys):
     run_dir, here = tmp_path / "run", Path.cwd()
-    stages = {"a": "with:b", "b": "with:a", "c": ""}
-    path = _eval_recipe(tmp_path, stages, jobs=3, reads={"c": "a"})
+    stages = {"a": "with:b", "b": "with:a", "c": "", "d": "nap:8"}
+    path = _eval_recipe(tmp_path, stages, jobs=4, reads={"c": "a"})
     recipe = load_recipe(path, run_dir=run_dir)
-    assert recipe.resolved()["jobs"] == 3
+    assert recipe.resolved()["jobs"] == 4
     assert run_recipe(recipe) == 0  # a and b each waited for the other: they ran at once
-    started = {s: float((run_dir / s / "started").read_text()) for s in "abc"}
-    ended = {s: float((run_dir / s / "ended").read_text()) for s in "abc"}
-    assert started["c"] >= ended["a"]  # c reads a's folder: it waited for a, with a slot free
+    started = {s: float((run_dir / s / "started").read_text()) for s in "abcd"}
+    ended = {s: float((run_dir / s / "ended").read_text()) for s in "abcd"}
+    # c reads a's folder: it waited for a though a slot was free, and not for d, which reads nothing
+    assert ended["a"] <= started["c"] < ended["d"]
     status = json.loads((run_dir / "run.json").read_text())
     assert status["status"] == "completed" and all(
         s["status"] == "completed" for s in status["stages"].values()
     )
     out = capsys.readouterr().out
-    assert out.count(": running ") == 3 and out.count(": done in ") == 3
-    assert run_recipe(recipe) == 0 and capsys.readouterr().out.count("skipped") == 3  # a re-run skips them
+    assert out.count(": running ") == 4 and out.count(": done in ") == 4
+    assert run_recipe(recipe) == 0 and capsys.readouterr().out.count("skipped") == 4  # a re-run skips them
     # each kernel ran in its notebook's folder with its share of the cores; this process never changed folder
     import os
 
     cores = len(os.sched_getaffinity(0))
-    for s in "abc":
-        assert (run_dir / s / "cwd").read_text().split("\n") == [str(tmp_path), str(max(1, cores // 3))]
+    for s in "abcd":
+        assert (run_dir / s / "cwd").read_text().split("\n") == [str(tmp_path), str(max(1, cores // 4))]
     assert Path.cwd() == here
-    # a changed: c, which reads it, runs again; b does not
+    # a changed: c, which reads it, runs again; b and d do not
     again = load_recipe(path, ["a.subset=x"], run_dir=run_dir)
     assert run_recipe(again) == 0
     out = capsys.readouterr().out
-    assert "[2/3] b: completed earlier" in out and out.count(": running ") == 2
+    assert "[2/4] b: completed earlier" in out and "[4/4] d: completed earlier" in out
+    assert out.count(": running ") == 2
     assert float((run_dir / "c" / "started").read_text()) >= float((run_dir / "a" / "ended").read_text())
+
+
+def test_a_stage_whose_input_ran_again_runs_even_after_a_run_that_failed_before_it(tmp_path):
+    nb = _notebook(tmp_path / "stage.ipynb")
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        f"name: t\nstages:\n  a: {{kind: quickstart, notebook: {nb}}}\n"
+        f"  m: {{kind: quickstart, notebook: {nb}}}\n"
+        f"  b: {{kind: quickstart, notebook: {nb}, prompt: '${{run_dir}}/a/model'}}\n"
+        f"  c: {{kind: quickstart, notebook: {nb}, prompt: '${{run_dir}}/b/model'}}\n"
+    )
+    run_dir = tmp_path / "run"
+    counts = lambda: [_executions(run_dir, s) for s in "ambc"]  # noqa: E731
+    assert run_recipe(load_recipe(path, run_dir=run_dir)) == 0 and counts() == [1, 1, 1, 1]
+    # a changes and m, between a and its readers, fails: b and c never start
+    assert run_recipe(load_recipe(path, ["a.prompt=new", "m.prompt=fail"], run_dir=run_dir)) == 1
+    assert counts() == [2, 2, 1, 1]
+    # m mended: a is skipped, but b (reads a) and c (reads b) were trained from the old a: they run again
+    assert run_recipe(load_recipe(path, ["a.prompt=new"], run_dir=run_dir)) == 0
+    assert counts() == [2, 3, 2, 2]
 
 
 def test_a_dead_kernel_fails_its_stage_one_at_a_time_too(tmp_path, capsys):
@@ -318,3 +342,11 @@ def test_jobs_is_checked_and_the_quickstart_stages_read_what_they_should(tmp_pat
         "sft",
         "report",
     ]
+    # a relative path (the notebooks' ../runs/...) is read like ${run_dir}/...; a stage that names the run folder
+    # (its last model) waits for every earlier stage, and every later one waits for it
+    path.write_text(
+        "name: rel\nstages:\n  quickstart: {}\n  eval_gsm8k: {model: '${run_dir}'}\n"
+        "  sft: {model: ../runs/rel/quickstart/model}\n  eval_mmlu: {model: ~/elsewhere}\n"
+    )
+    rel = load_recipe(path)
+    assert stage_dependencies(rel.stages, rel.run_dir) == [set(), {0}, {0, 1}, {1}]

@@ -85,9 +85,10 @@ def add_run(sub) -> None:
     p = sub.add_parser(
         "run",
         help="run a recipe's stages (notebooks executed by papermill) into one run folder",
-        description="Execute RECIPE's stages in order. Each stage is a notebook run headless by papermill with "
-        "the recipe's parameters; the run folder gets the resolved config, the executed notebooks and each "
-        "stage's artifacts. Stages that completed with the same parameters are skipped on a re-run.",
+        description="Execute RECIPE's stages in order (with `jobs: N`, N at a time, each once the stages whose "
+        "folders it reads have ended). Each stage is a notebook run headless by papermill with the recipe's "
+        "parameters; the run folder gets the resolved config, the executed notebooks and each stage's artifacts. "
+        "Stages that completed with the same parameters and inputs are skipped on a re-run.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -679,31 +679,43 @@ def check_run_paths(stages: list[Stage], run_dir: Path, source: str) -> None:
                                       f"write '{name}' ({hint})")  # fmt: skip
 
 
+def _as_path(text: str, base: Path) -> str | None:
+    """Where a stage's kernel would take ``text`` to be: ``../runs/...`` anchored in this project's ``runs/``,
+    ``~`` expanded, anything else relative to the kernel's folder (its notebook's)."""
+    try:
+        path = Path(anchor_runs_path(text)).expanduser()
+        return str((path if path.is_absolute() else base / path).resolve())
+    except (ValueError, OSError):  # not a path at all (a NUL byte, a name too long)
+        return None
+
+
 def stage_dependencies(stages: list[Stage], run_dir: Path) -> list[set[int]]:
-    """The earlier stages each stage reads: those whose folder one of its parameters names (``${run_dir}/sft/model``),
-    and every earlier stage where one names the run folder itself (the report; an eval of ``${run_dir}``, which
-    takes the last model written). Stages run in this order when a recipe runs ``jobs`` at a time, and a stage
-    that runs again re-runs the stages that read it (:mod:`tulu_kit.run`)."""
-    folders = [
-        str(Path(s.config.out_dir).resolve()) if hasattr(s.config, "out_dir") else None for s in stages
-    ]
-    deps: list[set[int]] = []
+    """The earlier stages each stage reads: those whose folder one of its parameters names (``${run_dir}/sft/model``,
+    or a relative path to it), and every earlier stage where one names the run folder itself (the report; an
+    eval of ``${run_dir}``, which takes the last model written, so every later stage also waits for it). Stages
+    run in this order when a recipe runs ``jobs`` at a time, and a stage that runs again re-runs the stages that
+    read it (:mod:`tulu_kit.run`)."""
+    folders = []
+    for s in stages:
+        folder = _as_path(str(s.config.out_dir), s.notebook.parent) if hasattr(s.config, "out_dir") else None
+        folders.append(folder)
+    deps: list[set[int]] = [set() for _ in stages]
     for i, stage in enumerate(stages):
-        reads: set[int] = set()
         for key, value in stage.params.items():
             if key == "out_dir":
                 continue
             for _, text in _paths(value, key):
-                if not os.path.isabs(text):
+                path = _as_path(text, stage.notebook.parent) if text else None
+                if path is None:
                     continue
-                path = str(Path(text).resolve())
                 if path == str(run_dir):
-                    reads.update(range(i))
-                reads.update(
+                    deps[i].update(range(i))
+                    for later in deps[i + 1 :]:
+                        later.add(i)
+                deps[i].update(
                     j for j, folder in enumerate(folders[:i])
                     if folder and (path == folder or path.startswith(folder + os.sep))
                 )  # fmt: skip
-        deps.append(reads)
     return deps
 
 

@@ -4,10 +4,11 @@
 ``notebooks/`` (executed copies under the notebook's own name, ``04_dpo.ipynb``, ``gsm8k.ipynb``; with the stage
 name added when several stages run one notebook; partial ones kept on failure) and one folder per stage.
 A stage that completed with the same parameters is skipped on a re-run, unless a stage it reads (one whose folder
-its parameters name, :func:`tulu_kit.config.stage_dependencies`) ran again: its inputs may have changed.
-``force`` re-runs everything. A recipe's ``jobs: N`` runs N stages at a time, each once the stages it reads have
-ended (on the quickstart, PPO beside GRPO, the reward model beside DPO, the evals beside GRPO); ``jobs: 1``, the
-default, runs them one by one in recipe order. One run at a time holds a run folder (an advisory lock on
+its parameters name, directly or through others: :func:`tulu_kit.config.stage_dependencies`) has run since: a
+stage that starts removes its readers' completion markers. ``force`` re-runs everything. A recipe's ``jobs: N``
+runs N stages at a time, each once the stages it reads have ended (on the quickstart, the reward model beside the
+on-policy data and DPO, PPO beside GRPO, the evals beside GRPO); ``jobs: 1``, the default, runs them one by one
+in recipe order. One run at a time holds a run folder (an advisory lock on
 ``<run_dir>/.lock``); a second one into it stops at once.
 """
 
@@ -327,16 +328,13 @@ def _share_of_cores(recipe: Recipe, deps: list[set[int]]) -> list[dict]:
     """Each stage's kernel environment when stages run ``jobs`` at a time. One that may run beside another
     (neither reads the other, directly or through others) gets its share of the cores, ``cores // jobs`` torch
     threads: torch's threads spin while they wait, and two kernels of two threads each on two cores ran the code
-    evals 5x slower than one at a time. One that runs alone whatever the timing (the pretraining, SFT, the
-    report) keeps them all. Decided by the recipe, never by which stage happened to end first, so that a seed's
+    evals 5x slower than one at a time. One that runs alone whatever the timing (the pretraining, the data,
+    SFT, the report) keeps them all. Decided by the recipe, never by which stage happened to end first, so that a seed's
     numbers do not depend on the timing."""
-    n = len(recipe.stages)
-    above: list[set[int]] = []  # each stage's ancestors
-    for i in range(n):
-        above.append(set().union(*([{j} | above[j] for j in deps[i]] or [set()])))
+    n, below = len(recipe.stages), _readers(deps)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     share = {"OMP_NUM_THREADS": str(max(1, cores // recipe.jobs))}
-    alone = [all(j == i or j in above[i] or i in above[j] for j in range(n)) for i in range(n)]
+    alone = [all(j == i or j in below[i] or i in below[j] for j in range(n)) for i in range(n)]
     return [{} if recipe.jobs == 1 or alone[i] else share for i in range(n)]
 
 
@@ -351,23 +349,28 @@ def _run_stages(recipe: Recipe, force: bool, log_output: bool) -> int:
     atomic_write_text(recipe.run_dir / "config.yaml", yaml.safe_dump(recipe.resolved(), sort_keys=False))
     status = RunStatus(recipe)
     deps = stage_dependencies(recipe.stages, recipe.run_dir)
-    ran: set[int] = set()
+    below = _readers(deps)
 
     def to_run(i: int) -> bool:
-        """Run it: asked to (``force``), a stage it reads ran in this run, or it did not complete earlier with
-        these parameters."""
-        return force or bool(deps[i] & ran) or not stage_completed(recipe, recipe.stages[i])
+        """Asked to (``force``), or it did not complete earlier with these parameters and these inputs."""
+        return force or not stage_completed(recipe, recipe.stages[i])
+
+    def will_run(i: int) -> None:
+        """Stage ``i`` runs: what every stage that reads it, directly or through others, completed earlier is
+        stale now, whether or not this run gets that far (a failure, a Ctrl-C): their markers go."""
+        for j in below[i]:
+            _marker(recipe, recipe.stages[j]).unlink(missing_ok=True)
 
     try:
         if recipe.jobs == 1:
             for i, stage in enumerate(recipe.stages):
                 if to_run(i):
-                    ran.add(i)
+                    will_run(i)
                     _run_one(recipe, status, _tag(recipe, i), stage, log_output)
                 else:
                     _skipped(recipe, status, _tag(recipe, i), stage)
         else:
-            _run_graph(recipe, status, deps, to_run, ran, log_output)
+            _run_graph(recipe, status, deps, to_run, will_run, log_output)
     except _Stop as stop:
         return stop.code
     except KeyboardInterrupt as e:  # between two stages
@@ -375,6 +378,15 @@ def _run_stages(recipe: Recipe, force: bool, log_output: bool) -> int:
     status.set(status="completed")
     print(f"run '{recipe.name}' completed: {recipe.run_dir}", flush=True)
     return 0
+
+
+def _readers(deps: list[set[int]]) -> list[set[int]]:
+    """Each stage's readers, directly or through others (``deps``: the stages each reads; always earlier ones)."""
+    below: list[set[int]] = [set() for _ in deps]
+    for i in reversed(range(len(deps))):
+        for j in deps[i]:
+            below[j] |= {i} | below[i]
+    return below
 
 
 def _tag(recipe: Recipe, i: int) -> str:
@@ -450,9 +462,7 @@ def _run_one(recipe: Recipe, status: RunStatus, tag: str, stage: Stage, log_outp
     _completed(recipe, status, tag, stage, time.time() - start)
 
 
-def _run_graph(
-    recipe: Recipe, status: RunStatus, deps: list[set[int]], to_run, ran: set[int], log_output: bool
-):
+def _run_graph(recipe: Recipe, status: RunStatus, deps: list[set[int]], to_run, will_run, log_output: bool):
     """The stages ``recipe.jobs`` at a time, each in a kernel of its own (papermill in a thread; no progress bars,
     a line as each starts and ends): each starts, in recipe order, once every stage it reads has ended. A failure
     lets the running ones finish and starts no more; Ctrl-C / SIGTERM interrupts the running kernels and marks
@@ -482,7 +492,7 @@ def _run_graph(
                     ended.add(i)
                 elif len(running) < recipe.jobs:
                     pending.remove(i)
-                    ran.add(i)
+                    will_run(i)
                     output = executed_path(recipe, stage)
                     running[pool.submit(execute, stage, output, envs[i])] = (i, tag, stage, output)
                     _started(recipe, status, tag, stage, output)
@@ -490,13 +500,14 @@ def _run_graph(
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                i, tag, stage, output = running.pop(future)
+                i, tag, stage, output = running[future]
                 try:
                     _completed(recipe, status, tag, stage, future.result())
                     ended.add(i)
                 except Exception as e:  # a failed cell, or a kernel that died
                     _failed(status, stage, e, output)
                     failed = True
+                del running[future]
             if failed and running:
                 print(f"waiting for {len(running)} running stage(s) to end", file=sys.stderr, flush=True)
     except KeyboardInterrupt as e:
@@ -510,6 +521,10 @@ def _run_graph(
             else:
                 stopped.append((tag, stage, output))
         raise _interrupted(status, stopped, e) from None
+    except Exception:  # the runner's own bookkeeping failed (a marker, run.json): stop the kernels, not wait
+        _interrupt_kernels(running)
+        status.set(status="failed")
+        raise
     finally:
         pool.shutdown(wait=True)
     if failed:

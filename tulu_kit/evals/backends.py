@@ -230,17 +230,20 @@ class HFBackend(Backend):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=_resolve_dtype(dtype, device)).to(device)
         return cls(model, tok, batch_size=batch_size, max_model_len=max_model_len)
 
+    _dropped = 0  # bytes of the small CPU models dropped since the last full collection, in this process
+
     def close(self) -> None:
-        """Drop the model. On a GPU, or for a model of a GiB or more, also a full garbage collection at once:
-        reference cycles among its modules would otherwise hold its memory until Python's next one. A small
-        model on CPU is left to Python, since a full collection costs ~0.5 s once transformers is imported
-        (8 s of the quickstart report's 58, which loads 18 models)."""
+        """Drop the model. On a GPU, or once the models dropped since the last one add up to a GiB, also a full
+        garbage collection at once: reference cycles among a model's modules would otherwise hold its memory
+        until Python's next one. Small CPU models are otherwise left to Python, since a full collection costs
+        ~0.5 s once transformers is imported (8 s of the quickstart report's 58, which loads 18 models)."""
         model, self.model = self.model, None
         if model is None:
             return
-        size = sum(p.numel() * p.element_size() for p in model.parameters())
+        HFBackend._dropped += sum(p.numel() * p.element_size() for p in model.parameters())
         del model
-        if self.device.type != "cpu" or size >= 2**30:
+        if self.device.type != "cpu" or HFBackend._dropped >= 2**30:
+            HFBackend._dropped = 0
             super().close()
 
     def _batches(self, lengths: list[int], desc: str):
