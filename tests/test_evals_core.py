@@ -331,3 +331,22 @@ def test_a_corrupt_whole_file_benchmark_names_file_and_line(tmp_path):
     (tmp_path / "bbh" / "cot-prompts" / "boolean_expressions.txt").write_text("-----\nQ: a\nA: b")
     with pytest.raises(ValueError, match=r"boolean_expressions\.json: line 3: not valid JSON \(.*column 1\)"):
         bbh.load_task(str(tmp_path), "boolean_expressions")
+
+
+def test_close_collects_once_the_dropped_cpu_models_add_up_to_a_gib(tiny_model, monkeypatch):
+    """A small CPU model is left to Python's collector; the one that brings the dropped bytes to a GiB collects, and
+    the count starts again."""
+    import gc
+
+    collections = []
+    monkeypatch.setattr(gc, "collect", lambda *a: collections.append(1) or 0)
+    monkeypatch.setattr(HFBackend, "_dropped", 0)
+    first = HFBackend.load(str(tiny_model))
+    size = sum(p.numel() * p.element_size() for p in first.model.parameters())
+    first.close()
+    first.close()  # closed already: nothing counted twice
+    assert HFBackend._dropped == size and not collections
+    HFBackend._dropped = 2**30 - size
+    second = HFBackend.load(str(tiny_model))
+    second.close()
+    assert collections == [1] and HFBackend._dropped == 0

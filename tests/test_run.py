@@ -314,7 +314,7 @@ def test_sigterm_interrupts_every_running_eval_stage(tmp_path):
 
 def test_jobs_is_checked_and_the_quickstart_stages_read_what_they_should(tmp_path):
     from tulu_kit.config import REPO_ROOT, ConfigError, stage_dependencies
-    from tulu_kit.run import _share_of_cores
+    from tulu_kit.run import _readers, _share_of_cores
 
     path = tmp_path / "r.yaml"
     path.write_text("name: t\njobs: 0\nstages:\n  eval_gsm8k: {}\n")
@@ -335,7 +335,8 @@ def test_jobs_is_checked_and_the_quickstart_stages_read_what_they_should(tmp_pat
         "report"
     }  # it names the run folder: it reads every stage before it
     # the stages nothing can run beside keep every core; the others get their share
-    envs = dict(zip(names, _share_of_cores(recipe, stage_dependencies(recipe.stages, recipe.run_dir))))
+    below = _readers(stage_dependencies(recipe.stages, recipe.run_dir))
+    envs = dict(zip(names, _share_of_cores(recipe, below)))
     assert recipe.jobs == 2 and [n for n, env in envs.items() if not env] == [
         "quickstart",
         "data",

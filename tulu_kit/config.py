@@ -690,11 +690,11 @@ def _as_path(text: str, base: Path) -> str | None:
 
 
 def stage_dependencies(stages: list[Stage], run_dir: Path) -> list[set[int]]:
-    """The earlier stages each stage reads: those whose folder one of its parameters names (``${run_dir}/sft/model``,
-    or a relative path to it), and every earlier stage where one names the run folder itself (the report; an
-    eval of ``${run_dir}``, which takes the last model written, so every later stage also waits for it). Stages
-    run in this order when a recipe runs ``jobs`` at a time, and a stage that runs again re-runs the stages that
-    read it (:mod:`tulu_kit.run`)."""
+    """The earlier stages each stage waits for: those whose folder one of its parameters names
+    (``${run_dir}/sft/model``, or a relative or ``~`` path to it); where one names the run folder itself (the
+    report; an eval of ``${run_dir}``, which takes the last model written), every earlier stage, and that stage
+    is one of every later stage's too. Stages run in this order when a recipe runs ``jobs`` at a time, and a
+    stage that runs again re-runs the stages that read it (:mod:`tulu_kit.run`)."""
     folders = []
     for s in stages:
         folder = _as_path(str(s.config.out_dir), s.notebook.parent) if hasattr(s.config, "out_dir") else None

@@ -324,14 +324,14 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _share_of_cores(recipe: Recipe, deps: list[set[int]]) -> list[dict]:
-    """Each stage's kernel environment when stages run ``jobs`` at a time. One that may run beside another
-    (neither reads the other, directly or through others) gets its share of the cores, ``cores // jobs`` torch
-    threads: torch's threads spin while they wait, and two kernels of two threads each on two cores ran the code
-    evals 5x slower than one at a time. One that runs alone whatever the timing (the pretraining, the data,
-    SFT, the report) keeps them all. Decided by the recipe, never by which stage happened to end first, so that a seed's
-    numbers do not depend on the timing."""
-    n, below = len(recipe.stages), _readers(deps)
+def _share_of_cores(recipe: Recipe, below: list[set[int]]) -> list[dict]:
+    """Each stage's kernel environment when stages run ``jobs`` at a time (``below``: each stage's readers, directly
+    or through others). One that may run beside another (neither reads the other) gets its share of the cores,
+    ``cores // jobs`` torch threads: torch's threads spin while they wait, and two kernels of two threads each on
+    two cores ran the code evals 5x slower than one at a time. One that runs alone whatever the timing (the
+    pretraining, the data, SFT, the report) keeps them all. Decided by the recipe, never by which stage happened
+    to end first, so that a seed's numbers do not depend on the timing."""
+    n = len(recipe.stages)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     share = {"OMP_NUM_THREADS": str(max(1, cores // recipe.jobs))}
     alone = [all(j == i or j in below[i] or i in below[j] for j in range(n)) for i in range(n)]
@@ -362,15 +362,7 @@ def _run_stages(recipe: Recipe, force: bool, log_output: bool) -> int:
             _marker(recipe, recipe.stages[j]).unlink(missing_ok=True)
 
     try:
-        if recipe.jobs == 1:
-            for i, stage in enumerate(recipe.stages):
-                if to_run(i):
-                    will_run(i)
-                    _run_one(recipe, status, _tag(recipe, i), stage, log_output)
-                else:
-                    _skipped(recipe, status, _tag(recipe, i), stage)
-        else:
-            _run_graph(recipe, status, deps, to_run, will_run, log_output)
+        _run_graph(recipe, status, deps, below, to_run, will_run, log_output)
     except _Stop as stop:
         return stop.code
     except KeyboardInterrupt as e:  # between two stages
@@ -446,35 +438,30 @@ def _interrupted(status: RunStatus, stages: list[tuple[str, Stage, Path]], e: Ke
     return _Stop(143 if isinstance(e, Terminated) else 130)
 
 
-def _run_one(recipe: Recipe, status: RunStatus, tag: str, stage: Stage, log_output: bool) -> None:
-    output = executed_path(recipe, stage)
-    _started(recipe, status, tag, stage, output)
-    start = time.time()
-    try:
-        execute_stage(stage, output, log_output=log_output)
-    except (
-        Exception
-    ) as e:  # a failed cell, or a kernel that died: the same rule as when stages run side by side
-        _failed(status, stage, e, output)
-        raise _Stop(1) from None
-    except KeyboardInterrupt as e:
-        raise _interrupted(status, [(tag, stage, output)], e) from None
-    _completed(recipe, status, tag, stage, time.time() - start)
+def _run_graph(recipe: Recipe, status: RunStatus, deps, below, to_run, will_run, log_output: bool) -> None:
+    """The stages ``recipe.jobs`` at a time, each in a kernel of its own: each starts, in recipe order, once every
+    stage it reads (``deps``) has ended. With ``jobs: 1`` that is recipe order, each stage run in this thread with
+    papermill's progress bar; with more, papermill runs in threads (no progress bars, a line as each starts and
+    ends). A failure lets the running ones finish and starts no more; Ctrl-C / SIGTERM interrupts the running
+    kernels and marks their stages interrupted."""
+    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
+    envs, inline = _share_of_cores(recipe, below), recipe.jobs == 1
 
-def _run_graph(recipe: Recipe, status: RunStatus, deps: list[set[int]], to_run, will_run, log_output: bool):
-    """The stages ``recipe.jobs`` at a time, each in a kernel of its own (papermill in a thread; no progress bars,
-    a line as each starts and ends): each starts, in recipe order, once every stage it reads has ended. A failure
-    lets the running ones finish and starts no more; Ctrl-C / SIGTERM interrupts the running kernels and marks
-    their stages interrupted."""
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
-    envs = _share_of_cores(recipe, deps)
-
-    def execute(stage: Stage, output: Path, env: dict) -> float:
+    def execute(i: int, output: Path) -> float:
         start = time.time()
-        execute_stage(stage, output, log_output=log_output, progress_bar=False, env=env)
+        execute_stage(recipe.stages[i], output, log_output=log_output, progress_bar=inline, env=envs[i])
         return time.time() - start
+
+    def launch(i: int, output: Path) -> Future:
+        if not inline:
+            return pool.submit(execute, i, output)
+        future: Future = Future()  # one at a time: here, where a Ctrl-C reaches the kernel's cell
+        try:
+            future.set_result(execute(i, output))
+        except BaseException as e:  # noqa: BLE001 - a failed cell or an interrupt, handled as from a thread
+            future.set_exception(e)
+        return future
 
     pending, ended, running, failed = list(range(len(recipe.stages))), set(), {}, False
     pool = ThreadPoolExecutor(max_workers=recipe.jobs, thread_name_prefix="tulu-kit-stage")
@@ -494,8 +481,8 @@ def _run_graph(recipe: Recipe, status: RunStatus, deps: list[set[int]], to_run, 
                     pending.remove(i)
                     will_run(i)
                     output = executed_path(recipe, stage)
-                    running[pool.submit(execute, stage, output, envs[i])] = (i, tag, stage, output)
                     _started(recipe, status, tag, stage, output)
+                    running[launch(i, output)] = (i, tag, stage, output)
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
