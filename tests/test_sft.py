@@ -115,6 +115,46 @@ def test_trainer_loss_is_masked_cross_entropy(tiny_model, tmp_path, mix, reduce_
     assert loss == pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.parametrize("reduce_loss", ["sum", "mean"])
+def test_length_groups_give_the_one_pass_loss_and_gradient_on_less_padding(
+    tiny_model, tmp_path, mix, reduce_loss
+):
+    """A micro-batch forwarded as 3 groups of similar-length rows: the loss and every gradient are the one pass's,
+    and the groups hold fewer (padded) tokens than the batch."""
+    from tulu_kit.trainers import length_groups
+
+    cfg = _config(tiny_model, tmp_path, mix, reduce_loss=reduce_loss, per_device_train_batch_size=8)
+    trainer, _ = build_trainer(cfg)
+    batch = dict(next(iter(trainer.get_train_dataloader())))
+    lengths = batch["attention_mask"].sum(1)
+    assert lengths.min() < lengths.max()  # rows of different lengths: something to cut
+    groups = length_groups(batch, 3)
+    assert [len(g["input_ids"]) for g in groups] == [3, 3, 2]
+    assert sum(g["input_ids"].numel() for g in groups) < batch["input_ids"].numel()
+    assert sorted(int(n) for g in groups for n in g["attention_mask"].sum(1)) == sorted(lengths.tolist())
+    model = trainer.model.train()
+    results = []
+    for n in (1, 3):
+        trainer.length_groups = n
+        model.zero_grad()
+        loss = trainer.compute_loss(model, dict(batch))
+        loss.backward()
+        results.append((loss.item(), torch.cat([p.grad.flatten().clone() for p in model.parameters()])))
+    (one_loss, one_grad), (split_loss, split_grad) = results
+    assert split_loss == pytest.approx(one_loss, rel=1e-5)
+    torch.testing.assert_close(split_grad, one_grad, rtol=1e-4, atol=1e-6 * one_grad.abs().max().item())
+    # left padding, or packed rows (position_ids), are forwarded as they are
+    left = {**batch, "attention_mask": batch["attention_mask"].flip(1)}
+    assert (
+        length_groups(left, 3) == [left]
+        and length_groups({**batch, "position_ids": 0}, 3)[0]["position_ids"] == 0
+    )
+    with pytest.raises(ValueError, match="length_groups 2 .* one process and no DeepSpeed"):
+        _config(tiny_model, tmp_path, mix, length_groups=2, num_processes=2, launcher="accelerate")
+    with pytest.raises(ValueError, match="length_groups must be at least 1"):
+        _config(tiny_model, tmp_path, mix, length_groups=0)
+
+
 def _grads_after_one_step(tiny_model, tmp_path, train_file, reduce_loss) -> torch.Tensor:
     from transformers import TrainerCallback
 

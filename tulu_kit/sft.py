@@ -15,7 +15,9 @@ The objective is the masked next-token loss: for a conversation tokenized into `
 Trainer choice: TRL's SFTTrainer runs the loop (DDP, DeepSpeed, checkpoints, resume, logging). Two Tulu choices
 TRL cannot express are ours: the per-micro-batch ``mean`` / ``sum`` reduction above (TRL 1.16 always divides by
 the token count of the whole accumulated batch, ``num_items_in_batch``), in ``TuluSFTTrainer``; and Tulu's
-tokenization and packing (``tulu_kit.data``), given to TRL pre-tokenized with ``skip_prepare_dataset``. The
+tokenization and packing (``tulu_kit.data``), given to TRL pre-tokenized with ``skip_prepare_dataset``. One
+speed choice is the kit's: ``length_groups`` forwards a padded micro-batch as groups of rows of similar length
+(the loss summed over the groups, then reduced as above, so the gradient is the one pass's). The
 trainer subclass lives with the rest of TRL's private surface in :mod:`tulu_kit.trainers`.
 
 The stage stands on :mod:`tulu_kit.training`: ``run(cfg)`` trains in this process or, by default for SFT, launches
@@ -61,12 +63,27 @@ class SFTConfig(LoRAFields):
     warmup_ratio: float = 0.03  # fraction of the steps spent warming up linearly from 0
     per_device_train_batch_size: int = 8  # examples (or packed rows) per process per micro-batch
     reduce_loss: Literal["mean", "sum"] = "mean"  # mean per micro-batch, or sum: every token counts equally
+    # forward each padded micro-batch as this many groups of rows of similar length, each cut to its longest row:
+    # the same loss and gradient, less padding (one process, no DeepSpeed; the tiny model on CPU: 0.75 -> 0.50 s a
+    # step with 2). 1: one forward pass
+    length_groups: int = 1
     save_total_limit: int = 3  # complete checkpoints kept
     eval_steps: int = 0  # evaluate on eval_file every N steps; 0: after each epoch (when eval_file is set)
     report_to: str = "tensorboard"  # "tensorboard", "wandb", "tensorboard,wandb" or "none"
     optim: str = "auto"  # auto: paged_adamw_32bit for QLoRA on a GPU, else adamw_torch (see README: fused)
     merge_adapter: bool = True  # after LoRA, merge the adapter into the (dequantized) base in <out_dir>/model
     launcher: Literal["accelerate", "torchrun", "none"] = "accelerate"  # "none" trains in this process
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.length_groups < 1:
+            raise ValueError(f"length_groups must be at least 1, got {self.length_groups}")
+        if self.length_groups > 1 and (self.packing or self.num_processes > 1 or self.deepspeed):
+            raise ValueError(
+                f"length_groups {self.length_groups} splits a padded micro-batch into several forward passes "
+                "before one backward: it needs packing: false, one process and no DeepSpeed (DDP and ZeRO expect "
+                "one forward a backward); set length_groups: 1"
+            )
 
 
 @dataclass
@@ -165,6 +182,7 @@ def build_trainer(cfg: SFTConfig, callbacks=None):
         data_collator=collator,
         callbacks=training.callbacks(cfg, callbacks),
         reduce_loss=cfg.reduce_loss,
+        length_groups=cfg.length_groups,
     )
     return trainer, info
 

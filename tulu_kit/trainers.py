@@ -4,7 +4,8 @@ TRL (pinned exactly in pyproject.toml) does the training loops; the kit override
 private methods and attributes where TRL cannot express a Tulu choice:
 
 * :func:`sft_trainer_class` — ``SFTTrainer`` with open-instruct's per-micro-batch loss reduction
-  (``reduce_loss: mean|sum``); TRL 1.16 always divides by the tokens of the whole accumulated batch.
+  (``reduce_loss: mean|sum``); TRL 1.16 always divides by the tokens of the whole accumulated batch. It forwards
+  a micro-batch in ``length_groups`` groups of similar-length rows (:func:`length_groups`).
 * :func:`dpo_trainer_class` — ``DPOTrainer`` with the kit's reference log-prob cache (keyed by data and
   weights, shared across runs) and the losses TRL lacks (SimPO, open-instruct's WPO weight, label smoothing).
 * :func:`load_finished_checkpoint` — a run killed after its last checkpoint (during the final save) resumes into
@@ -77,20 +78,24 @@ def sft_trainer_class():
         # our loss is per micro-batch: the Trainer divides it by the number of accumulation steps
         loss_is_scaled_for_ga = False
 
-        def __init__(self, *args, reduce_loss: str = "mean", **kwargs):
-            self.reduce_loss = reduce_loss
+        def __init__(self, *args, reduce_loss: str = "mean", length_groups: int = 1, **kwargs):
+            self.reduce_loss, self.length_groups = reduce_loss, length_groups
             super().__init__(*args, **kwargs)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             mode = "train" if self.model.training else "eval"
             inputs = {**inputs, "use_cache": False}
-            # TRL's fused head returns log p(label) per position (0 where the label is -100) without the logits
-            outputs = model(**inputs, fused_lm_head=True)
-            nll_sum = -outputs.log_probs.sum()
-            n_tokens = outputs.label_mask.sum()
+            groups = [inputs] if return_outputs else length_groups(inputs, self.length_groups)
+            nll_sum = n_tokens = n_top1 = 0
+            for group in groups:
+                # TRL's fused head returns log p(label) per position (0 where the label is -100) without the logits
+                outputs = model(**group, fused_lm_head=True)
+                nll_sum = nll_sum - outputs.log_probs.sum()
+                n_tokens = n_tokens + outputs.label_mask.sum()
+                n_top1 = n_top1 + outputs.is_top1.sum()
             loss = nll_sum if self.reduce_loss == "sum" else nll_sum / n_tokens.clamp(min=1)
             gathered = self.accelerator.gather_for_metrics(
-                torch.stack([nll_sum.detach().float(), n_tokens.float(), outputs.is_top1.sum().float()])[None]
+                torch.stack([nll_sum.detach().float(), n_tokens.float(), n_top1.float()])[None]
             ).sum(0)
             denom = gathered[1].clamp(min=1)
             self._metrics[mode]["nll"].append((gathered[0] / denom).item())
@@ -99,6 +104,30 @@ def sft_trainer_class():
             return (loss, outputs) if return_outputs else loss
 
     return TuluSFTTrainer
+
+
+def length_groups(inputs: dict, n: int) -> list[dict]:
+    """A right-padded batch (``attention_mask``) as ``n`` groups of rows sorted by length, each cut to its longest
+    row: their summed token losses are the whole batch's, with less padding computed. Unchanged when ``n`` is 1,
+    for one row, or for a batch without a right-padded ``attention_mask`` (packed rows carry ``position_ids``)."""
+    mask = inputs.get("attention_mask")
+    if n <= 1 or mask is None or mask.dim() != 2 or mask.size(0) < 2 or "position_ids" in inputs:
+        return [inputs]
+    if bool(
+        (mask[:, 1:] > mask[:, :-1]).any()
+    ):  # a 0 before a 1: left padding or a hole, not cut from the right
+        return [inputs]
+    lengths = mask.sum(1)
+    groups = []
+    for rows in torch.argsort(lengths, stable=True).tensor_split(min(n, mask.size(0))):
+        width = int(lengths[rows].max())
+        groups.append(
+            {
+                k: v[rows, :width] if torch.is_tensor(v) and v.shape == mask.shape else v
+                for k, v in inputs.items()
+            }
+        )
+    return groups
 
 
 # --------------------------------------------------------------------------- DPO: reference cache and losses
