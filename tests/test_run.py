@@ -102,6 +102,12 @@ def test_failure_stops_then_rerun_skips_completed_then_force(tmp_path, capsys):
     assert counts() == [3, 4, 2]
     assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
 
+    # second fails again (its prompt "fail"): the run stops there, before third, which completed earlier
+    capsys.readouterr()
+    assert run_recipe(load_recipe(recipe_path, ["first.prompt=new"], run_dir=run_dir)) == 1
+    assert "third" not in capsys.readouterr().out and counts() == [3, 5, 2]
+    assert json.loads((run_dir / "run.json").read_text())["stages"]["third"]["status"] == "pending"
+
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(

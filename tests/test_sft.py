@@ -123,8 +123,11 @@ def test_length_groups_give_the_one_pass_loss_and_gradient_on_less_padding(
     and the groups hold fewer (padded) tokens than the batch."""
     from tulu_kit.trainers import length_groups
 
-    cfg = _config(tiny_model, tmp_path, mix, reduce_loss=reduce_loss, per_device_train_batch_size=8)
+    cfg = _config(
+        tiny_model, tmp_path, mix, reduce_loss=reduce_loss, per_device_train_batch_size=8, length_groups=3
+    )
     trainer, _ = build_trainer(cfg)
+    assert trainer.length_groups == 3
     batch = dict(next(iter(trainer.get_train_dataloader())))
     lengths = batch["attention_mask"].sum(1)
     assert lengths.min() < lengths.max()  # rows of different lengths: something to cut
@@ -142,6 +145,8 @@ def test_length_groups_give_the_one_pass_loss_and_gradient_on_less_padding(
         results.append((loss.item(), torch.cat([p.grad.flatten().clone() for p in model.parameters()])))
     (one_loss, one_grad), (split_loss, split_grad) = results
     assert split_loss == pytest.approx(one_loss, rel=1e-5)
+    nll, tokens = trainer._metrics["train"]["nll"], trainer._metrics["train"]["trained_tokens"]
+    assert nll[-1] == pytest.approx(nll[-2], rel=1e-5) and tokens[-1] == tokens[-2] > 0  # logged as one pass
     torch.testing.assert_close(split_grad, one_grad, rtol=1e-4, atol=1e-6 * one_grad.abs().max().item())
     # left padding, or packed rows (position_ids), are forwarded as they are
     left = {**batch, "attention_mask": batch["attention_mask"].flip(1)}
@@ -149,8 +154,6 @@ def test_length_groups_give_the_one_pass_loss_and_gradient_on_less_padding(
         length_groups(left, 3) == [left]
         and length_groups({**batch, "position_ids": 0}, 3)[0]["position_ids"] == 0
     )
-    with pytest.raises(ValueError, match="length_groups 2 .* one process and no DeepSpeed"):
-        _config(tiny_model, tmp_path, mix, length_groups=2, num_processes=2, launcher="accelerate")
     with pytest.raises(ValueError, match="length_groups must be at least 1"):
         _config(tiny_model, tmp_path, mix, length_groups=0)
 

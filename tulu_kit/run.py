@@ -483,6 +483,8 @@ def _run_graph(recipe: Recipe, status: RunStatus, deps, below, to_run, will_run,
                     output = executed_path(recipe, stage)
                     _started(recipe, status, tag, stage, output)
                     running[launch(i, output)] = (i, tag, stage, output)
+                    if inline:  # it has ended: its outcome comes before any later stage is looked at
+                        break
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -81,10 +81,19 @@ def sft_trainer_class():
         def __init__(self, *args, reduce_loss: str = "mean", length_groups: int = 1, **kwargs):
             self.reduce_loss, self.length_groups = reduce_loss, length_groups
             super().__init__(*args, **kwargs)
+            if length_groups > 1 and (self.accelerator.num_processes > 1 or self.is_deepspeed_enabled):
+                # DDP and ZeRO reduce gradients once per forward: several forwards before one backward break them
+                logger.warning(
+                    "length_groups %d: one forward pass per micro-batch here (%d processes%s): DDP and DeepSpeed "
+                    "expect one forward a backward", length_groups, self.accelerator.num_processes,
+                    ", DeepSpeed" if self.is_deepspeed_enabled else "",
+                )  # fmt: skip
+                self.length_groups = 1
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             mode = "train" if self.model.training else "eval"
             inputs = {**inputs, "use_cache": False}
+            # the loss alone (training; evaluation too, where only the loss is asked for) from groups of rows
             groups = [inputs] if return_outputs else length_groups(inputs, self.length_groups)
             nll_sum = n_tokens = n_top1 = 0
             for group in groups:
