@@ -122,9 +122,8 @@ def length_groups(inputs: dict, n: int) -> list[dict]:
     mask = inputs.get("attention_mask")
     if n <= 1 or mask is None or mask.dim() != 2 or mask.size(0) < 2 or "position_ids" in inputs:
         return [inputs]
-    if bool(
-        (mask[:, 1:] > mask[:, :-1]).any()
-    ):  # a 0 before a 1: left padding or a hole, not cut from the right
+    right_padded = not bool((mask[:, 1:] > mask[:, :-1]).any())  # no 0 before a 1 (left padding, a hole)
+    if not right_padded:
         return [inputs]
     lengths = mask.sum(1)
     groups = []
