@@ -297,7 +297,8 @@ def test_quickstart_recipe_writes_the_toy_benchmarks_and_reports_them(tmp_path):
     recipe = load_recipe("recipes/quickstart.yaml", run_dir=tmp_path)
     stages = {s.name: s.config for s in recipe.stages}
     assert stages["data"].toy_benchmarks > 0
-    assert stages["report"].toy_benchmarks == str(tmp_path / "data" / "toy_benchmarks")
+    assert stages["data"].out_dir == str(tmp_path / "data")  # the report scores <run_dir>/data/toy_benchmarks
+    assert stages["report"].run_dir == str(tmp_path) and stages["report"].toy_benchmarks == ""
     assert stages["quickstart"].pretrain_steps > 0
     assert json.loads(json.dumps(recipe.resolved()))  # serialisable as run.py writes it
 
@@ -316,10 +317,12 @@ def test_report_scores_every_stage_on_the_toy_world_and_bands_seeds(tiny_model, 
     (tmp_path / "base" / "seeds.json").write_text(
         json.dumps({"seeds": [1, 2], "runs": [str(r) for r in runs]})
     )
-    for run in runs:  # as the seeds run in turn: the last report sees both
-        report = build(ReportConfig(run_dir=str(run), toy_benchmarks=str(run / "data" / "toy_benchmarks")))
-    scores = read_scores(runs[0])
-    assert set(scores) == {"quickstart"} and scores["quickstart"]["gsm8k"]["n"] == 2
+    # as the seeds run in turn (the last report sees both): the folder named, then the run's own by default
+    for run, named in zip(runs, (str(runs[0] / "data" / "toy_benchmarks"), "")):
+        report = build(ReportConfig(run_dir=str(run), toy_benchmarks=named))
+    for run in runs:
+        scores = read_scores(run)
+        assert set(scores) == {"quickstart"} and scores["quickstart"]["gsm8k"]["n"] == 2
     table = report["toy_table"]
     assert list(table.columns) == ["benchmark", "base"] and len(table) == 3
     assert report["toy_note"].startswith("2 seeds")

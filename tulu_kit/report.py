@@ -131,8 +131,9 @@ class ReportConfig:
     run_dir: str = "../runs/lab"  # the run folder to report on
     reference: str = "Tulu 2 7B"  # a PUBLISHED row to set full-benchmark scores beside; empty for none
     compare: list[str] = field(default_factory=list)  # other run folders to set side by side with run_dir
-    # the toy world's held-out benchmarks (the data stage's toy_benchmarks folder): every stage's model is scored
-    # on them and the per-stage table (base → SFT → DPO → RL → merge) heads the report; "" for none
+    # the toy world's held-out benchmarks: every stage's model is scored on them and the per-stage table (base →
+    # SFT → DPO → RL → merge) heads the report. "": the run's own (<run_dir>/data/toy_benchmarks, written by
+    # notebook 01 and the quickstart's data stage) when it has them, else none
     toy_benchmarks: str = ""
 
     def __post_init__(self):
@@ -463,10 +464,10 @@ def why_empty(report: dict) -> dict[str, str]:
     return {
         "stages": f"no stage folder in {report['run_dir']}: run the notebooks from 00_quickstart on, in order, or "
         "`tulu-kit run RECIPE.yaml`",
-        "toy_table": "not scored on the toy world: set toy_benchmarks to the data stage's toy_benchmarks folder "
-        "(../runs/lab/data/toy_benchmarks after notebook 01)",
-        "kinds_table": "no toy benchmark scored by kind of question: set toy_benchmarks (see above)",
-        "rl_table": "no RL stage (ppo, grpo) wrote a model in this run, or toy_benchmarks is not set",
+        "toy_table": f"not scored on the toy world: {report['run_dir']} has no data/toy_benchmarks (notebook 01 "
+        "and the data stage write them, with toy_benchmarks > 0); or set toy_benchmarks to such a folder",
+        "kinds_table": "no toy benchmark scored by kind of question: no toy benchmarks (see above)",
+        "rl_table": "no RL stage (ppo, grpo) wrote a model in this run, or it has no toy benchmarks (see above)",
         "training": "no training stage finished (no <stage>/metrics.json with train_steps)",
         "curves": "no training stage logged its steps (<stage>/log_history.jsonl): run notebook 02_sft first",
         "scores": NO_EVAL if not evals else "no eval stage has a score: see Not scored",
@@ -769,14 +770,15 @@ def render_html(report: dict, images: dict[str, str]) -> str:
 def build(cfg: ReportConfig) -> dict:
     """Every table of the report, read from the run folder(s); nothing is written but the toy world's scores
     (``<run_dir>/toy_eval``, and those of its other seeds scored by an older version of the kit) when
-    ``toy_benchmarks`` is set."""
+    there are toy benchmarks: ``toy_benchmarks``, else the run's own."""
+    from tulu_kit import toy_eval
+
     run_dir = Path(cfg.run_dir)
     published, notes = published_table(run_dir, cfg.reference)
     toy = {}
-    if cfg.toy_benchmarks:
-        from tulu_kit import toy_eval
-
-        toy_eval.evaluate_run(run_dir, cfg.toy_benchmarks)
+    toy_dir = cfg.toy_benchmarks or toy_eval.own_benchmarks(run_dir)
+    if toy_dir:
+        toy_eval.evaluate_run(run_dir, toy_dir)
         toy_eval.rl_check(run_dir)
         runs = toy_eval.seed_runs(run_dir)
         toy_eval.refresh(runs)

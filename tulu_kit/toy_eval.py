@@ -99,6 +99,12 @@ def _toy_benchmarks(data_dir: str | Path) -> Path:
     return data_dir
 
 
+def own_benchmarks(run_dir: str | Path) -> str:
+    """``<run_dir>/data/toy_benchmarks`` when the run's data stage wrote the toy benchmarks there, else ""."""
+    data_dir = Path(run_dir) / "data" / TOY_DIR
+    return str(data_dir) if (data_dir / "gsm8k" / "test.jsonl").is_file() else ""
+
+
 def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None) -> dict[str, dict[str, dict]]:
     """Score every stage of ``run_dir`` that wrote a model (``<stage>/model``) in :data:`COLUMNS`; writes
     ``<run_dir>/toy_eval/scores.json`` and returns ``{stage: {benchmark: {"score", "stderr", "n"}}}``, plus
