@@ -37,6 +37,27 @@ def test_parameters_cell_names_exactly_the_config_fields(kind):
         compile(param["default"], notebook, "eval")
 
 
+@pytest.mark.parametrize("stage", ["quickstart", "ppo", "grpo"])
+def test_the_base_and_rl_notebooks_train_as_the_quickstart_does(stage):
+    """Notebooks 00, 08 and 09 at their defaults train as the quickstart recipe's stage (whose results `make sanity`
+    measures): every value the recipe sets, but for paths into the run folder and the logging interval."""
+    import ast
+
+    import yaml
+
+    recipe = yaml.safe_load((REPO_ROOT / "recipes/quickstart.yaml").read_text())["stages"][stage]
+    notebook = STAGES[stage][0]
+    params = {
+        k: ast.literal_eval(v["default"]) for k, v in pm.inspect_notebook(str(REPO_ROOT / notebook)).items()
+    }
+    differ = {
+        key: (params[key], value)
+        for key, value in recipe.items()
+        if key != "logging_steps" and "${run_dir}" not in str(value) and params[key] != value
+    }
+    assert not differ, f"{notebook} default vs recipes/quickstart.yaml {stage}: {differ}"
+
+
 @pytest.mark.parametrize("notebook", NOTEBOOKS)
 def test_notebook_is_stripped_and_tagged(notebook):
     import nbformat
