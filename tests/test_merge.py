@@ -340,6 +340,8 @@ def test_run_sweeps_the_path_and_scores_each_point(family, tmp_path):
     assert saved == result["path"] and not (tmp_path / "merge" / "path").exists()
     assert [r["weights"] for r in saved] == [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]
     assert read_result(tmp_path / "merge")["path"] == saved
+    # the report's Δ merge reads its start here
+    assert read_result(tmp_path / "merge")["models"] == cfg.models
 
 
 def test_preference_file_errors_name_the_line(family, tmp_path):

@@ -154,6 +154,38 @@ def test_seed_table_bands_and_deltas():
     assert numbers.iloc[0]["Δ PPO"] == pytest.approx(-0.1) and numbers.iloc[0]["Δ GRPO"] == pytest.approx(0.2)
 
 
+def test_each_delta_is_from_the_start_the_stage_recorded(tmp_path):
+    from tulu_kit.toy_eval import band_note, seed_table, stage_starts
+
+    run = tmp_path / "seed-1"
+
+    def record(stage, file, **fields):
+        (run / stage).mkdir(parents=True, exist_ok=True)
+        (run / stage / file).write_text(json.dumps(fields))
+
+    def model(stage, root=run):
+        return str(root / stage / "model")
+
+    record("sft", "config.json", model=model("quickstart"))
+    # from a run folder of the same name copied or moved since
+    record("dpo", "config.json", model=model("sft", tmp_path / "moved" / "seed-1"))
+    record("ppo", "config.json", model=model("sft"))  # PPO from SFT here, not from DPO as in the quickstart
+    record("grpo", "config.json", model="allenai/Llama-3.1-Tulu-3-8B-DPO")  # outside the run: no Δ
+    record("merge", "metrics.json", models=[model("sft"), model("dpo")])  # a soup of SFT and DPO
+    starts = stage_starts(run)
+    assert starts == {"sft": "quickstart", "dpo": "sft", "ppo": "sft", "merge": "dpo"}
+    cell = lambda s: {"score": s, "stderr": 0.05, "n": 100}  # noqa: E731
+    scores = {stage: {b: cell(v) for b in ("gsm8k", "ifeval", "mmlu")}
+              for stage, v in (("quickstart", 0.1), ("sft", 0.5), ("dpo", 0.6), ("ppo", 0.7), ("grpo", 0.9),
+                               ("merge", 0.55))}  # fmt: skip
+    _, numbers = seed_table([scores], starts)
+    row = numbers.iloc[0]
+    assert row["Δ PPO"] == pytest.approx(0.2) and row["Δ merge"] == pytest.approx(-0.05)
+    assert "Δ GRPO" not in numbers.columns
+    assert band_note(1, starts).endswith("(SFT from base, DPO from SFT, PPO from SFT, merge from DPO).")
+    assert "Δ" not in band_note(1, {})
+
+
 def test_kinds_table_and_its_sentence_come_from_the_scores():
     from tulu_kit.toy_eval import kinds_lines, kinds_table
 
@@ -255,6 +287,8 @@ def test_sanity_page_sets_out_the_table_the_kinds_and_the_rl_check(tmp_path):
         acc = {"sampled": 0.5, "greedy": 0.75, "n_prompts": 8}
         rl = {"grpo": {"frozen": acc, "trained": {**acc, "sampled": 0.5 + k / 8}, "kl_last": 0.01}}
         (run / "toy_eval" / "rl.json").write_text(json.dumps(rl))
+        (run / "sft").mkdir()  # the stage's record of its start: the Δ SFT column
+        (run / "sft" / "config.json").write_text(json.dumps({"model": str(run / "quickstart" / "model")}))
         runs.append(run)
     page, numbers = seed_page(runs)
     assert page.startswith("| benchmark") and "2 seeds: each cell is the mean" in page

@@ -287,5 +287,6 @@ def run(cfg: MergeConfig) -> dict:
     # ---- 3. the merged model
     model_dir = merge_models(cfg.models, out / "model", weights=cfg.weights or None, **kwargs)
     metrics = preference_metrics(model_dir, cfg.eval_file, cfg.eval_max_examples) if cfg.eval_file else {}
-    # the result (metrics.json): the merged model, its held-out metrics, and one row per point of the path
-    return write_result(out, "merge", model_dir, method=cfg.method, held_out=metrics, path=rows)
+    # the result (metrics.json): the models merged, the merged model, its held-out metrics, one row per path point
+    fields = dict(models=cfg.models, method=cfg.method, held_out=metrics, path=rows)
+    return write_result(out, "merge", model_dir, **fields)

@@ -783,9 +783,10 @@ def build(cfg: ReportConfig) -> dict:
         runs = toy_eval.seed_runs(run_dir)
         toy_eval.refresh(runs)
         per_seed = [s for s in (toy_eval.read_scores(r) for r in runs) if s]
+        starts = toy_eval.stage_starts(run_dir)
         toy = {
-            "toy_table": toy_eval.seed_table(per_seed)[0],
-            "toy_note": toy_eval.band_note(len(per_seed)),
+            "toy_table": toy_eval.seed_table(per_seed, starts)[0],
+            "toy_note": toy_eval.band_note(len(per_seed), starts),
             "kinds_table": toy_eval.kinds_table(per_seed)[0],
             "kinds_note": toy_eval.kinds_lines(per_seed),
             "rl_note": toy_eval.RL_NOTE,

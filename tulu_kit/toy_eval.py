@@ -8,8 +8,8 @@ accuracy) and ``mmlu`` (the letter with the highest log-probability), in chat mo
 model folder is unchanged.
 
 :func:`seed_table` sets one run (± stderr, labelled so) or several seeds of one recipe (mean ± sd over seeds)
-side by side: rows = benchmarks, columns = stages, each with its change from the model it started from
-(:data:`STARTS`: PPO and GRPO both start from DPO).
+side by side: rows = benchmarks, columns = stages, each with its change from the model it started from, as the
+stage recorded it (:func:`stage_starts`; in the quickstart, :data:`STARTS`: PPO and GRPO both start from DPO).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import pandas as pd
 
 # stage folder -> column label, in pipeline order
 COLUMNS = {"quickstart": "base", "sft": "SFT", "dpo": "DPO", "ppo": "PPO", "grpo": "GRPO", "merge": "merge"}
-# stage -> the stage whose model it starts from in the quickstart recipe (merge: the RL policy it soups with SFT)
+# stage -> the stage whose model it starts from in the quickstart recipe (merge: the RL policy it soups with SFT);
+# a run's own are read from its stage folders (stage_starts)
 STARTS = {"sft": "quickstart", "dpo": "sft", "ppo": "dpo", "grpo": "dpo", "merge": "ppo"}
 # toy benchmark -> (row label, eval module, max_new_tokens)
 BENCHMARKS = {
@@ -164,10 +165,30 @@ def _band(values: list[float]) -> tuple[float, float]:
     return mean, sd
 
 
-def seed_table(per_seed: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def stage_starts(run_dir: str | Path) -> dict[str, str]:
+    """stage -> the stage of ``run_dir`` whose model it started from, as each stage recorded it: the ``model`` of
+    ``<stage>/config.json``; for a merge, the last of the ``models`` in ``merge/metrics.json`` (the policy it soups
+    with the first). A start outside this run's stage folders (a Hub id, another run's model) is left out: no Δ.
+    A run folder moved or copied since is matched by its name."""
+    run_dir = Path(run_dir).resolve()
+    starts = {}
+    for stage in COLUMNS:
+        if stage == "merge":
+            model = (read_json(run_dir / stage / "metrics.json").get("models") or [None])[-1]
+        else:
+            model = read_json(run_dir / stage / "config.json").get("model")
+        path = Path(model) if model else None
+        if path and path.name == "model" and path.parent.name in COLUMNS and path.parent.name != stage:
+            if path.parent.parent.resolve() == run_dir or path.parent.parent.name == run_dir.name:
+                starts[stage] = path.parent.name
+    return starts
+
+
+def seed_table(per_seed: list[dict], starts: dict[str, str] = STARTS) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(table of strings, table of numbers) from one ``scores.json`` per seed: rows = toy benchmarks, columns =
     stages ("mean ± sd" over seeds, or "score ± stderr" for one seed) each followed by its Δ from its start
-    stage. The numeric table has ``<column>`` (mean), ``<column> sd`` and ``Δ <column>`` columns."""
+    stage (``starts``: :func:`stage_starts` of the run). The numeric table has ``<column>`` (mean),
+    ``<column> sd`` and ``Δ <column>`` columns."""
     per_seed = [s for s in per_seed if s]
     stages = [s for s in COLUMNS if per_seed and all(s in run for run in per_seed)]
     one = len(per_seed) == 1
@@ -183,8 +204,8 @@ def seed_table(per_seed: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
                 sd = per_seed[0][stage][bench]["stderr"] or 0.0
             text[column] = f"{mean:.3f} ± {sd:.3f}"
             num[column], num[f"{column} sd"] = mean, sd
-            if STARTS.get(stage) in means:
-                delta = mean - means[STARTS[stage]]
+            if starts.get(stage) in means:
+                delta = mean - means[starts[stage]]
                 text[f"Δ {column}"] = f"{delta:+.3f}"
                 num[f"Δ {column}"] = delta
             means[stage] = mean
@@ -274,8 +295,9 @@ def refresh(runs: list[Path]) -> None:
             evaluate_run(run)
 
 
-def band_note(n_seeds: int) -> str:
-    start = " Δ: the change from the model the stage started from (PPO and GRPO from DPO, merge from PPO)."
+def band_note(n_seeds: int, starts: dict[str, str] = STARTS) -> str:
+    froms = ", ".join(f"{COLUMNS[s]} from {COLUMNS[starts[s]]}" for s in COLUMNS if s in starts)
+    start = f" Δ: the change from the model the stage started from ({froms})." if froms else ""
     if n_seeds == 1:
         return "one seed: each cell is the score ± its standard error over the held-out questions." + start
     return f"{n_seeds} seeds: each cell is the mean ± the standard deviation over seeds." + start
@@ -300,8 +322,9 @@ def seed_page(runs: list[Path]) -> tuple[str, dict]:
     per_seed = [s for s in (read_scores(r) for r in runs) if s]
     if not per_seed:  # no seed scored its stages: no table of zero seeds
         return "", {}
-    text, numbers = seed_table(per_seed)
-    note = band_note(len(per_seed))
+    starts = stage_starts(runs[0])
+    text, numbers = seed_table(per_seed, starts)
+    note = band_note(len(per_seed), starts)
     page = text.to_markdown(index=False, disable_numparse=True) + f"\n\n{note}\n"
     kinds, kinds_numbers = kinds_table(per_seed)
     if not kinds.empty:
