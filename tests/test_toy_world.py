@@ -134,7 +134,11 @@ def test_pretraining_learns_the_corpus_and_is_deterministic(tmp_path):
 
 
 def test_seed_table_bands_and_deltas():
-    from tulu_kit.toy_eval import seed_table
+    from tulu_kit.toy_eval import STARTS
+    from tulu_kit.toy_eval import seed_table as table
+
+    def seed_table(per_seed):
+        return table(per_seed, STARTS)  # the quickstart's starts
 
     def run(base, sft):
         cell = lambda s: {"score": s, "stderr": 0.05, "n": 100}  # noqa: E731
@@ -155,7 +159,9 @@ def test_seed_table_bands_and_deltas():
 
 
 def test_each_delta_is_from_the_start_the_stage_recorded(tmp_path):
-    from tulu_kit.toy_eval import band_note, seed_table, stage_starts
+    import yaml
+
+    from tulu_kit.toy_eval import band_note, run_starts, seed_table, stage_starts
 
     run = tmp_path / "seed-1"
 
@@ -174,6 +180,23 @@ def test_each_delta_is_from_the_start_the_stage_recorded(tmp_path):
     record("merge", "metrics.json", models=[model("sft"), model("dpo")])  # a soup of SFT and DPO
     starts = stage_starts(run)
     assert starts == {"sft": "quickstart", "dpo": "sft", "ppo": "sft", "merge": "dpo"}
+    # another run's model that exists is another run's, whatever its folder's name: no Δ
+    other = tmp_path / "elsewhere" / "seed-1" / "dpo" / "model"
+    other.mkdir(parents=True)
+    record("grpo", "config.json", model=str(other))
+    assert "grpo" not in stage_starts(run)
+    # a merge that did not record its models: the recipe's (config.yaml)
+    record("merge", "metrics.json", method="linear")
+    (run / "config.yaml").write_text(
+        yaml.safe_dump({"stages": {"merge": {"models": [model("sft"), model("ppo")]}}})
+    )
+    assert stage_starts(run)["merge"] == "ppo"
+    record("merge", "metrics.json", models=[model("sft"), model("dpo")])
+    # seeds: only the starts every seed run agrees on
+    twin = tmp_path / "seed-2"
+    (twin / "ppo").mkdir(parents=True)
+    (twin / "ppo" / "config.json").write_text(json.dumps({"model": str(twin / "dpo" / "model")}))
+    assert run_starts([run, twin]) == {} and run_starts([run]) == starts
     cell = lambda s: {"score": s, "stderr": 0.05, "n": 100}  # noqa: E731
     scores = {stage: {b: cell(v) for b in ("gsm8k", "ifeval", "mmlu")}
               for stage, v in (("quickstart", 0.1), ("sft", 0.5), ("dpo", 0.6), ("ppo", 0.7), ("grpo", 0.9),
@@ -182,8 +205,12 @@ def test_each_delta_is_from_the_start_the_stage_recorded(tmp_path):
     row = numbers.iloc[0]
     assert row["Δ PPO"] == pytest.approx(0.2) and row["Δ merge"] == pytest.approx(-0.05)
     assert "Δ GRPO" not in numbers.columns
-    assert band_note(1, starts).endswith("(SFT from base, DPO from SFT, PPO from SFT, merge from DPO).")
-    assert "Δ" not in band_note(1, {})
+    note = band_note(1, starts, numbers)
+    assert note.endswith("(SFT from base, DPO from SFT, PPO from SFT, merge from DPO).")
+    # a start whose column is not in the table gives no Δ, and the note does not list it
+    _, fewer = seed_table([{k: v for k, v in scores.items() if k != "sft"}], starts)
+    assert "Δ DPO" not in fewer.columns and band_note(1, starts, fewer).endswith("(merge from DPO).")
+    assert "Δ" not in band_note(1, {}, numbers)
 
 
 def test_kinds_table_and_its_sentence_come_from_the_scores():

@@ -464,8 +464,9 @@ def why_empty(report: dict) -> dict[str, str]:
     return {
         "stages": f"no stage folder in {report['run_dir']}: run the notebooks from 00_quickstart on, in order, or "
         "`tulu-kit run RECIPE.yaml`",
-        "toy_table": f"not scored on the toy world: {report['run_dir']} has no data/toy_benchmarks (notebook 01 "
-        "and the data stage write them, with toy_benchmarks > 0); or set toy_benchmarks to such a folder",
+        "toy_table": f"not scored on the toy world: {report['run_dir']} has no stage model yet, or no "
+        "data/toy_benchmarks (notebook 01 and the data stage write them, with toy_benchmarks > 0; or set "
+        "toy_benchmarks to such a folder)",
         "kinds_table": "no toy benchmark scored by kind of question: no toy benchmarks (see above)",
         "rl_table": "no RL stage (ppo, grpo) wrote a model in this run, or it has no toy benchmarks (see above)",
         "training": "no training stage finished (no <stage>/metrics.json with train_steps)",
@@ -782,16 +783,19 @@ def build(cfg: ReportConfig) -> dict:
         toy_eval.rl_check(run_dir)
         runs = toy_eval.seed_runs(run_dir)
         toy_eval.refresh(runs)
-        per_seed = [s for s in (toy_eval.read_scores(r) for r in runs) if s]
-        starts = toy_eval.stage_starts(run_dir)
-        toy = {
-            "toy_table": toy_eval.seed_table(per_seed, starts)[0],
-            "toy_note": toy_eval.band_note(len(per_seed), starts),
-            "kinds_table": toy_eval.kinds_table(per_seed)[0],
-            "kinds_note": toy_eval.kinds_lines(per_seed),
-            "rl_note": toy_eval.RL_NOTE,
-            "rl_table": toy_eval.rl_table([toy_eval.read_json(r / "toy_eval" / "rl.json") for r in runs]),
-        }
+        scored = [r for r in runs if toy_eval.read_scores(r)]
+        per_seed = [toy_eval.read_scores(r) for r in scored]
+        if per_seed:  # else no stage has written a model yet: no table of zero seeds
+            starts = toy_eval.run_starts(scored)
+            text, numbers = toy_eval.seed_table(per_seed, starts)
+            toy = {
+                "toy_table": text,
+                "toy_note": toy_eval.band_note(len(per_seed), starts, numbers),
+                "kinds_table": toy_eval.kinds_table(per_seed)[0],
+                "kinds_note": toy_eval.kinds_lines(per_seed),
+                "rl_note": toy_eval.RL_NOTE,
+                "rl_table": toy_eval.rl_table([toy_eval.read_json(r / "toy_eval" / "rl.json") for r in runs]),
+            }
     report = {
         **toy,
         "run_dir": str(run_dir),

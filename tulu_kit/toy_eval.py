@@ -168,27 +168,56 @@ def _band(values: list[float]) -> tuple[float, float]:
 def stage_starts(run_dir: str | Path) -> dict[str, str]:
     """stage -> the stage of ``run_dir`` whose model it started from, as each stage recorded it: the ``model`` of
     ``<stage>/config.json``; for a merge, the last of the ``models`` in ``merge/metrics.json`` (the policy it soups
-    with the first). A start outside this run's stage folders (a Hub id, another run's model) is left out: no Δ.
-    A run folder moved or copied since is matched by its name."""
-    run_dir = Path(run_dir).resolve()
+    with the first), or of the recipe's (``config.yaml``) for a merge that did not record them. A start outside this
+    run's stage folders (a Hub id, another run's model) is left out: no Δ. A recorded path that no longer exists
+    (the run folder was moved or copied since) is matched by the run folder's name."""
+    run_dir = Path(run_dir)
+    here = {run_dir.resolve()}
     starts = {}
     for stage in COLUMNS:
         if stage == "merge":
-            model = (read_json(run_dir / stage / "metrics.json").get("models") or [None])[-1]
+            models = _record(run_dir / stage / "metrics.json").get("models")
+            if not models:
+                recipe = _record(run_dir / "config.yaml").get("stages", {})
+                models = (recipe.get(stage) or {}).get("models") if isinstance(recipe, dict) else None
+            model = models[-1] if isinstance(models, list) and models else None
         else:
-            model = read_json(run_dir / stage / "config.json").get("model")
-        path = Path(model) if model else None
-        if path and path.name == "model" and path.parent.name in COLUMNS and path.parent.name != stage:
-            if path.parent.parent.resolve() == run_dir or path.parent.parent.name == run_dir.name:
-                starts[stage] = path.parent.name
+            model = _record(run_dir / stage / "config.json").get("model")
+        path = Path(model) if isinstance(model, str) and model else None
+        if not (path and path.name == "model" and path.parent.name in COLUMNS and path.parent.name != stage):
+            continue
+        root = path.parent.parent
+        if root.resolve() in here or (
+            not path.exists() and root.name in (run_dir.name, run_dir.resolve().name)
+        ):
+            starts[stage] = path.parent.name
     return starts
 
 
-def seed_table(per_seed: list[dict], starts: dict[str, str] = STARTS) -> tuple[pd.DataFrame, pd.DataFrame]:
+def run_starts(runs: list[Path]) -> dict[str, str]:
+    """The starts (:func:`stage_starts`) on which every seed run agrees: a Δ across seeds is from one column."""
+    each = [stage_starts(r) for r in runs]
+    return {s: t for s, t in each[0].items() if all(other.get(s) == t for other in each[1:])} if each else {}
+
+
+def _record(path: Path) -> dict:
+    """A stage's JSON record or the run's config.yaml, {} when absent or not a mapping (then: no Δ, not no report)."""
+    if not path.is_file():
+        return {}
+    if path.suffix == ".yaml":
+        import yaml
+
+        data = yaml.safe_load(path.read_text())
+    else:
+        data = read_json(path)
+    return data if isinstance(data, dict) else {}
+
+
+def seed_table(per_seed: list[dict], starts: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(table of strings, table of numbers) from one ``scores.json`` per seed: rows = toy benchmarks, columns =
     stages ("mean ± sd" over seeds, or "score ± stderr" for one seed) each followed by its Δ from its start
-    stage (``starts``: :func:`stage_starts` of the run). The numeric table has ``<column>`` (mean),
-    ``<column> sd`` and ``Δ <column>`` columns."""
+    stage (``starts``: :func:`run_starts`; the quickstart's are :data:`STARTS`), where that stage is an earlier
+    column. The numeric table has ``<column>`` (mean), ``<column> sd`` and ``Δ <column>`` columns."""
     per_seed = [s for s in per_seed if s]
     stages = [s for s in COLUMNS if per_seed and all(s in run for run in per_seed)]
     one = len(per_seed) == 1
@@ -295,8 +324,10 @@ def refresh(runs: list[Path]) -> None:
             evaluate_run(run)
 
 
-def band_note(n_seeds: int, starts: dict[str, str] = STARTS) -> str:
-    froms = ", ".join(f"{COLUMNS[s]} from {COLUMNS[starts[s]]}" for s in COLUMNS if s in starts)
+def band_note(n_seeds: int, starts: dict[str, str], numbers: pd.DataFrame) -> str:
+    """The line under the table: what ± is, and where each Δ of ``numbers`` (:func:`seed_table`) is from."""
+    shown = [s for s in COLUMNS if s in starts and f"Δ {COLUMNS[s]}" in numbers.columns]
+    froms = ", ".join(f"{COLUMNS[s]} from {COLUMNS[starts[s]]}" for s in shown)
     start = f" Δ: the change from the model the stage started from ({froms})." if froms else ""
     if n_seeds == 1:
         return "one seed: each cell is the score ± its standard error over the held-out questions." + start
@@ -322,9 +353,9 @@ def seed_page(runs: list[Path]) -> tuple[str, dict]:
     per_seed = [s for s in (read_scores(r) for r in runs) if s]
     if not per_seed:  # no seed scored its stages: no table of zero seeds
         return "", {}
-    starts = stage_starts(runs[0])
+    starts = run_starts([r for r in runs if read_scores(r)])
     text, numbers = seed_table(per_seed, starts)
-    note = band_note(len(per_seed), starts)
+    note = band_note(len(per_seed), starts, numbers)
     page = text.to_markdown(index=False, disable_numparse=True) + f"\n\n{note}\n"
     kinds, kinds_numbers = kinds_table(per_seed)
     if not kinds.empty:
@@ -379,15 +410,16 @@ def rl_accuracy(model_dir: str | Path, rows: list[dict], temperature: float, max
 
 def rl_check(run_dir: str | Path) -> dict[str, dict]:
     """The RL sanity check of every RL stage in ``run_dir``: accuracy on the stage's own training prompts of its
-    start model (the frozen control: the same run at learning rate 0 leaves these weights as they are) and of its
-    trained policy, sampled at the stage's temperature; with the last logged KL. Written to
-    ``<run_dir>/toy_eval/rl.json``; re-used while both models are unchanged."""
+    start model (the frozen control: the same run at learning rate 0 leaves these weights as they are; found as
+    :func:`stage_starts` finds it) and of its trained policy, sampled at the stage's temperature; with the last
+    logged KL. Written to ``<run_dir>/toy_eval/rl.json``; re-used while both models are unchanged."""
     from types import SimpleNamespace
 
     from tulu_kit.io import atomic_write_json
     from tulu_kit.training import load_rlvr_rows
 
     run_dir = Path(run_dir)
+    starts = stage_starts(run_dir)
     out: dict[str, dict] = {}
     frozen: dict[str, dict] = {}
     cached = read_json(run_dir / "toy_eval" / "rl.json")
@@ -396,16 +428,17 @@ def rl_check(run_dir: str | Path) -> dict[str, dict]:
         if not ((model_dir / "config.json").is_file() and config.is_file()):
             continue
         cfg = json.loads(config.read_text())
-        stamp = _model_stamp(model_dir) + "|" + _model_stamp(Path(cfg["model"]))
+        start = run_dir / starts[stage] / "model" if stage in starts else Path(cfg["model"])
+        stamp = _model_stamp(model_dir) + "|" + _model_stamp(start)
         if cached.get(stage, {}).get("stamp") == stamp:
             out[stage] = cached[stage]
             continue
         rows = load_rlvr_rows(SimpleNamespace(**{"train_split": "train", "max_train_samples": 0, **cfg}))
         args = (float(cfg.get("temperature", 1.0)), int(cfg[length_key]))
         metrics = read_json(run_dir / stage / "metrics.json")
-        key = json.dumps([_model_stamp(Path(cfg["model"])), rows, *args])
+        key = json.dumps([_model_stamp(start), rows, *args])
         if key not in frozen:  # PPO and GRPO from the same model, prompts and sampling: one control
-            frozen[key] = rl_accuracy(cfg["model"], rows, *args)
+            frozen[key] = rl_accuracy(start, rows, *args)
         out[stage] = {
             "frozen": frozen[key],
             "trained": rl_accuracy(model_dir, rows, *args),
