@@ -173,7 +173,7 @@ def test_each_delta_is_from_the_start_the_stage_recorded(tmp_path):
         return str(root / stage / "model")
 
     record("sft", "config.json", model=model("quickstart"))
-    # from a run folder of the same name copied or moved since
+    # from a run folder of the same name, moved since (the recorded path is gone)
     record("dpo", "config.json", model=model("sft", tmp_path / "moved" / "seed-1"))
     record("ppo", "config.json", model=model("sft"))  # PPO from SFT here, not from DPO as in the quickstart
     record("grpo", "config.json", model="allenai/Llama-3.1-Tulu-3-8B-DPO")  # outside the run: no Δ
@@ -197,6 +197,16 @@ def test_each_delta_is_from_the_start_the_stage_recorded(tmp_path):
     (twin / "ppo").mkdir(parents=True)
     (twin / "ppo" / "config.json").write_text(json.dumps({"model": str(twin / "dpo" / "model")}))
     assert run_starts([run, twin]) == {} and run_starts([run]) == starts
+    (twin / "sft").mkdir()  # a seed that agrees on SFT's start: that one is kept
+    (twin / "sft" / "config.json").write_text(json.dumps({"model": str(twin / "quickstart" / "model")}))
+    assert run_starts([run, twin]) == {"sft": "quickstart"}
+    # a recipe file that does not parse, or a merge entry that is not a mapping: that Δ left out, no error
+    record("merge", "metrics.json", method="linear")
+    (run / "config.yaml").write_text("stages: [unclosed")
+    assert "merge" not in stage_starts(run)
+    (run / "config.yaml").write_text(yaml.safe_dump({"stages": {"merge": ["not", "a", "mapping"]}}))
+    assert "merge" not in stage_starts(run)
+    record("merge", "metrics.json", models=[model("sft"), model("dpo")])
     cell = lambda s: {"score": s, "stderr": 0.05, "n": 100}  # noqa: E731
     scores = {stage: {b: cell(v) for b in ("gsm8k", "ifeval", "mmlu")}
               for stage, v in (("quickstart", 0.1), ("sft", 0.5), ("dpo", 0.6), ("ppo", 0.7), ("grpo", 0.9),

@@ -170,7 +170,8 @@ def stage_starts(run_dir: str | Path) -> dict[str, str]:
     ``<stage>/config.json``; for a merge, the last of the ``models`` in ``merge/metrics.json`` (the policy it soups
     with the first), or of the recipe's (``config.yaml``) for a merge that did not record them. A start outside this
     run's stage folders (a Hub id, another run's model) is left out: no Δ. A recorded path that no longer exists
-    (the run folder was moved or copied since) is matched by the run folder's name."""
+    (the run folder was moved since) is matched by the run folder's name; a copy whose original is still there
+    gets no Δ."""
     run_dir = Path(run_dir)
     here = {run_dir.resolve()}
     starts = {}
@@ -178,8 +179,9 @@ def stage_starts(run_dir: str | Path) -> dict[str, str]:
         if stage == "merge":
             models = _record(run_dir / stage / "metrics.json").get("models")
             if not models:
-                recipe = _record(run_dir / "config.yaml").get("stages", {})
-                models = (recipe.get(stage) or {}).get("models") if isinstance(recipe, dict) else None
+                recipe = _record(run_dir / "config.yaml").get("stages")
+                merge = recipe.get(stage) if isinstance(recipe, dict) else None
+                models = merge.get("models") if isinstance(merge, dict) else None
             model = models[-1] if isinstance(models, list) and models else None
         else:
             model = _record(run_dir / stage / "config.json").get("model")
@@ -207,7 +209,10 @@ def _record(path: Path) -> dict:
     if path.suffix == ".yaml":
         import yaml
 
-        data = yaml.safe_load(path.read_text())
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError:
+            return {}
     else:
         data = read_json(path)
     return data if isinstance(data, dict) else {}
@@ -411,7 +416,7 @@ def rl_accuracy(model_dir: str | Path, rows: list[dict], temperature: float, max
 def rl_check(run_dir: str | Path) -> dict[str, dict]:
     """The RL sanity check of every RL stage in ``run_dir``: accuracy on the stage's own training prompts of its
     start model (the frozen control: the same run at learning rate 0 leaves these weights as they are; found as
-    :func:`stage_starts` finds it) and of its trained policy, sampled at the stage's temperature; with the last
+    :func:`stage_starts` finds it, else the ``model`` its config names) and of its trained policy, sampled at the stage's temperature; with the last
     logged KL. Written to ``<run_dir>/toy_eval/rl.json``; re-used while both models are unchanged."""
     from types import SimpleNamespace
 
