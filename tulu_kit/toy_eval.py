@@ -416,8 +416,9 @@ def rl_accuracy(model_dir: str | Path, rows: list[dict], temperature: float, max
 def rl_check(run_dir: str | Path) -> dict[str, dict]:
     """The RL sanity check of every RL stage in ``run_dir``: accuracy on the stage's own training prompts of its
     start model (the frozen control: the same run at learning rate 0 leaves these weights as they are; found as
-    :func:`stage_starts` finds it, else the ``model`` its config names) and of its trained policy, sampled at the stage's temperature; with the last
-    logged KL. Written to ``<run_dir>/toy_eval/rl.json``; re-used while both models are unchanged."""
+    :func:`stage_starts` finds it, else the ``model`` its config names) and of its trained policy, sampled at the
+    stage's temperature; with the last logged KL. Written to ``<run_dir>/toy_eval/rl.json``; re-used while both
+    models are unchanged."""
     from types import SimpleNamespace
 
     from tulu_kit.io import atomic_write_json
