@@ -314,7 +314,8 @@ def test_sanity_page_sets_out_the_table_the_kinds_and_the_rl_check(tmp_path):
             return {"keywords:existence": {"score": kw, "n": 3}, "startend:quotation": {"score": 1.0, "n": 1}}
 
         return {"quickstart": {"gsm8k": cell(0.0), "ifeval": cell(0.0, kinds(0.0)), "mmlu": cell(0.25)},
-                "sft": {"gsm8k": cell(sft), "ifeval": cell(0.25, kinds(0.0)), "mmlu": cell(0.25)}}  # fmt: skip
+                "sft": {"gsm8k": cell(sft), "ifeval": cell(0.25, kinds(0.0)), "mmlu": cell(0.25)},
+                "dpo": {"gsm8k": cell(0.5), "ifeval": cell(0.25, kinds(0.0)), "mmlu": cell(0.25)}}  # fmt: skip
 
     runs = []
     for k, sft in ((1, 0.5), (2, 0.75)):
@@ -324,8 +325,9 @@ def test_sanity_page_sets_out_the_table_the_kinds_and_the_rl_check(tmp_path):
         acc = {"sampled": 0.5, "greedy": 0.75, "n_prompts": 8}
         rl = {"grpo": {"frozen": acc, "trained": {**acc, "sampled": 0.5 + k / 8}, "kl_last": 0.01}}
         (run / "toy_eval" / "rl.json").write_text(json.dumps(rl))
-        (run / "sft").mkdir()  # the stage's record of its start: the Δ SFT column
-        (run / "sft" / "config.json").write_text(json.dumps({"model": str(run / "quickstart" / "model")}))
+        for stage in ("sft", "dpo"):  # each stage's record of its start: DPO here from base, not from SFT
+            (run / stage).mkdir()
+            (run / stage / "config.json").write_text(json.dumps({"model": str(run / "quickstart" / "model")}))
         runs.append(run)
     page, numbers = seed_page(runs)
     assert page.startswith("| benchmark") and "2 seeds: each cell is the mean" in page
@@ -338,6 +340,7 @@ def test_sanity_page_sets_out_the_table_the_kinds_and_the_rl_check(tmp_path):
     assert "the other 1 together 1.000 (mean of 2 seeds)." in kinds
     assert "+0.188 ± 0.088" in page  # GRPO's Δ sampled: 1/8 and 2/8
     assert numbers["rows"][0]["Δ SFT"] == pytest.approx(0.625) and len(numbers["kinds"]) == 2
+    assert numbers["rows"][0]["Δ DPO"] == pytest.approx(0.5) and "DPO from base" in numbers["note"]
     assert seed_page([tmp_path / "nothing"]) == ("", {})
 
 

@@ -781,20 +781,15 @@ def build(cfg: ReportConfig) -> dict:
     if toy_dir:
         toy_eval.evaluate_run(run_dir, toy_dir)
         toy_eval.rl_check(run_dir)
-        runs = toy_eval.seed_runs(run_dir)
-        toy_eval.refresh(runs)
-        scored = [r for r in runs if toy_eval.read_scores(r)]
-        per_seed = [toy_eval.read_scores(r) for r in scored]
-        if per_seed:  # else no stage has written a model yet: no table of zero seeds
-            starts = toy_eval.run_starts(scored)
-            text, numbers = toy_eval.seed_table(per_seed, starts)
+        got = toy_eval.seed_results(toy_eval.seed_runs(run_dir))
+        if got:  # else no stage has written a model yet: no table of zero seeds
             toy = {
-                "toy_table": text,
-                "toy_note": toy_eval.band_note(len(per_seed), starts, numbers),
-                "kinds_table": toy_eval.kinds_table(per_seed)[0],
-                "kinds_note": toy_eval.kinds_lines(per_seed),
+                "toy_table": got["table"],
+                "toy_note": got["note"],
+                "kinds_table": got["kinds"],
+                "kinds_note": got["kinds_lines"],
                 "rl_note": toy_eval.RL_NOTE,
-                "rl_table": toy_eval.rl_table([toy_eval.read_json(r / "toy_eval" / "rl.json") for r in runs]),
+                "rl_table": got["rl"],
             }
     report = {
         **toy,

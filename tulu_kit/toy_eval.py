@@ -350,28 +350,46 @@ def seed_runs(run_dir: str | Path) -> list[Path]:
     return [run_dir]
 
 
-def seed_page(runs: list[Path]) -> tuple[str, dict]:
-    """``make sanity``'s page (markdown) and its numbers from the seed runs' folders: the per-stage table with its
-    note, the stages by kind of question with their sentences, and the RL sanity check; ("", {}) when no run was
-    scored on the toy world."""
+def seed_results(runs: list[Path]) -> dict:
+    """Every toy-world table over the seed runs (each brought up to date first, :func:`refresh`): the per-stage
+    table (``table``, its ``numbers``, its ``note``), the stages by kind of question (``kinds``, ``kinds_numbers``,
+    their sentences ``kinds_lines``) and the RL sanity check (``rl``); {} when no run was scored on the toy world
+    (no table of zero seeds). The report and ``make sanity``'s page both set out these."""
     refresh(runs)
-    per_seed = [s for s in (read_scores(r) for r in runs) if s]
-    if not per_seed:  # no seed scored its stages: no table of zero seeds
-        return "", {}
-    starts = run_starts([r for r in runs if read_scores(r)])
-    text, numbers = seed_table(per_seed, starts)
-    note = band_note(len(per_seed), starts, numbers)
-    page = text.to_markdown(index=False, disable_numparse=True) + f"\n\n{note}\n"
+    scored = [r for r in runs if read_scores(r)]
+    if not scored:
+        return {}
+    per_seed = [read_scores(r) for r in scored]
+    starts = run_starts(scored)
+    table, numbers = seed_table(per_seed, starts)
     kinds, kinds_numbers = kinds_table(per_seed)
-    if not kinds.empty:
-        page += f"\n## By kind of question\n\n{kinds.to_markdown(index=False, disable_numparse=True)}\n"
-        page += "".join(f"\n{line}\n" for line in kinds_lines(per_seed))
-    rl = rl_table([read_json(Path(r) / "toy_eval" / "rl.json") for r in runs])
-    if not rl.empty:
-        rl_text = rl.to_markdown(index=False, disable_numparse=True)  # keeps the signs of the Δ
+    return {
+        "table": table,
+        "numbers": numbers,
+        "note": band_note(len(per_seed), starts, numbers),
+        "kinds": kinds,
+        "kinds_numbers": kinds_numbers,
+        "kinds_lines": kinds_lines(per_seed),
+        "rl": rl_table([read_json(Path(r) / "toy_eval" / "rl.json") for r in runs]),
+    }
+
+
+def seed_page(runs: list[Path]) -> tuple[str, dict]:
+    """``make sanity``'s page (markdown) and its numbers from the seed runs' folders (:func:`seed_results`); ("",
+    {}) when no run was scored on the toy world."""
+    got = seed_results(runs)
+    if not got:
+        return "", {}
+    page = got["table"].to_markdown(index=False, disable_numparse=True) + f"\n\n{got['note']}\n"
+    if not got["kinds"].empty:
+        kinds = got["kinds"].to_markdown(index=False, disable_numparse=True)
+        page += f"\n## By kind of question\n\n{kinds}\n"
+        page += "".join(f"\n{line}\n" for line in got["kinds_lines"])
+    if not got["rl"].empty:
+        rl_text = got["rl"].to_markdown(index=False, disable_numparse=True)  # keeps the signs of the Δ
         page += f"\n## The RL sanity check\n\n{rl_text}\n\n{RL_NOTE}\n"
-    return page, {"note": note, "rows": numbers.to_dict("records"), "rl": rl.to_dict("records"),
-                  "kinds": kinds_numbers.to_dict("records")}  # fmt: skip
+    return page, {"note": got["note"], "rows": got["numbers"].to_dict("records"),
+                  "rl": got["rl"].to_dict("records"), "kinds": got["kinds_numbers"].to_dict("records")}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ RL sanity check
