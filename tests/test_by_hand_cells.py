@@ -101,6 +101,7 @@ def test_reward_bradley_terry(tiny_model, data, tmp_path):
     cfg = RewardConfig(model=str(tiny_model), train_file=str(data / "preference.jsonl"),
                        out_dir=str(tmp_path / "reward"), max_length=128)  # fmt: skip
     ns = run_cell("05_reward_model.ipynb", cfg)
+    assert len(ns["seqs"][0]) != len(ns["seqs"][1]) and not ns["mask"].all()  # one reply is padded
     for side in ("chosen", "rejected"):
         assert ns["r"][side] == pytest.approx(ns["r_library"][side], abs=1e-5)
     assert ns["by_hand"] == pytest.approx(ns["library"], rel=1e-5)
@@ -111,6 +112,8 @@ def test_ties_small_vector():
     from tulu_kit.merge import MergeConfig
 
     ns = run_cell("06_merging.ipynb", MergeConfig())
-    expected = torch.tensor([0.45, 0.55, 0.0, 0.8, 0.0, 0.0])  # worked out on paper, density 0.5
+    # worked out on paper, density 0.5, weights 0.5, 1, 0.8: entry 0 is the weighted mean of the two positive
+    # entries kept, (0.25 + 0.4) / 1.5 (unweighted: 0.45); entries 3 and 5 elect a negative sign
+    expected = torch.tensor([0.65 / 1.5, 0.6, 0.0, -1.2, 0.0, -0.9])
     assert torch.allclose(ns["by_hand"], expected, atol=1e-6)
     assert torch.allclose(ns["library"], expected, atol=1e-6)
