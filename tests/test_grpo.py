@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.lines import check_rl_line
 from tulu_kit import grpo
 from tulu_kit.data.synthetic import synthetic_arithmetic
 from tulu_kit.io import write_jsonl
@@ -203,7 +204,8 @@ def test_group_advantages_equal_a_hand_computation(toy_run):
 def test_notebook_runs_and_its_by_hand_cell_meets_trl(warm_model, tmp_path, run_notebook):
     out = tmp_path / "grpo"
     nb = run_notebook("notebooks/09_grpo.ipynb", {"model": str(warm_model), "out_dir": str(out), "max_steps": 2,
-                      "num_generations": 4, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1})  # fmt: skip
+                      "num_generations": 4, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
+                      "synthetic_size": 32})  # fmt: skip
     assert json.loads((out / "metrics.json").read_text())["train_steps"] == 2
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     gap = float(printed.split("max |TRL - by hand|:")[1].split()[0])
@@ -212,6 +214,8 @@ def test_notebook_runs_and_its_by_hand_cell_meets_trl(warm_model, tmp_path, run_
     line = printed.split("mean reward on these prompts:")[1].split("\n")[0]
     before, after = float(line.split()[0]), float(line.split()[2])
     assert line.split()[-1] == ("rose" if after > before else "fell" if after < before else "unchanged")
+    # the RL sanity check's line, on the 32 training prompts: its word is its numbers'
+    check_rl_line(printed, "GRPO", 32)
 
 
 # --------------------------------------------------------------------------- the checkpoint protocol, killed

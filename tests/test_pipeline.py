@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from tests.lines import check_rl_line
 from tulu_kit.config import REPO_ROOT, load_recipe
 
 
@@ -135,6 +136,9 @@ def test_demo_training_notebooks_leave_their_artifacts_and_learn(demo_run):
         outs = _outputs(run_dir, notebook)
         text = "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outs)
         assert "by hand" in text.lower(), notebook
+    # PPO's RL sanity check, on its 64 training prompts: the line's word is its numbers'
+    text = "".join(o.get("text", "") for o in _outputs(run_dir, "08_ppo.ipynb"))
+    check_rl_line(text, "PPO", 64)
 
 
 def test_demo_stages_improve_the_model_on_the_toy_world(demo_run):

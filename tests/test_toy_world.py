@@ -446,6 +446,21 @@ def _always_says(src, out, digit: str):
     return out
 
 
+def test_rl_line_says_what_its_numbers_say():
+    from tulu_kit.toy_eval import rl_line
+
+    start = {"sampled": 0.5, "greedy": 0.5, "n_prompts": 64}  # 256 replies: 0.5 -> 0.6 is 2 * 0.0437 = 0.087
+    assert " rose by more than two standard errors (0.087)" in rl_line(
+        "GRPO", start, {**start, "sampled": 0.6}
+    )
+    assert " fell by more than two standard errors" in rl_line("GRPO", start, {**start, "sampled": 0.4})
+    line = rl_line("PPO", start, {"sampled": 0.55, "greedy": 0.75, "n_prompts": 64})
+    assert line.startswith(
+        "PPO: sampled accuracy on its 64 training prompts (4 replies each) moved less than"
+    )
+    assert line.endswith("0.500 at its start (the frozen control), 0.550 trained; greedy 0.500 -> 0.750.")
+
+
 def test_rl_check_scores_start_and_policy_on_the_stages_training_prompts(tiny_model, tmp_path):
     """The frozen control is the stage's start model and the trained side its policy, each scored on the stage's
     own training prompts: a policy that always says 7 passes every prompt whose answer is 7777 (4 tokens), the

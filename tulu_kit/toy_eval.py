@@ -431,6 +431,23 @@ def rl_accuracy(model_dir: str | Path, rows: list[dict], temperature: float, max
     }
 
 
+def rl_line(stage: str, frozen: dict, trained: dict) -> str:
+    """The RL sanity check of one run in a sentence computed from its two :func:`rl_accuracy` results: whether
+    the sampled accuracy on the training prompts rose or fell by more than two standard errors of the difference
+    (the samples counted as independent, which understates it: samples of one prompt agree more), else that it
+    moved less."""
+    a, b, n = frozen["sampled"], trained["sampled"], frozen["n_prompts"] * RL_SAMPLES
+    noise = 2 * math.sqrt((a * (1 - a) + b * (1 - b)) / n)
+    moved = (
+        "rose by more than" if b - a > noise else "fell by more than" if a - b > noise else "moved less than"
+    )
+    return (
+        f"{stage}: sampled accuracy on its {frozen['n_prompts']} training prompts ({RL_SAMPLES} replies each) "
+        f"{moved} two standard errors ({noise:.3f}): {a:.3f} at its start (the frozen control), {b:.3f} trained; "
+        f"greedy {frozen['greedy']:.3f} -> {trained['greedy']:.3f}."
+    )
+
+
 def rl_check(run_dir: str | Path) -> dict[str, dict]:
     """The RL sanity check of every RL stage in ``run_dir``: accuracy on the stage's own training prompts of its
     start model (the frozen control: the same run at learning rate 0 leaves these weights as they are; found as

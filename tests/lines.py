@@ -1,0 +1,19 @@
+"""Checks of the sentences a notebook prints about its own results, shared by the tests that run those notebooks."""
+
+from __future__ import annotations
+
+
+def check_rl_line(printed: str, stage: str, n_prompts: int) -> None:
+    """The RL sanity check's line (:func:`tulu_kit.toy_eval.rl_line`) in a notebook's printed output says what its
+    numbers say: rose or fell by more than the two standard errors it prints, else moved less."""
+    line = printed.split(f"{stage}: sampled accuracy on its {n_prompts} training prompts")[1].split("\n")[0]
+    noise = float(line.split("two standard errors (")[1].split(")")[0])
+    start, trained = float(line.split("): ")[1].split()[0]), float(line.split("control), ")[1].split()[0])
+    word = (
+        "rose by more"
+        if trained - start > noise
+        else "fell by more"
+        if start - trained > noise
+        else "moved less"
+    )
+    assert f" {word} than two standard errors" in line, line
