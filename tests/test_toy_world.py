@@ -449,9 +449,9 @@ def _always_says(src, out, digit: str):
 def test_rl_line_says_what_its_numbers_say():
     from tulu_kit.toy_eval import rl_line
 
-    start = {"sampled": 0.5, "greedy": 0.5, "n_prompts": 64}  # 256 replies: 0.5 -> 0.6 is 2 * 0.0437 = 0.087
-    assert " rose by more than two standard errors (0.087)" in rl_line(
-        "GRPO", start, {**start, "sampled": 0.6}
+    start = {"sampled": 0.5, "greedy": 0.5, "n_prompts": 64}  # 256 replies; 0.5 -> 0.65: 2 * 0.04319
+    assert " rose by more than two standard errors (0.086)" in rl_line(
+        "GRPO", start, {**start, "sampled": 0.65}
     )
     assert " fell by more than two standard errors" in rl_line("GRPO", start, {**start, "sampled": 0.4})
     line = rl_line("PPO", start, {"sampled": 0.55, "greedy": 0.75, "n_prompts": 64})
@@ -459,6 +459,8 @@ def test_rl_line_says_what_its_numbers_say():
         "PPO: sampled accuracy on its 64 training prompts (4 replies each) moved less than"
     )
     assert line.endswith("0.500 at its start (the frozen control), 0.550 trained; greedy 0.500 -> 0.750.")
+    eight = rl_line("GRPO", {**start, "samples": 8}, {**start, "sampled": 0.6})  # 512 replies: 2 * 0.0309
+    assert "(8 replies each) rose by more than two standard errors (0.062)" in eight
 
 
 def test_rl_check_scores_start_and_policy_on_the_stages_training_prompts(tiny_model, tmp_path):
@@ -477,8 +479,8 @@ def test_rl_check_scores_start_and_policy_on_the_stages_training_prompts(tiny_mo
     (tmp_path / "run" / "grpo" / "metrics.json").write_text(json.dumps({"kl_last": 0.25, "kl_max": 0.5}))
     check = rl_check(tmp_path / "run")
     assert set(check) == {"grpo"}
-    assert check["grpo"]["trained"] == {"sampled": 1.0, "greedy": 1.0, "n_prompts": 6}
-    assert check["grpo"]["frozen"] == {"sampled": 0.0, "greedy": 0.0, "n_prompts": 6}
+    assert check["grpo"]["trained"] == {"sampled": 1.0, "greedy": 1.0, "n_prompts": 6, "samples": 4}
+    assert check["grpo"]["frozen"] == {"sampled": 0.0, "greedy": 0.0, "n_prompts": 6, "samples": 4}
     assert json.loads((tmp_path / "run" / "toy_eval" / "rl.json").read_text())["grpo"]["kl_last"] == 0.25
     wrong = [{**r, "ground_truth": "12345"} for r in rows]  # no 4-token reply says it
     assert rl_accuracy(tmp_path / "run" / "grpo" / "model", wrong, 1.0, 4)["sampled"] == 0.0

@@ -356,10 +356,11 @@ def seed_results(runs: list[Path]) -> dict:
     their sentences ``kinds_lines``) and the RL sanity check (``rl``); {} when no run was scored on the toy world
     (no table of zero seeds). The report and ``make sanity``'s page both set out these."""
     refresh(runs)
-    scored = [r for r in runs if read_scores(r)]
+    scores = {r: read_scores(r) for r in runs}
+    scored = [r for r in runs if scores[r]]
     if not scored:
         return {}
-    per_seed = [read_scores(r) for r in scored]
+    per_seed = [scores[r] for r in scored]
     starts = run_starts(scored)
     table, numbers = seed_table(per_seed, starts)
     kinds, kinds_numbers = kinds_table(per_seed)
@@ -404,16 +405,18 @@ RL_NOTE = (
 
 def rl_accuracy(model_dir: str | Path, rows: list[dict], temperature: float, max_new_tokens: int,
                 samples: int = RL_SAMPLES, seed: int = 0) -> dict:  # fmt: skip
-    """Greedy and sampled accuracy (the verifiable reward's pass) of a model on RLVR ``rows``: the RL sanity
+    """Greedy and sampled accuracy (the verifiable reward's pass) of a model on RLVR ``rows``, each prompted as the
+    RL stages prompt it (:func:`tulu_kit.training.rlvr_prompt`: without a trailing reference answer): the RL sanity
     check's measure, sampled at the stage's own temperature."""
     import torch
 
     from tulu_kit.data.onpolicy import sample_replies
     from tulu_kit.models import load_model, load_tokenizer
     from tulu_kit.rewards import verifiable_reward
+    from tulu_kit.training import rlvr_prompt
 
     tokenizer, model = load_tokenizer(str(model_dir)), load_model(str(model_dir)).eval()
-    prompts = [r["messages"] for r in rows]
+    prompts = [rlvr_prompt(r) for r in rows]
     sampled = sample_replies(model, tokenizer, prompts, samples, temperature, max_new_tokens, seed)
     greedy = []
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
@@ -428,21 +431,23 @@ def rl_accuracy(model_dir: str | Path, rows: list[dict], temperature: float, max
         "sampled": sum(map(sum, passed)) / (len(rows) * samples),
         "greedy": sum(verifiable_reward(r, x) >= 1.0 for r, x in zip(rows, greedy)) / len(rows),
         "n_prompts": len(rows),
+        "samples": samples,
     }
 
 
 def rl_line(stage: str, frozen: dict, trained: dict) -> str:
     """The RL sanity check of one run in a sentence computed from its two :func:`rl_accuracy` results: whether
-    the sampled accuracy on the training prompts rose or fell by more than two standard errors of the difference
-    (the samples counted as independent, which understates it: samples of one prompt agree more), else that it
-    moved less."""
-    a, b, n = frozen["sampled"], trained["sampled"], frozen["n_prompts"] * RL_SAMPLES
-    noise = 2 * math.sqrt((a * (1 - a) + b * (1 - b)) / n)
+    the sampled accuracy on the training prompts rose or fell by more than two binomial standard errors of the
+    difference over the replies, else that it moved less. For these prompts that bound is, if anything, wide (both
+    models answer the same prompts); it says nothing about new prompts, which the held-out scores measure."""
+    a, b = frozen["sampled"], trained["sampled"]
+    samples = frozen.get("samples", RL_SAMPLES)
+    noise = 2 * math.sqrt((a * (1 - a) + b * (1 - b)) / (frozen["n_prompts"] * samples))
     moved = (
         "rose by more than" if b - a > noise else "fell by more than" if a - b > noise else "moved less than"
     )
     return (
-        f"{stage}: sampled accuracy on its {frozen['n_prompts']} training prompts ({RL_SAMPLES} replies each) "
+        f"{stage}: sampled accuracy on its {frozen['n_prompts']} training prompts ({samples} replies each) "
         f"{moved} two standard errors ({noise:.3f}): {a:.3f} at its start (the frozen control), {b:.3f} trained; "
         f"greedy {frozen['greedy']:.3f} -> {trained['greedy']:.3f}."
     )
