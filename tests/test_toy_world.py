@@ -486,6 +486,35 @@ def test_rl_check_scores_start_and_policy_on_the_stages_training_prompts(tiny_mo
     assert rl_accuracy(tmp_path / "run" / "grpo" / "model", wrong, 1.0, 4)["sampled"] == 0.0
 
 
+def test_the_report_shows_the_rl_check_a_stage_notebook_printed(tiny_model, tmp_path):
+    """rl_stage_check (notebooks 08 and 09) writes the stage's check beside its model; rl_check shows it as it is
+    while both models, the prompts and the sampling are the ones it was made on, and samples again after any
+    of them changed."""
+    from types import SimpleNamespace
+
+    from tulu_kit.io import write_jsonl
+    from tulu_kit.toy_eval import rl_check, rl_stage_check
+
+    rows = [{**r, "ground_truth": "7777"} for r in toy.synthetic_arithmetic(6, seed=0)]
+    write_jsonl(tmp_path / "rl.jsonl", rows)
+    model = _always_says(tiny_model, tmp_path / "run" / "grpo" / "model", "7")
+    config = {"model": str(tiny_model), "train_file": str(tmp_path / "rl.jsonl"), "seed": 0, "temperature": 1.0,
+              "max_completion_length": 4, "out_dir": str(tmp_path / "run" / "grpo")}  # fmt: skip
+    (tmp_path / "run" / "grpo" / "config.json").write_text(json.dumps(config))
+    cfg = SimpleNamespace(train_split="train", **config)
+    check = rl_stage_check(cfg, model, 4)
+    assert check["trained"]["sampled"] == 1.0 and check["frozen"]["sampled"] == 0.0
+    own = tmp_path / "run" / "grpo" / "rl_check.json"
+    mark = json.loads(own.read_text())
+    mark["trained"]["greedy"] = 0.5  # a value only the stage's file has
+    own.write_text(json.dumps(mark))
+    assert rl_check(tmp_path / "run")["grpo"]["trained"]["greedy"] == 0.5
+    (tmp_path / "run" / "toy_eval" / "rl.json").unlink()
+    config["temperature"] = 0.7  # another sampling: the stage's file is not this check's
+    (tmp_path / "run" / "grpo" / "config.json").write_text(json.dumps(config))
+    assert rl_check(tmp_path / "run")["grpo"]["trained"]["greedy"] == 1.0
+
+
 def test_relative_lines_compare_a_model_with_its_reference():
     from tulu_kit.toy_eval import models_table, relative_lines
 

@@ -453,12 +453,37 @@ def rl_line(stage: str, frozen: dict, trained: dict) -> str:
     )
 
 
+RL_CHECK = "rl_check.json"  # an RL stage's own check, beside its model: what its notebook printed
+
+
+def _rl_key(start: Path, model_dir: Path, rows: list[dict], args: tuple) -> str:
+    """What an RL check depends on: both models' weights, the prompts and the sampling."""
+    return json.dumps([_model_stamp(start), _model_stamp(model_dir), rows, *args])
+
+
+def rl_stage_check(cfg, model_dir: str | Path, max_new_tokens: int) -> dict[str, dict]:
+    """The RL sanity check of one RL stage, as notebooks 08 and 09 run it after training: :func:`rl_accuracy` of
+    its start model (``cfg.model``, the frozen control) and of its policy (``model_dir``) on its training prompts at
+    its temperature. Written to ``<cfg.out_dir>/rl_check.json`` with what it depends on, so that the report's
+    :func:`rl_check` shows these numbers instead of sampling them again while nothing changed."""
+    from tulu_kit.io import atomic_write_json
+    from tulu_kit.training import load_rlvr_rows
+
+    rows = load_rlvr_rows(cfg)
+    args = (float(cfg.temperature), int(max_new_tokens))
+    check = {"frozen": rl_accuracy(cfg.model, rows, *args), "trained": rl_accuracy(model_dir, rows, *args)}
+    key = _rl_key(Path(cfg.model), Path(model_dir), rows, args)
+    atomic_write_json(Path(cfg.out_dir) / RL_CHECK, {**check, "key": key})
+    return check
+
+
 def rl_check(run_dir: str | Path) -> dict[str, dict]:
     """The RL sanity check of every RL stage in ``run_dir``: accuracy on the stage's own training prompts of its
     start model (the frozen control: the same run at learning rate 0 leaves these weights as they are; found as
     :func:`stage_starts` finds it, else the ``model`` its config names) and of its trained policy, sampled at the
     stage's temperature; with the last logged KL. Written to ``<run_dir>/toy_eval/rl.json``; re-used while both
-    models are unchanged."""
+    models are unchanged. A stage whose notebook checked the same models, prompts and sampling
+    (:func:`rl_stage_check`) is shown as it printed it, not sampled again."""
     from types import SimpleNamespace
 
     from tulu_kit.io import atomic_write_json
@@ -483,11 +508,14 @@ def rl_check(run_dir: str | Path) -> dict[str, dict]:
         args = (float(cfg.get("temperature", 1.0)), int(cfg[length_key]))
         metrics = read_json(run_dir / stage / "metrics.json")
         key = json.dumps([_model_stamp(start), rows, *args])
+        own = read_json(run_dir / stage / RL_CHECK)
+        if own.get("key") != _rl_key(start, model_dir, rows, args):  # another model, prompt set or sampling
+            own = {}
         if key not in frozen:  # PPO and GRPO from the same model, prompts and sampling: one control
-            frozen[key] = rl_accuracy(start, rows, *args)
+            frozen[key] = own.get("frozen") or rl_accuracy(start, rows, *args)
         out[stage] = {
-            "frozen": frozen[key],
-            "trained": rl_accuracy(model_dir, rows, *args),
+            "frozen": own.get("frozen") or frozen[key],
+            "trained": own.get("trained") or rl_accuracy(model_dir, rows, *args),
             "kl_last": metrics.get("kl_last"),
             "kl_max": metrics.get("kl_max"),
             "temperature": args[0],
