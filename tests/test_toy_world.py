@@ -502,7 +502,7 @@ def test_the_report_shows_the_rl_check_a_stage_notebook_printed(tiny_model, tmp_
               "max_completion_length": 4, "out_dir": str(tmp_path / "run" / "grpo")}  # fmt: skip
     (tmp_path / "run" / "grpo" / "config.json").write_text(json.dumps(config))
     cfg = SimpleNamespace(train_split="train", **config)
-    check = rl_stage_check(cfg, model, 4)
+    check = rl_stage_check("grpo", cfg, model)
     assert check["trained"]["sampled"] == 1.0 and check["frozen"]["sampled"] == 0.0
     own = tmp_path / "run" / "grpo" / "rl_check.json"
     mark = json.loads(own.read_text())

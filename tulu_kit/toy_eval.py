@@ -456,23 +456,33 @@ def rl_line(stage: str, frozen: dict, trained: dict) -> str:
 RL_CHECK = "rl_check.json"  # an RL stage's own check, beside its model: what its notebook printed
 
 
-def _rl_key(start: Path, model_dir: Path, rows: list[dict], args: tuple) -> str:
-    """What an RL check depends on: both models' weights, the prompts and the sampling."""
-    return json.dumps([_model_stamp(start), _model_stamp(model_dir), rows, *args])
+def _rl_sampling(cfg, stage: str) -> tuple[float, int]:
+    """The RL check's sampling for ``stage`` (:data:`RL_STAGES`): its temperature and its reply length."""
+    return float(getattr(cfg, "temperature", 1.0)), int(getattr(cfg, RL_STAGES[stage][1]))
 
 
-def rl_stage_check(cfg, model_dir: str | Path, max_new_tokens: int) -> dict[str, dict]:
-    """The RL sanity check of one RL stage, as notebooks 08 and 09 run it after training: :func:`rl_accuracy` of
-    its start model (``cfg.model``, the frozen control) and of its policy (``model_dir``) on its training prompts at
-    its temperature. Written to ``<cfg.out_dir>/rl_check.json`` with what it depends on, so that the report's
-    :func:`rl_check` shows these numbers instead of sampling them again while nothing changed."""
+def _control_key(start: Path, rows: list[dict], args: tuple) -> str:
+    """What a frozen control's accuracy depends on: the start model's weights, the prompts and the sampling."""
+    return json.dumps([_model_stamp(start), rows, *args])
+
+
+def _check_key(model_dir: Path, control: str) -> str:
+    """What a stage's RL check depends on: its policy's weights and its control's key (:func:`_control_key`)."""
+    return json.dumps([_model_stamp(Path(model_dir)), control])
+
+
+def rl_stage_check(stage: str, cfg, model_dir: str | Path) -> dict[str, dict]:
+    """The RL sanity check of one RL stage (``stage``: "ppo" or "grpo"), as notebooks 08 and 09 run it after
+    training: :func:`rl_accuracy` of its start model (``cfg.model``, the frozen control) and of its policy
+    (``model_dir``) on its training prompts at its temperature. Written to ``<cfg.out_dir>/rl_check.json`` with what
+    it depends on, so that the report's :func:`rl_check` shows these numbers instead of sampling them again while
+    nothing changed."""
     from tulu_kit.io import atomic_write_json
     from tulu_kit.training import load_rlvr_rows
 
-    rows = load_rlvr_rows(cfg)
-    args = (float(cfg.temperature), int(max_new_tokens))
+    rows, args = load_rlvr_rows(cfg), _rl_sampling(cfg, stage)
     check = {"frozen": rl_accuracy(cfg.model, rows, *args), "trained": rl_accuracy(model_dir, rows, *args)}
-    key = _rl_key(Path(cfg.model), Path(model_dir), rows, args)
+    key = _check_key(model_dir, _control_key(Path(cfg.model), rows, args))
     atomic_write_json(Path(cfg.out_dir) / RL_CHECK, {**check, "key": key})
     return check
 
@@ -494,28 +504,31 @@ def rl_check(run_dir: str | Path) -> dict[str, dict]:
     out: dict[str, dict] = {}
     frozen: dict[str, dict] = {}
     cached = read_json(run_dir / "toy_eval" / "rl.json")
-    for stage, (_, length_key) in RL_STAGES.items():
+    for stage in RL_STAGES:
         model_dir, config = run_dir / stage / "model", run_dir / stage / "config.json"
         if not ((model_dir / "config.json").is_file() and config.is_file()):
             continue
-        cfg = json.loads(config.read_text())
-        start = run_dir / starts[stage] / "model" if stage in starts else Path(cfg["model"])
+        cfg = SimpleNamespace(
+            **{"train_split": "train", "max_train_samples": 0, **json.loads(config.read_text())}
+        )
+        start = run_dir / starts[stage] / "model" if stage in starts else Path(cfg.model)
         stamp = _model_stamp(model_dir) + "|" + _model_stamp(start)
         if cached.get(stage, {}).get("stamp") == stamp:
             out[stage] = cached[stage]
             continue
-        rows = load_rlvr_rows(SimpleNamespace(**{"train_split": "train", "max_train_samples": 0, **cfg}))
-        args = (float(cfg.get("temperature", 1.0)), int(cfg[length_key]))
+        rows, args = load_rlvr_rows(cfg), _rl_sampling(cfg, stage)
         metrics = read_json(run_dir / stage / "metrics.json")
-        key = json.dumps([_model_stamp(start), rows, *args])
+        key = _control_key(start, rows, args)
         own = read_json(run_dir / stage / RL_CHECK)
-        if own.get("key") != _rl_key(start, model_dir, rows, args):  # another model, prompt set or sampling
-            own = {}
-        if key not in frozen:  # PPO and GRPO from the same model, prompts and sampling: one control
-            frozen[key] = own.get("frozen") or rl_accuracy(start, rows, *args)
+        if own.get("key") == _check_key(model_dir, key):  # as the stage's notebook printed it
+            frozen.setdefault(key, own["frozen"])
+            checked = {"frozen": own["frozen"], "trained": own["trained"]}
+        else:
+            if key not in frozen:  # PPO and GRPO from the same model, prompts and sampling: one control
+                frozen[key] = rl_accuracy(start, rows, *args)
+            checked = {"frozen": frozen[key], "trained": rl_accuracy(model_dir, rows, *args)}
         out[stage] = {
-            "frozen": own.get("frozen") or frozen[key],
-            "trained": own.get("trained") or rl_accuracy(model_dir, rows, *args),
+            **checked,
             "kl_last": metrics.get("kl_last"),
             "kl_max": metrics.get("kl_max"),
             "temperature": args[0],
