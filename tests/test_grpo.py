@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.lines import check_rl_line
-from tulu_kit import grpo
+from tests.lines import check_heldout_line, check_rl_line
+from tulu_kit import grpo, toy_eval
 from tulu_kit.data.synthetic import synthetic_arithmetic
 from tulu_kit.io import write_jsonl
 
@@ -210,12 +210,12 @@ def test_notebook_runs_and_its_by_hand_cell_meets_trl(warm_model, tmp_path, run_
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     gap = float(printed.split("max |TRL - by hand|:")[1].split()[0])
     assert gap < 1e-5
-    # the sentence about the result is the result's: before and after as printed, and the word they imply
-    line = printed.split("mean reward on these prompts:")[1].split("\n")[0]
-    before, after = float(line.split()[0]), float(line.split()[2])
-    assert line.split()[-1] == ("rose" if after > before else "fell" if after < before else "unchanged")
-    # the RL sanity check's line, on the 32 training prompts: its word is its numbers'
+    # the RL sanity check's line, on the 32 training prompts, and the held-out line: their words are their numbers'
     check_rl_line(printed, "GRPO", 32)
+    start, trained = check_heldout_line(printed, "GRPO")
+    assert start == pytest.approx(
+        toy_eval.heldout_sums(warm_model, out / "heldout", "start")["correct"].mean()
+    )
 
 
 # --------------------------------------------------------------------------- the checkpoint protocol, killed

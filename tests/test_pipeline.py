@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from tests.lines import check_rl_line
+from tests.lines import check_heldout_line, check_rl_line
 from tulu_kit.config import REPO_ROOT, load_recipe
 
 
@@ -139,6 +139,16 @@ def test_demo_training_notebooks_leave_their_artifacts_and_learn(demo_run):
     # PPO's RL sanity check, on its 64 training prompts: the line's word is its numbers'
     text = "".join(o.get("text", "") for o in _outputs(run_dir, "08_ppo.ipynb"))
     check_rl_line(text, "PPO", 64)
+    # both RL notebooks' held-out lines: their words are their numbers', which are the report's scores of the
+    # same models on the same 100 questions
+    from tulu_kit.toy_eval import read_scores
+
+    scores = read_scores(run_dir)
+    for notebook, stage in (("08_ppo.ipynb", "PPO"), ("09_grpo.ipynb", "GRPO")):
+        text = "".join(o.get("text", "") for o in _outputs(run_dir, notebook))
+        start, trained = check_heldout_line(text, stage)
+        assert start == pytest.approx(scores["dpo"]["gsm8k"]["score"], abs=5e-4), notebook
+        assert trained == pytest.approx(scores[stage.lower()]["gsm8k"]["score"], abs=5e-4), notebook
 
 
 def test_demo_stages_improve_the_model_on_the_toy_world(demo_run):

@@ -463,6 +463,66 @@ def test_rl_line_says_what_its_numbers_say():
     assert "(8 replies each) rose by more than two standard errors (0.062)" in eight
 
 
+def test_heldout_line_uses_the_paired_standard_error():
+    """Both models answer the same questions, so the bound is the paired difference's: 10 newly right and 2 newly
+    wrong of 100 is +0.08 against 2 * 0.0339 (sd of the +1/-1/0 differences / 10); the unpaired bound of two
+    proportions, 2 * sqrt((0.5 * 0.5 + 0.58 * 0.42) / 100) = 0.140, would say "moved less"."""
+    import pandas as pd
+
+    from tulu_kit.toy_eval import heldout_line, heldout_table
+
+    questions = [f"q{i}" for i in range(100)]
+    start_ok = [True] * 50 + [False] * 50
+    trained_ok = [True] * 48 + [False] * 2 + [True] * 10 + [False] * 40  # 2 lost, 10 gained
+
+    def result(ok):
+        return pd.DataFrame({"question": questions, "truth": ["1"] * 100, "reply": [str(o) for o in ok],
+                             "correct": ok})  # fmt: skip
+
+    start, trained = result(start_ok), result(trained_ok)
+    line = heldout_line("GRPO", start, trained)
+    assert line == (
+        "GRPO: accuracy on 100 held-out questions (never trained on; greedy, the GSM8K scorer) rose by more than "
+        "two standard errors of the paired difference (0.068): 0.500 at its start, 0.580 trained (10 newly right, "
+        "2 newly wrong)."
+    )
+    assert " fell by more than " in heldout_line("PPO", trained, start)
+    assert " moved less than two standard errors of the paired difference (0.000)" in heldout_line(
+        "PPO", start, start
+    )
+    table = heldout_table(start, trained)
+    assert list(table["question"][:12]) == questions[48:60]  # the changed verdicts first
+    with pytest.raises(ValueError, match="not on the same questions"):
+        heldout_line("PPO", start, trained.iloc[::-1].reset_index(drop=True))
+
+
+def test_heldout_sums_are_the_reports_questions_scored_as_the_report_scores(tiny_model, tmp_path):
+    """The first 100 questions of the held-out split (those the data stage writes at toy_benchmarks: 100) with their
+    truths, each model's replies and verdicts as the GSM8K eval wrote them, the accuracy its score on the data stage's
+    files; a second call on unchanged weights reads them back."""
+    from tulu_kit.data.synthetic import write_toy_benchmarks
+    from tulu_kit.io import read_jsonl
+    from tulu_kit.toy_eval import HELDOUT_N, evaluate_stage, heldout_sums
+
+    sums = heldout_sums(tiny_model, tmp_path / "heldout", "start")
+    asked = toy.toy_benchmarks(HELDOUT_N)["gsm8k"]
+    assert list(sums["question"]) == [q["question"] for q in asked]
+    assert list(sums["truth"]) == [str(q["answer"]) for q in asked]
+    scored = tmp_path / "heldout" / "start" / "gsm8k"
+    replies = {
+        p["id"]: p["output"].strip() for p in read_jsonl(scored / "predictions.jsonl")
+    }  # in batch order
+    verdicts = {v["id"]: v["correct"] for v in read_jsonl(scored / "results.jsonl")}
+    assert list(sums["reply"]) == [replies[str(i)] for i in range(100)]
+    assert list(sums["correct"]) == [verdicts[str(i)] for i in range(100)]
+    report = evaluate_stage(tiny_model, write_toy_benchmarks(tmp_path / "data", n=100), tmp_path / "eval",
+                            benchmarks=("gsm8k",))  # fmt: skip
+    assert set(report) == {"gsm8k"} and report["gsm8k"]["score"] == pytest.approx(sums["correct"].mean())
+    before = (scored / "predictions.jsonl").stat().st_mtime_ns
+    assert heldout_sums(tiny_model, tmp_path / "heldout", "start").equals(sums)
+    assert (scored / "predictions.jsonl").stat().st_mtime_ns == before
+
+
 def test_rl_check_scores_start_and_policy_on_the_stages_training_prompts(tiny_model, tmp_path):
     """The frozen control is the stage's start model and the trained side its policy, each scored on the stage's
     own training prompts: a policy that always says 7 passes every prompt whose answer is 7777 (4 tokens), the

@@ -334,19 +334,6 @@ def group_table(df, num_generations: int, step: int | None = None, group: int | 
     return rows.iloc[:num_generations]
 
 
-def sample_rollouts(model_dir: str | Path, rows: list[dict], max_new_tokens: int = 32):
-    """Greedy replies of a saved model to RLVR rows, with their verifiable reward (before/after tables)."""
-    import pandas as pd
-
-    from tulu_kit.models import sample_replies
-
-    prompts = [r["messages"][-1]["content"] for r in rows]
-    replies = sample_replies(model_dir, prompts, max_new_tokens)
-    scores = [rewards.verifiable_reward(r, c) for r, c in zip(rows, replies)]
-    return pd.DataFrame({"prompt": prompts, "reply": replies, "ground_truth": [r["ground_truth"] for r in rows],
-                         "reward": scores})  # fmt: skip
-
-
 # --------------------------------------------------------------------------- run
 
 

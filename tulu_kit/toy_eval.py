@@ -45,13 +45,16 @@ def _model_stamp(model_dir: Path) -> str:
     return ";".join(f"{f.name}:{f.stat().st_mtime_ns}:{f.stat().st_size}" for f in files)
 
 
-def evaluate_stage(model_dir: Path, data_dir: Path, out_dir: Path, batch_size: int = 100) -> dict[str, dict]:
-    """Score one model on the three toy benchmarks; results cached beside a stamp of the model's weights."""
+def evaluate_stage(model_dir: Path, data_dir: Path, out_dir: Path, batch_size: int = 100,
+                   benchmarks: tuple[str, ...] = tuple(BENCHMARKS)) -> dict[str, dict]:  # fmt: skip
+    """Score one model on the toy benchmarks (all three, or ``benchmarks``); results cached beside a stamp of the
+    model's weights."""
     from tulu_kit.evals.core import get_benchmark
 
     out: dict[str, dict] = {}
     weights = _model_stamp(model_dir)
-    for name, (_, max_new_tokens) in BENCHMARKS.items():
+    for name in benchmarks:
+        max_new_tokens = BENCHMARKS[name][1]
         stamp = f"v{SCORES_VERSION};{weights}" if name in KINDS else weights
         bench_dir = out_dir / name
         stamp_file = bench_dir / "model_stamp.txt"
@@ -451,6 +454,67 @@ def rl_line(stage: str, frozen: dict, trained: dict) -> str:
         f"{moved} two standard errors ({noise:.3f}): {a:.3f} at its start (the frozen control), {b:.3f} trained; "
         f"greedy {frozen['greedy']:.3f} -> {trained['greedy']:.3f}."
     )
+
+
+# the toy world's held-out sums the RL notebooks score: the first questions of the held-out split, those the report
+# scores at the data stage's default toy_benchmarks (100)
+HELDOUT_N = 100
+
+
+def heldout_sums(model_dir: str | Path, out_dir: str | Path, label: str) -> pd.DataFrame:
+    """The toy world's :data:`HELDOUT_N` held-out arithmetic questions, answered greedily by ``model_dir`` and scored
+    by the GSM8K eval exactly as the report scores each stage (:func:`evaluate_stage`: chat, 0-shot, the last number;
+    cached under ``<out_dir>/<label>`` beside a stamp of the weights; the questions are written to
+    ``<out_dir>/toy_benchmarks``). One row per question: question, truth, reply, correct."""
+    from tulu_kit.data.synthetic import write_toy_benchmarks
+    from tulu_kit.io import read_jsonl
+
+    out_dir = Path(out_dir)
+    data_dir = out_dir / TOY_DIR
+    if not (data_dir / "gsm8k" / "test.jsonl").is_file():
+        write_toy_benchmarks(data_dir, n=HELDOUT_N)
+    evaluate_stage(Path(model_dir), data_dir, out_dir / label, benchmarks=("gsm8k",))
+    scored = out_dir / label / "gsm8k"
+    questions = read_jsonl(data_dir / "gsm8k" / "test.jsonl")
+    replies = {p["id"]: p["output"].strip() for p in read_jsonl(scored / "predictions.jsonl")}
+    return pd.DataFrame(
+        [
+            {"question": questions[int(v["id"])]["question"], "truth": v["gold"], "reply": replies[v["id"]],
+             "correct": bool(v["correct"])}
+            for v in read_jsonl(scored / "results.jsonl")
+        ]
+    )  # fmt: skip
+
+
+def heldout_line(stage: str, start: pd.DataFrame, trained: pd.DataFrame) -> str:
+    """Whether an RL stage's gain carried to questions it never trained on, in a sentence computed from two
+    :func:`heldout_sums` results on the same questions: the accuracy rose or fell by more than two standard errors
+    of the paired difference (per question: +1 newly right, -1 newly wrong, 0 unchanged; their sample sd / sqrt(n)),
+    else moved less; with the questions that changed either way."""
+    if list(start["question"]) != list(trained["question"]):
+        raise ValueError("heldout_line: the two results are not on the same questions")
+    diff = trained["correct"].astype(float) - start["correct"].astype(float)
+    n, gain = len(diff), float(diff.mean())
+    noise = 2 * float(diff.std(ddof=1)) / math.sqrt(n) if n > 1 else 0.0
+    moved = (
+        "rose by more than" if gain > noise else "fell by more than" if -gain > noise else "moved less than"
+    )
+    return (
+        f"{stage}: accuracy on {n} held-out questions (never trained on; greedy, the GSM8K scorer) {moved} two "
+        f"standard errors of the paired difference ({noise:.3f}): {start['correct'].mean():.3f} at its start, "
+        f"{trained['correct'].mean():.3f} trained ({int((diff > 0).sum())} newly right, {int((diff < 0).sum())} "
+        f"newly wrong)."
+    )
+
+
+def heldout_table(start: pd.DataFrame, trained: pd.DataFrame) -> pd.DataFrame:
+    """The two :func:`heldout_sums` results side by side, the questions whose verdict changed first."""
+    table = pd.DataFrame(
+        {"question": start["question"], "truth": start["truth"], "start": start["reply"],
+         "trained": trained["reply"], "start correct": start["correct"], "trained correct": trained["correct"]}
+    )  # fmt: skip
+    changed = table["start correct"] != table["trained correct"]
+    return pd.concat([table[changed], table[~changed]])
 
 
 RL_CHECK = "rl_check.json"  # an RL stage's own check, beside its model: what its notebook printed
