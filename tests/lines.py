@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 def check_rl_line(printed: str, stage: str, n_prompts: int) -> None:
     """The RL sanity check's line (:func:`tulu_kit.toy_eval.rl_line`) in a notebook's printed output says what its
@@ -29,6 +31,8 @@ def check_heldout_line(printed: str, stage: str, n: int = 100) -> tuple[float, f
     right, wrong = int(line.split("trained (")[1].split()[0]), int(line.split("right, ")[1].split()[0])
     assert round((trained - start) * n) == right - wrong, line
     gain = (right - wrong) / n
+    # the bound recomputed from the counts: 2 sd / sqrt(n) of the per-question differences (+1, -1 or 0)
+    assert noise == round(2 * math.sqrt((right + wrong - n * gain**2) / (n - 1) / n), 3), line
     word = "rose by more" if gain > noise else "fell by more" if -gain > noise else "moved less"
     assert f" {word} than two standard errors" in line, line
     return start, trained

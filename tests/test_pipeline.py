@@ -140,15 +140,16 @@ def test_demo_training_notebooks_leave_their_artifacts_and_learn(demo_run):
     text = "".join(o.get("text", "") for o in _outputs(run_dir, "08_ppo.ipynb"))
     check_rl_line(text, "PPO", 64)
     # both RL notebooks' held-out lines: their words are their numbers', which are the report's scores of the
-    # same models on the same 100 questions
+    # same models on the same 100 questions (within two questions: the notebooks decode on one thread, the report
+    # on two, and a greedy tie may break the other way)
     from tulu_kit.toy_eval import read_scores
 
     scores = read_scores(run_dir)
     for notebook, stage in (("08_ppo.ipynb", "PPO"), ("09_grpo.ipynb", "GRPO")):
         text = "".join(o.get("text", "") for o in _outputs(run_dir, notebook))
         start, trained = check_heldout_line(text, stage)
-        assert start == pytest.approx(scores["dpo"]["gsm8k"]["score"], abs=5e-4), notebook
-        assert trained == pytest.approx(scores[stage.lower()]["gsm8k"]["score"], abs=5e-4), notebook
+        assert start == pytest.approx(scores["dpo"]["gsm8k"]["score"], abs=0.02), notebook
+        assert trained == pytest.approx(scores[stage.lower()]["gsm8k"]["score"], abs=0.02), notebook
 
 
 def test_demo_stages_improve_the_model_on_the_toy_world(demo_run):

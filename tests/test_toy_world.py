@@ -492,14 +492,25 @@ def test_heldout_line_uses_the_paired_standard_error():
     )
     table = heldout_table(start, trained)
     assert list(table["question"][:12]) == questions[48:60]  # the changed verdicts first
+    shuffled = trained.iloc[::-1].reset_index(drop=True)
     with pytest.raises(ValueError, match="not on the same questions"):
-        heldout_line("PPO", start, trained.iloc[::-1].reset_index(drop=True))
+        heldout_line("PPO", start, shuffled)
+    with pytest.raises(ValueError, match="not on the same questions"):
+        heldout_table(start, shuffled)
+    with pytest.raises(ValueError, match="at least 2"):
+        heldout_line("PPO", start[:1], trained[:1])
+    # decided on the bound as printed: 21 newly right, 10 newly wrong is +0.110 against 2 SE = 0.10971, printed
+    # 0.110; "rose by more than (0.110)" would contradict its own numbers
+    edge = result([True] * 21 + [False] * 10 + [False] * 69)
+    assert " moved less than two standard errors of the paired difference (0.110)" in heldout_line(
+        "PPO", result([False] * 21 + [True] * 10 + [False] * 69), edge
+    )
 
 
 def test_heldout_sums_are_the_reports_questions_scored_as_the_report_scores(tiny_model, tmp_path):
     """The first 100 questions of the held-out split (those the data stage writes at toy_benchmarks: 100) with their
     truths, each model's replies and verdicts as the GSM8K eval wrote them, the accuracy its score on the data stage's
-    files; a second call on unchanged weights reads them back."""
+    files; a second call on unchanged weights and questions reads them back."""
     from tulu_kit.data.synthetic import write_toy_benchmarks
     from tulu_kit.io import read_jsonl
     from tulu_kit.toy_eval import HELDOUT_N, evaluate_stage, heldout_sums
@@ -521,6 +532,10 @@ def test_heldout_sums_are_the_reports_questions_scored_as_the_report_scores(tiny
     before = (scored / "predictions.jsonl").stat().st_mtime_ns
     assert heldout_sums(tiny_model, tmp_path / "heldout", "start").equals(sums)
     assert (scored / "predictions.jsonl").stat().st_mtime_ns == before
+    # the cache is keyed by the questions too: the same model on other benchmark files is scored again
+    fewer = evaluate_stage(tiny_model, write_toy_benchmarks(tmp_path / "data50", n=50), tmp_path / "eval",
+                           benchmarks=("gsm8k",))  # fmt: skip
+    assert fewer["gsm8k"]["n"] == 50 and report["gsm8k"]["n"] == 100
 
 
 def test_rl_check_scores_start_and_policy_on_the_stages_training_prompts(tiny_model, tmp_path):

@@ -45,21 +45,33 @@ def _model_stamp(model_dir: Path) -> str:
     return ";".join(f"{f.name}:{f.stat().st_mtime_ns}:{f.stat().st_size}" for f in files)
 
 
+def _data_stamp(data_dir: Path, benchmark: str) -> str:
+    """A digest of one toy benchmark's files: a result scored on other questions is not this one's."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in (data_dir / benchmark).rglob("*") if p.is_file()):
+        digest.update(path.relative_to(data_dir).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def evaluate_stage(model_dir: Path, data_dir: Path, out_dir: Path, batch_size: int = 100,
                    benchmarks: tuple[str, ...] = tuple(BENCHMARKS)) -> dict[str, dict]:  # fmt: skip
     """Score one model on the toy benchmarks (all three, or ``benchmarks``); results cached beside a stamp of the
-    model's weights."""
+    model's weights and of the benchmark's files (a model folder without weight files is scored every time)."""
     from tulu_kit.evals.core import get_benchmark
 
     out: dict[str, dict] = {}
     weights = _model_stamp(model_dir)
     for name in benchmarks:
         max_new_tokens = BENCHMARKS[name][1]
-        stamp = f"v{SCORES_VERSION};{weights}" if name in KINDS else weights
+        stamp = f"{weights};data:{_data_stamp(data_dir, name)}"
+        stamp = f"v{SCORES_VERSION};{stamp}" if name in KINDS else stamp
         bench_dir = out_dir / name
         stamp_file = bench_dir / "model_stamp.txt"
         if not (
-            stamp_file.is_file()
+            weights
+            and stamp_file.is_file()
             and stamp_file.read_text() == stamp
             and (bench_dir / "metrics.json").is_file()
         ):
@@ -446,6 +458,7 @@ def rl_line(stage: str, frozen: dict, trained: dict) -> str:
     a, b = frozen["sampled"], trained["sampled"]
     samples = frozen.get("samples", RL_SAMPLES)
     noise = 2 * math.sqrt((a * (1 - a) + b * (1 - b)) / (frozen["n_prompts"] * samples))
+    a, b, noise = round(a, 3), round(b, 3), round(noise, 3)  # decided on the numbers as printed
     moved = (
         "rose by more than" if b - a > noise else "fell by more than" if a - b > noise else "moved less than"
     )
@@ -464,15 +477,13 @@ HELDOUT_N = 100
 def heldout_sums(model_dir: str | Path, out_dir: str | Path, label: str) -> pd.DataFrame:
     """The toy world's :data:`HELDOUT_N` held-out arithmetic questions, answered greedily by ``model_dir`` and scored
     by the GSM8K eval exactly as the report scores each stage (:func:`evaluate_stage`: chat, 0-shot, the last number;
-    cached under ``<out_dir>/<label>`` beside a stamp of the weights; the questions are written to
+    cached under ``<out_dir>/<label>`` beside a stamp of the weights and the questions, which are written to
     ``<out_dir>/toy_benchmarks``). One row per question: question, truth, reply, correct."""
     from tulu_kit.data.synthetic import write_toy_benchmarks
     from tulu_kit.io import read_jsonl
 
     out_dir = Path(out_dir)
-    data_dir = out_dir / TOY_DIR
-    if not (data_dir / "gsm8k" / "test.jsonl").is_file():
-        write_toy_benchmarks(data_dir, n=HELDOUT_N)
+    data_dir = write_toy_benchmarks(out_dir / TOY_DIR, n=HELDOUT_N)  # the same bytes every time (a few KB)
     evaluate_stage(Path(model_dir), data_dir, out_dir / label, benchmarks=("gsm8k",))
     scored = out_dir / label / "gsm8k"
     questions = read_jsonl(data_dir / "gsm8k" / "test.jsonl")
@@ -491,11 +502,12 @@ def heldout_line(stage: str, start: pd.DataFrame, trained: pd.DataFrame) -> str:
     :func:`heldout_sums` results on the same questions: the accuracy rose or fell by more than two standard errors
     of the paired difference (per question: +1 newly right, -1 newly wrong, 0 unchanged; their sample sd / sqrt(n)),
     else moved less; with the questions that changed either way."""
-    if list(start["question"]) != list(trained["question"]):
-        raise ValueError("heldout_line: the two results are not on the same questions")
+    _same_questions(start, trained)
     diff = trained["correct"].astype(float) - start["correct"].astype(float)
     n, gain = len(diff), float(diff.mean())
-    noise = 2 * float(diff.std(ddof=1)) / math.sqrt(n) if n > 1 else 0.0
+    if n < 2:
+        raise ValueError(f"heldout_line: {n} question(s); a standard error needs at least 2")
+    noise = round(2 * float(diff.std(ddof=1)) / math.sqrt(n), 3)  # decided on the bound as printed
     moved = (
         "rose by more than" if gain > noise else "fell by more than" if -gain > noise else "moved less than"
     )
@@ -507,8 +519,14 @@ def heldout_line(stage: str, start: pd.DataFrame, trained: pd.DataFrame) -> str:
     )
 
 
+def _same_questions(start: pd.DataFrame, trained: pd.DataFrame) -> None:
+    if list(start["question"]) != list(trained["question"]):
+        raise ValueError("the two held-out results are not on the same questions in the same order")
+
+
 def heldout_table(start: pd.DataFrame, trained: pd.DataFrame) -> pd.DataFrame:
     """The two :func:`heldout_sums` results side by side, the questions whose verdict changed first."""
+    _same_questions(start, trained)
     table = pd.DataFrame(
         {"question": start["question"], "truth": start["truth"], "start": start["reply"],
          "trained": trained["reply"], "start correct": start["correct"], "trained correct": trained["correct"]}
