@@ -520,9 +520,8 @@ def test_heldout_sums_are_the_reports_questions_scored_as_the_report_scores(tiny
     assert list(sums["question"]) == [q["question"] for q in asked]
     assert list(sums["truth"]) == [str(q["answer"]) for q in asked]
     scored = tmp_path / "heldout" / "start" / "gsm8k"
-    replies = {
-        p["id"]: p["output"].strip() for p in read_jsonl(scored / "predictions.jsonl")
-    }  # in batch order
+    # predictions.jsonl is in batch order, results.jsonl in question order: both are matched by id
+    replies = {p["id"]: p["output"].strip() for p in read_jsonl(scored / "predictions.jsonl")}
     verdicts = {v["id"]: v["correct"] for v in read_jsonl(scored / "results.jsonl")}
     assert list(sums["reply"]) == [replies[str(i)] for i in range(100)]
     assert list(sums["correct"]) == [verdicts[str(i)] for i in range(100)]
