@@ -411,6 +411,30 @@ def test_report_scores_every_stage_on_the_toy_world_and_bands_seeds(tiny_model, 
     assert report["kinds_note"] == []  # its sentence is about the SFT model, which this run has not
 
 
+def test_seed_runs_band_only_the_seeds_that_ran_the_same_recipe(tmp_path):
+    """While `make sanity` runs again with another setting, seed 1's report must not band its new run with seeds 2
+    and 3 still holding the old one; each seed's own folder and seed differ and do not count."""
+    import yaml
+
+    from tulu_kit.toy_eval import seed_runs
+
+    runs = [tmp_path / "base" / f"seed-{k}" for k in (1, 2, 3)]
+    for k, run in enumerate(runs, 1):
+        lr = 1e-4 if k < 3 else 2e-4  # seed 3 still holds the earlier setting
+        config = {"name": "quickstart", "seed": k, "run_dir": str(run),
+                  "stages": {"grpo": {"model": f"{run}/dpo/model", "out_dir": f"{run}/grpo", "seed": k,
+                                      "learning_rate": lr}}}  # fmt: skip
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "base" / "seeds.json").write_text(
+        json.dumps({"seeds": [1, 2, 3], "runs": [str(r) for r in runs]})
+    )
+    assert seed_runs(runs[0]) == runs[:2] and seed_runs(runs[1]) == runs[:2]
+    assert seed_runs(runs[2]) == [runs[2]]
+    (runs[1] / "config.yaml").unlink()  # nothing ran there through the runner: kept, as results made by hand
+    assert seed_runs(runs[0]) == runs[:2]
+
+
 def test_rl_table_bands_the_frozen_control_and_the_trained_policy():
     from tulu_kit.toy_eval import rl_table
 
@@ -541,8 +565,10 @@ def test_rl_check_scores_start_and_policy_on_the_stages_training_prompts(tiny_mo
     """The frozen control is the stage's start model and the trained side its policy, each scored on the stage's
     own training prompts: a policy that always says 7 passes every prompt whose answer is 7777 (4 tokens), the
     random start model none; a row the verifier fails counts as wrong."""
+    import shutil
+
     from tulu_kit.io import write_jsonl
-    from tulu_kit.toy_eval import rl_accuracy, rl_check
+    from tulu_kit.toy_eval import read_json, rl_accuracy, rl_check
 
     rows = [{**r, "ground_truth": "7777"} for r in toy.synthetic_arithmetic(6, seed=0)]
     write_jsonl(tmp_path / "rl.jsonl", rows)
@@ -558,6 +584,10 @@ def test_rl_check_scores_start_and_policy_on_the_stages_training_prompts(tiny_mo
     assert json.loads((tmp_path / "run" / "toy_eval" / "rl.json").read_text())["grpo"]["kl_last"] == 0.25
     wrong = [{**r, "ground_truth": "12345"} for r in rows]  # no 4-token reply says it
     assert rl_accuracy(tmp_path / "run" / "grpo" / "model", wrong, 1.0, 4)["sampled"] == 0.0
+    shutil.rmtree(
+        tmp_path / "run" / "grpo" / "model"
+    )  # the stage's model gone: its old row is not shown again
+    assert rl_check(tmp_path / "run") == {} and read_json(tmp_path / "run" / "toy_eval" / "rl.json") == {}
 
 
 def test_the_report_shows_the_rl_check_a_stage_notebook_printed(tiny_model, tmp_path):

@@ -355,14 +355,38 @@ def band_note(n_seeds: int, starts: dict[str, str], numbers: pd.DataFrame) -> st
 
 
 def seed_runs(run_dir: str | Path) -> list[Path]:
-    """The seed runs a multi-seed recipe wrote beside ``run_dir`` (``<base>/seeds.json``), else ``[run_dir]``."""
+    """The seed runs a multi-seed recipe wrote beside ``run_dir`` (``<base>/seeds.json``), else ``[run_dir]``; only
+    those that ran the same recipe as ``run_dir`` (its ``config.yaml`` but for the seed and the run folder): while
+    ``make sanity`` runs again with other settings, a seed not yet rerun is another experiment, not a band."""
     run_dir = Path(run_dir)
     listing = run_dir.parent / "seeds.json"
     if listing.is_file():
         runs = [Path(p) for p in json.loads(listing.read_text())["runs"]]
         if run_dir.resolve() in [p.resolve() for p in runs]:
-            return runs
+            ours = _recipe_of(run_dir)
+            return [r for r in runs if r.resolve() == run_dir.resolve() or _recipe_of(r) in (ours, None)]
     return [run_dir]
+
+
+def _recipe_of(run_dir: Path) -> dict | None:
+    """A run's resolved recipe (``config.yaml``) with its run folder and every ``seed`` taken out, or None when it
+    has none (nothing ran there through the runner)."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    config = yaml.safe_load(path.read_text())
+    root = str(config.get("run_dir", run_dir))
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in ("seed", "run_dir")}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value.replace(root, "${run_dir}") if isinstance(value, str) else value
+
+    return strip(config)
 
 
 def seed_results(runs: list[Path]) -> dict:
@@ -616,7 +640,7 @@ def rl_check(run_dir: str | Path) -> dict[str, dict]:
             "temperature": args[0],
             "stamp": stamp,
         }
-    if out:
+    if out or (run_dir / "toy_eval" / "rl.json").is_file():  # an RL stage gone since: its old rows go too
         atomic_write_json(run_dir / "toy_eval" / "rl.json", out)
     return out
 
