@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -248,3 +249,25 @@ def test_notebook_path_report_shows_the_stage_folders_and_no_empty_table(tmp_pat
     assert report["stages"]["kind"].iloc[-1] == "eval_gsm8k" and len(report["scores"]) == 1
     assert report["why_empty"]["not_scored"] == "every eval stage that ran has a score"
     assert "comparable with Tulu 2 7B" in report["why_empty"]["published"]  # demo items: the note says so
+
+
+def test_a_score_whose_model_was_trained_again_is_shown_as_not_scored(tiny_model, tmp_path):
+    """An eval of ppo/model, then PPO trained again (other weights in the same folder): the Benchmarks table must
+    not name the new policy with the old policy's score."""
+    import shutil
+
+    from tulu_kit.evals.core import model_fingerprint
+    from tulu_kit.report import not_scored, score_table
+
+    run_dir = tmp_path / "run"
+    model = Path(shutil.copytree(tiny_model, run_dir / "ppo" / "model"))
+    metrics = _eval(run_dir, "eval_gsm8k", "gsm8k", "exact_match", 0.5, "ppo")
+    metrics["manifest"] = {"model": {"resolved": str(model), "fingerprint": model_fingerprint(str(model))}}
+    atomic_write_json(run_dir / "eval_gsm8k" / "metrics.json", metrics)
+    assert list(score_table(run_dir)["score"]) == [50.0] and not_scored(run_dir).empty
+    (model / "model.safetensors").write_bytes(
+        (model / "model.safetensors").read_bytes() + b"\0"
+    )  # trained again
+    assert score_table(run_dir).empty
+    (reason,) = not_scored(run_dir)["reason"]
+    assert "holds other weights now" in reason and "run this eval again" in reason

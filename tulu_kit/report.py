@@ -275,13 +275,38 @@ def model_label(metrics: dict) -> str:
 
 
 def eval_results(run_dir: Path) -> list[dict]:
-    """Every eval stage's ``metrics.json`` (those with a ``benchmark``), in stage-folder order."""
-    out = []
+    """Every eval stage's ``metrics.json`` (those with a ``benchmark``), in stage-folder order. A score whose model
+    folder holds other weights now than the ones it recorded (a stage trained again since) is shown as not scored,
+    with why: it is not the score of the model its row would name."""
+    out, now = [], {}
     for path in sorted(run_dir.glob("*/metrics.json")):
         metrics = _read_json(path)
         if "benchmark" in metrics:
-            out.append({**metrics, "stage": path.parent.name})
+            metrics = {**metrics, "stage": path.parent.name}
+            changed = _weights_changed(metrics, now)
+            if changed:
+                metrics.update(score=None, stderr=None, message=changed)
+            out.append(metrics)
     return out
+
+
+def _weights_changed(metrics: dict, now: dict[str, str]) -> str:
+    """Why a result is no longer its model's (the fingerprint it recorded is not its local folder's now), else ""."""
+    from tulu_kit.evals.core import model_fingerprint
+
+    model = (metrics.get("manifest") or {}).get("model") or {}
+    recorded, folder = model.get("fingerprint"), model.get("resolved")
+    if not (
+        isinstance(recorded, str) and recorded.startswith("sha256:") and folder and Path(folder).is_dir()
+    ):
+        return ""
+    if folder not in now:
+        now[folder] = model_fingerprint(folder)
+    if now[folder] == recorded:
+        return ""
+    return (
+        f"{folder} holds other weights now ({now[folder]}) than it scored ({recorded}): run this eval again"
+    )
 
 
 def score_table(run_dir: Path) -> pd.DataFrame:
