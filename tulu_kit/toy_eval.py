@@ -521,6 +521,13 @@ def heldout_sums(model_dir: str | Path, out_dir: str | Path, label: str) -> pd.D
     )  # fmt: skip
 
 
+def heldout_check(cfg, model_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """An RL stage's held-out check, as notebooks 08 and 09 run it after training: :func:`heldout_sums` of its start
+    model (``cfg.model``) and of its policy (``model_dir``), kept in ``<cfg.out_dir>/heldout/{start,trained}``."""
+    folder = Path(cfg.out_dir) / "heldout"
+    return heldout_sums(cfg.model, folder, "start"), heldout_sums(model_dir, folder, "trained")
+
+
 def heldout_line(stage: str, start: pd.DataFrame, trained: pd.DataFrame) -> str:
     """Whether an RL stage's gain carried to questions it never trained on, in a sentence computed from two
     :func:`heldout_sums` results on the same questions: the accuracy rose or fell by more than two standard errors
