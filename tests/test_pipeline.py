@@ -1,7 +1,7 @@
 """The demo itself: `tulu-kit run recipes/quickstart.yaml` end to end, as `make demo` runs it.
 
-Every stage's notebook is executed by papermill here with the quickstart's tiny parameters, once: the stage tests
-call the library directly, and what a notebook adds (its tables, plots, by-hand cell, artifacts) is checked here,
+Every training stage's notebook, and three of its eval stages', is executed by papermill here with the quickstart's
+tiny parameters, once: the stage tests call the library directly, and what a notebook adds (its tables, plots, by-hand cell, artifacts) is checked here,
 on the executed copies the run folder keeps. A second run skips everything.
 """
 
@@ -17,27 +17,39 @@ import pytest
 from tests.lines import check_heldout_line, check_rl_line
 from tulu_kit.config import REPO_ROOT, load_recipe
 
+# the demo's eval stages run here: one generated (gsm8k), one scored by log-likelihood (mmlu), one run in the
+# sandbox (humaneval). Every eval notebook, these and the others, is run on the demo items in test_eval_notebooks.py
+KEPT_EVALS = ("eval_gsm8k", "eval_mmlu", "eval_humaneval")
+
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("demo") / "run"
+    import yaml
+
+    tmp = tmp_path_factory.mktemp("demo")
+    run_dir = tmp / "run"
+    raw = yaml.safe_load((REPO_ROOT / "recipes/quickstart.yaml").read_text())
+    raw["stages"] = {k: v for k, v in raw["stages"].items() if not k.startswith("eval_") or k in KEPT_EVALS}
+    recipe = tmp / "quickstart.yaml"
+    recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
     env = dict(os.environ)
-    # the RL stages cut to 4 iterations on 64 prompts, a shorter pretraining, 40 reward-model steps and a 3-point
-    # merge path: their learning is tested in test_ppo.py, test_grpo.py, test_reward.py and test_toy_world.py, and
-    # shown by `make sanity`; here every notebook runs and is checked
+    # the RL stages cut to 4 iterations on 64 prompts, a shorter pretraining, 64 on-policy prompts, 40
+    # reward-model steps and a 3-point merge path: their learning is tested in test_ppo.py, test_grpo.py,
+    # test_reward.py and test_toy_world.py, and shown by `make sanity`; here every notebook runs and is checked
     cut = ["ppo.max_steps=4", "grpo.max_steps=4", "ppo.synthetic_size=64", "grpo.synthetic_size=64",
-           "quickstart.pretrain_steps=400", "reward.max_steps=40", "merge.path=[0.0,0.5,1.0]"]  # fmt: skip
-    cmd = [sys.executable, "-m", "tulu_kit.cli", "run", "recipes/quickstart.yaml", "--out", str(run_dir)]
+           "quickstart.pretrain_steps=400", "data_on_policy.on_policy_prompts=64",
+           "reward.max_steps=40", "merge.path=[0.0,0.5,1.0]"]  # fmt: skip
+    cmd = [sys.executable, "-m", "tulu_kit.cli", "run", str(recipe), "--out", str(run_dir)]
     cmd += [arg for kv in cut for arg in ("--set", kv)]
     result = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1800)
-    return run_dir, result, cmd, env
+    return run_dir, result, cmd, env, recipe
 
 
 def test_demo_completes_every_stage(demo_run):
-    run_dir, result, _, _ = demo_run
+    run_dir, result, _, _, recipe_path = demo_run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     status = json.loads((run_dir / "run.json").read_text())
-    recipe = load_recipe(REPO_ROOT / "recipes/quickstart.yaml", run_dir=run_dir)
+    recipe = load_recipe(recipe_path, run_dir=run_dir)
     assert status["status"] == "completed"
     assert [s.name for s in recipe.stages] == list(status["stages"])
     from tulu_kit.run import executed_path
@@ -50,8 +62,8 @@ def test_demo_completes_every_stage(demo_run):
 
 
 def test_demo_eval_stages_write_metrics(demo_run):
-    run_dir = demo_run[0]
-    recipe = load_recipe(REPO_ROOT / "recipes/quickstart.yaml", run_dir=run_dir)
+    run_dir, recipe_path = demo_run[0], demo_run[-1]
+    recipe = load_recipe(recipe_path, run_dir=run_dir)
     evals = [s for s in recipe.stages if s.kind.startswith("eval_")]
     assert evals, "the quickstart runs the benchmarks"
     for stage in evals:
@@ -65,10 +77,10 @@ def test_demo_eval_stages_write_metrics(demo_run):
 
 
 def test_demo_rerun_skips_completed_stages(demo_run):
-    run_dir, _, cmd, env = demo_run
+    run_dir, _, cmd, env, recipe_path = demo_run
     again = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0
-    n_stages = len(load_recipe(REPO_ROOT / "recipes/quickstart.yaml", run_dir=run_dir).stages)
+    n_stages = len(load_recipe(recipe_path, run_dir=run_dir).stages)
     assert "running" not in again.stdout and again.stdout.count("skipped") == n_stages
 
 
