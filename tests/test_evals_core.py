@@ -119,6 +119,38 @@ def test_predict_resumes_without_redoing_finished_examples(tmp_path):
         core.predict(dataclasses.replace(cfg, chat=True), examples, compute, backend=object())
 
 
+def test_predict_never_reuses_an_answer_to_another_question_under_the_same_id(tmp_path, caplog):
+    """The benchmark's files rewritten between two runs (another seed or size of the toy world): the same ids now
+    ask other questions, so the old file is moved aside and every example answered again, not resumed."""
+    cfg = core.EvalConfig(model="unused", out_dir=str(tmp_path), batch_size=2)
+    seen = []
+
+    def compute(be, chunk):
+        seen.extend(e["id"] for e in chunk)
+        return [{**e, "y": e["x"] * 10} for e in chunk]
+
+    old = [{"id": str(i), "x": i} for i in range(4)]
+    core.predict(cfg, old, compute, backend=object())
+    before = (tmp_path / "predictions.jsonl").read_text()
+    seen.clear()
+    assert [r["y"] for r in core.predict(cfg, old, compute, backend=object())] == [0, 10, 20, 30] and not seen
+    new = [{"id": str(i), "x": i + (i == 2)} for i in range(4)]  # one question changed
+    out = core.predict(cfg, new, compute, backend=object())
+    assert [r["y"] for r in out] == [0, 10, 30, 30] and sorted(seen) == ["0", "1", "2", "3"]
+    (stale,) = tmp_path.glob("predictions.stale-*.jsonl")
+    assert stale.read_text() == before and "made on other questions" in caplog.text
+    assert all(r[core.EXAMPLE_KEY] == core.example_digest(e) for r, e in zip(out, new))
+    # a record written before examples were digested: nothing says what it answered, so it is not reused
+    (tmp_path / "predictions.jsonl").write_text(json.dumps({"id": "0", "x": 0, "y": 0}) + "\n")
+    seen.clear()
+    core.predict(cfg, new[:1], compute, backend=object())
+    assert seen == ["0"]
+    # sets are digested in a fixed order, whatever the process's string hashing
+    assert core.example_digest({"id": "a", "s": {"x", "y", "z"}}) == core.example_digest(
+        {"id": "a", "s": {"z", "y", "x"}}
+    )
+
+
 def test_metrics_score_stderr_and_macro():
     m = core.make_metrics("b", "acc", [1, 0, 1, 1], {"p": 1})
     assert (

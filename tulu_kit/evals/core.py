@@ -455,6 +455,21 @@ def _check_resume(cfg: EvalConfig, out: Path) -> None:
     write_json_atomic(path, _resume_settings(cfg))
 
 
+EXAMPLE_KEY = "example_sha256"  # each prediction record: a digest of the example it answers
+
+
+def example_digest(example: dict) -> str:
+    """sha256 (16 hex digits) of an example as the benchmark loaded it: a resumed predictions.jsonl keeps a record
+    only while its id still asks the same question (benchmark files rewritten, another seed of the toy world)."""
+    import hashlib
+
+    def plain(o: Any) -> Any:
+        return sorted(o, key=str) if isinstance(o, (set, frozenset)) else str(o)
+
+    text = json.dumps(example, sort_keys=True, ensure_ascii=False, default=plain)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
 def predict(
     cfg: EvalConfig,
     examples: list[dict],
@@ -464,7 +479,9 @@ def predict(
 ) -> list[dict]:
     """Run `compute(backend, chunk)` over the examples not yet in predictions.jsonl; return all, in order.
 
-    Each example needs a unique string `id`; `compute` returns one record (with that `id`) per example.
+    Each example needs a unique string `id`; `compute` returns one record (with that `id`) per example. Each record
+    is stored with the digest of its example: a file whose records answer other questions under the same ids (the
+    benchmark's files changed since) is moved aside as predictions.stale-<time>.jsonl, never reused.
     Chunks hold `cfg.batch_size` examples (longest first under `sort_key`) and are appended as they finish.
     """
     from tqdm.auto import tqdm
@@ -473,6 +490,16 @@ def predict(
     out.mkdir(parents=True, exist_ok=True)
     _check_resume(cfg, out)
     store = PredictionStore(out / "predictions.jsonl")
+    digests = {str(e["id"]): example_digest(e) for e in examples}
+    changed = [i for i, d in digests.items() if i in store and store[i].get(EXAMPLE_KEY) != d]
+    if changed:  # the benchmark's files changed since (another question under the same id): a fresh file
+        stale = out / f"predictions.stale-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+        store.path.rename(stale)
+        log.warning(
+            "%s was made on other questions (%d of its ids now ask something else, %r first): moved to %s; "
+            "starting a fresh predictions file", store.path, len(changed), changed[0], stale.name,
+        )  # fmt: skip
+        store = PredictionStore(out / "predictions.jsonl")
     todo = [e for e in examples if e["id"] not in store]
     if len(todo) < len(examples):
         log.info("resuming: %d of %d examples already in %s", len(examples) - len(todo), len(examples), out)
@@ -487,7 +514,7 @@ def predict(
             records = compute(backend, chunk)
             if [str(r["id"]) for r in records] != [str(e["id"]) for e in chunk]:
                 raise RuntimeError("compute() must return one record per example, in order")
-            store.append(records)
+            store.append([{**r, EXAMPLE_KEY: digests[str(r["id"])]} for r in records])
         # what ran, for the manifest (finish reads it); a resume that generates nothing keeps the last one
         runtime = getattr(backend, "runtime", None)  # a stand-in backend (tests) may not say
         info = {**(runtime() if callable(runtime) else {}),
