@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -120,8 +121,9 @@ def test_predict_resumes_without_redoing_finished_examples(tmp_path):
 
 
 def test_predict_never_reuses_an_answer_to_another_question_under_the_same_id(tmp_path, caplog):
-    """The benchmark's files rewritten between two runs (another seed or size of the toy world): the same ids now
-    ask other questions, so the old file is moved aside and every example answered again, not resumed."""
+    """The benchmark's files rewritten between two runs (another seed or size of the toy world, another few-shot
+    exemplar): the same ids now ask other questions, so the old file is moved aside and every example answered
+    again, not resumed."""
     cfg = core.EvalConfig(model="unused", out_dir=str(tmp_path), batch_size=2)
     seen = []
 
@@ -138,17 +140,50 @@ def test_predict_never_reuses_an_answer_to_another_question_under_the_same_id(tm
     out = core.predict(cfg, new, compute, backend=object())
     assert [r["y"] for r in out] == [0, 10, 30, 30] and sorted(seen) == ["0", "1", "2", "3"]
     (stale,) = tmp_path.glob("predictions.stale-*.jsonl")
-    assert stale.read_text() == before and "made on other questions" in caplog.text
+    assert stale.read_text() == before and "now ask another question, '2' first" in caplog.text
     assert all(r[core.EXAMPLE_KEY] == core.example_digest(e) for r, e in zip(out, new))
-    # a record written before examples were digested: nothing says what it answered, so it is not reused
-    (tmp_path / "predictions.jsonl").write_text(json.dumps({"id": "0", "x": 0, "y": 0}) + "\n")
+    # the same items under another exemplar (the prompt as built): answered again, the set-aside names distinct
     seen.clear()
-    core.predict(cfg, new[:1], compute, backend=object())
-    assert seen == ["0"]
-    # sets are digested in a fixed order, whatever the process's string hashing
-    assert core.example_digest({"id": "a", "s": {"x", "y", "z"}}) == core.example_digest(
-        {"id": "a", "s": {"z", "y", "x"}}
+    core.predict(cfg, new, compute, backend=object(), prompt_of=lambda e: ("exemplar B", e["x"]))
+    assert len(seen) == 4 and len(list(tmp_path.glob("predictions.stale-*.jsonl"))) == 2
+
+
+def test_predictions_from_before_the_digest_resume_only_where_they_carry_their_question(tmp_path, caplog):
+    cfg = core.EvalConfig(model="unused", out_dir=str(tmp_path), batch_size=2)
+    seen = []
+
+    def compute(be, chunk):
+        seen.extend(e["id"] for e in chunk)
+        return [{**e, "y": e["x"] * 10} for e in chunk]
+
+    core.predict(cfg, [{"id": "0", "x": 0}], compute, backend=object())
+    preds = tmp_path / "predictions.jsonl"
+    old = {"id": "0", "x": 7, "y": 70}  # written before the digest: its fields say which question it answered
+    preds.write_text(json.dumps(old) + "\n")
+    seen.clear()
+    assert core.predict(cfg, [{"id": "0", "x": 7}], compute, backend=object())[0]["y"] == 70 and not seen
+    assert core.predict(cfg, [{"id": "0", "x": 8}], compute, backend=object())[0]["y"] == 80 and seen == ["0"]
+    assert "predate question digests" in caplog.text
+
+
+def test_example_digest_is_the_same_in_another_process_whatever_its_string_hashing():
+    import subprocess
+    import sys
+
+    code = (
+        "from tulu_kit.evals import core; print(core.example_digest({'id': 'a', 's': {'x', 'y', 'z', 'w'}}))"
     )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+        ).stdout  # fmt: skip
+        for seed in (1, 2, 3, 4)
+    }
+    assert len(digests) == 1
 
 
 def test_metrics_score_stderr_and_macro():

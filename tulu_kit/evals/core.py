@@ -15,7 +15,8 @@ default: its `FILE`) and `REPEATS = True` (its protocol repeats an example: n sa
 
 Files under `cfg.out_dir`: `predictions.jsonl` (appended one example at a time, so an interrupted run resumes),
 `eval_config.json` (what the predictions were made with: another model starts a fresh file, the old one moved to
-`predictions.stale-<time>.jsonl`; another protocol is refused),
+`predictions.stale-<time>.jsonl`; another protocol is refused; each record carries a digest of its question and
+prompt, and a file whose ids now ask other questions is moved aside the same way),
 `metrics.json` (written atomically: score, stderr, counts, protocol) and, from `score_file`, `results.jsonl`.
 """
 
@@ -439,7 +440,7 @@ def _check_resume(cfg: EvalConfig, out: Path) -> None:
             before["model_fingerprint"] = "not recorded"
         diff = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v}
         if diff and set(diff) <= _MODEL_KEYS:  # another model (a new stage trained since): a fresh file
-            stale = out / f"predictions.stale-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+            stale = stale_path(out)
             preds.rename(stale)
             log.warning(
                 "%s was made by another model %s (before, now): moved to %s; starting a fresh predictions file",
@@ -458,16 +459,26 @@ def _check_resume(cfg: EvalConfig, out: Path) -> None:
 EXAMPLE_KEY = "example_sha256"  # each prediction record: a digest of the example it answers
 
 
-def example_digest(example: dict) -> str:
-    """sha256 (16 hex digits) of an example as the benchmark loaded it: a resumed predictions.jsonl keeps a record
-    only while its id still asks the same question (benchmark files rewritten, another seed of the toy world)."""
+def example_digest(example: dict, prompt: Any = None) -> str:
+    """sha256 (16 hex digits) of an example as the benchmark loaded it and of the prompt built from it (few-shot
+    exemplars read from other files included): a resumed predictions.jsonl keeps a record only while its id still
+    asks the same question (benchmark files rewritten, another seed of the toy world)."""
     import hashlib
 
     def plain(o: Any) -> Any:
         return sorted(o, key=str) if isinstance(o, (set, frozenset)) else str(o)
 
-    text = json.dumps(example, sort_keys=True, ensure_ascii=False, default=plain)
+    text = json.dumps([example, prompt], sort_keys=True, ensure_ascii=False, default=plain)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def stale_path(out: Path) -> Path:
+    """A free ``predictions.stale-<time>[-k].jsonl`` beside predictions.jsonl, for a file set aside."""
+    stem = f"predictions.stale-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, k = out / f"{stem}.jsonl", 1
+    while path.exists():
+        path, k = out / f"{stem}-{k}.jsonl", k + 1
+    return path
 
 
 def predict(
@@ -476,12 +487,14 @@ def predict(
     compute: Callable[[Backend, list[dict]], list[dict]],
     backend: Backend | None = None,
     sort_key: Callable[[dict], int] | None = None,
+    prompt_of: Callable[[dict], Any] | None = None,
 ) -> list[dict]:
     """Run `compute(backend, chunk)` over the examples not yet in predictions.jsonl; return all, in order.
 
     Each example needs a unique string `id`; `compute` returns one record (with that `id`) per example. Each record
-    is stored with the digest of its example: a file whose records answer other questions under the same ids (the
-    benchmark's files changed since) is moved aside as predictions.stale-<time>.jsonl, never reused.
+    is stored with the digest of its example and of `prompt_of(example)` (the prompt as built, exemplars included):
+    a file whose records answer other questions under the same ids (the benchmark's files changed since) is moved
+    aside as predictions.stale-<time>.jsonl, never reused.
     Chunks hold `cfg.batch_size` examples (longest first under `sort_key`) and are appended as they finish.
     """
     from tqdm.auto import tqdm
@@ -490,14 +503,20 @@ def predict(
     out.mkdir(parents=True, exist_ok=True)
     _check_resume(cfg, out)
     store = PredictionStore(out / "predictions.jsonl")
-    digests = {str(e["id"]): example_digest(e) for e in examples}
-    changed = [i for i, d in digests.items() if i in store and store[i].get(EXAMPLE_KEY) != d]
-    if changed:  # the benchmark's files changed since (another question under the same id): a fresh file
-        stale = out / f"predictions.stale-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    digests = {str(e["id"]): example_digest(e, prompt_of(e) if prompt_of else None) for e in examples}
+    changed = [i for i, d in digests.items() if i in store and store[i].get(EXAMPLE_KEY, d) != d]
+    # written before examples were digested: kept where the record carries the example's fields unchanged
+    unknown = [str(e["id"]) for e in examples if str(e["id"]) in store and EXAMPLE_KEY not in store[e["id"]]
+               and any(store[e["id"]].get(k, object()) != v for k, v in e.items())]  # fmt: skip
+    if changed or unknown:  # the benchmark's files changed since (another question under the same id)
+        stale = stale_path(out)
         store.path.rename(stale)
+        why = (f"{len(changed)} of its ids now ask another question, {changed[0]!r} first" if changed else
+               f"{len(unknown)} of its records, {unknown[0]!r} first, predate question digests and do not "
+               "carry their question")  # fmt: skip
         log.warning(
-            "%s was made on other questions (%d of its ids now ask something else, %r first): moved to %s; "
-            "starting a fresh predictions file", store.path, len(changed), changed[0], stale.name,
+            "%s was made on other questions (%s): moved to %s; starting a fresh predictions file",
+            store.path, why, stale.name,
         )  # fmt: skip
         store = PredictionStore(out / "predictions.jsonl")
     todo = [e for e in examples if e["id"] not in store]
@@ -568,7 +587,8 @@ def generate_predictions(
             for e, (text, _), p, o in zip(chunk, pairs, prompts, outputs)
         ]
 
-    return predict(cfg, examples, compute, backend, sort_key=lambda e: len(build(e, cfg.chat)[0]))
+    return predict(cfg, examples, compute, backend, sort_key=lambda e: len(build(e, cfg.chat)[0]),
+                   prompt_of=lambda e: build(e, cfg.chat))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- metrics

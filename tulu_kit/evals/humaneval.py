@@ -228,7 +228,7 @@ def sample_completions(
                 out[e["id"]] = {"id": e["id"], "task_id": e["task_id"], "completion": text}
         return [out[e["id"]] for e in chunk]
 
-    return predict(cfg, examples, compute, backend)
+    return predict(cfg, examples, compute, backend, prompt_of=lambda e: build(by_id[e["task_id"]], cfg.chat))
 
 
 @dataclass(frozen=True)

@@ -188,5 +188,5 @@ def run(cfg: MMLUProConfig, backend=None) -> dict:
             for e, p, s in zip(chunk, prompts, scores)
         ]
 
-    preds = predict(cfg, examples, compute, backend, sort_key=lambda e: len(text(e)))
+    preds = predict(cfg, examples, compute, backend, sort_key=lambda e: len(text(e)), prompt_of=text)
     return finish(cfg, score_predictions(preds, cfg.data_dir))

@@ -228,7 +228,14 @@ def run(cfg: TydiQAConfig, backend=None) -> dict:
         outputs = [o.strip() for o in be.generate(prompts, params)]
         return [{**e, "prompt": p, "output": o} for e, p, o in zip(chunk, prompts, outputs)]
 
-    preds = predict(cfg, examples, compute, backend, sort_key=lambda e: len(e["context"]))
+    preds = predict(
+        cfg,
+        examples,
+        compute,
+        backend,
+        sort_key=lambda e: len(e["context"]),
+        prompt_of=lambda e: demos[e["lang"]] if n_shot else None,
+    )  # the exemplar
     scored = score_predictions(preds, cfg.data_dir)
     scored.metrics["exemplar_source"] = sources
     return finish(cfg, scored, params)
