@@ -1,8 +1,11 @@
-"""The demo itself: `tulu-kit run recipes/quickstart.yaml` end to end, as `make demo` runs it.
+"""The demo itself: `tulu-kit run` on recipes/quickstart.yaml end to end, as `make demo` runs it, cut short.
 
-Every training stage's notebook, and three of its eval stages', is executed by papermill here with the quickstart's
-tiny parameters, once: the stage tests call the library directly, and what a notebook adds (its tables, plots, by-hand cell, artifacts) is checked here,
-on the executed copies the run folder keeps. A second run skips everything.
+The recipe is run with its RL stages, pretraining and on-policy sampling cut (the `cut` list) and 5 of its 15 eval
+stages. Every training stage's notebook and those eval stages' are executed by papermill here with the quickstart's
+tiny parameters, once: the stage tests call the library directly, and what a notebook adds (its tables, plots,
+by-hand cell, artifacts) is checked here, on the executed copies the run folder keeps. A second run skips
+everything. Every eval notebook's cells run in tests/test_eval_notebooks.py; the report's handling of every
+benchmark's results (scored, not scored, demo items) is tested in tests/test_report.py on runs it makes.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import pytest
 from tests.lines import check_heldout_line, check_rl_line
 from tulu_kit.config import REPO_ROOT, load_recipe
 
-# the demo's eval stages run here: one generated (gsm8k), one scored by log-likelihood (mmlu), one run in the
-# sandbox (humaneval). Every eval notebook, these and the others, is run on the demo items in test_eval_notebooks.py
-KEPT_EVALS = ("eval_gsm8k", "eval_mmlu", "eval_humaneval")
+# the demo's eval stages run here: generated (gsm8k, and math, whose checker's libraries could be noisy), scored
+# by log-likelihood (mmlu), run in the sandbox (humaneval) and judged (xstest: it says no judge is configured).
+# Every eval notebook, these and the others, is run on the demo items in test_eval_notebooks.py
+KEPT_EVALS = ("eval_gsm8k", "eval_math", "eval_mmlu", "eval_humaneval", "eval_xstest")
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +125,7 @@ def test_demo_training_notebooks_leave_their_artifacts_and_learn(demo_run):
     # dpo: the policy starts as the reference (margins 0), and held-out preferences are learned
     dpo = read_result(run_dir / "dpo")
     assert dpo["eval_before"]["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
-    # (held-out pairs of the toy world: 0.61 with seed 1. By kind, on the sanity runs' DPO models (seeds 1-3,
+    # (held-out pairs of the toy world: here (64 on-policy prompts, seed 42) 0.67, margins 13.4; 0.61 with seed 1. By kind, on the sanity runs' DPO models (seeds 1-3,
     # the on-policy data stage's held-out pairs): instructions 0.86-0.91, sums 0.58-0.67, facts 0.61-0.67)
     assert dpo["eval_after"]["rewards/accuracies"] > 0.55 and dpo["eval_after"]["rewards/margins"] > 0.5
     assert (run_dir / "dpo" / "metrics.png").stat().st_size > 1000
@@ -173,9 +177,9 @@ def test_demo_stages_improve_the_model_on_the_toy_world(demo_run):
     scores = read_scores(demo_run[0])
     assert {"quickstart", "sft", "dpo", "ppo", "grpo", "merge"} <= set(scores)
     base, sft, dpo = (scores[s] for s in ("quickstart", "sft", "dpo"))
-    assert sft["gsm8k"]["score"] >= base["gsm8k"]["score"] + 0.15  # measured (seed 1): 0.08 -> 0.63
-    assert sft["ifeval"]["score"] >= base["ifeval"]["score"] + 0.15  # measured (seed 1): 0.00 -> 0.36
-    assert dpo["gsm8k"]["score"] >= sft["gsm8k"]["score"] - 0.05
+    assert sft["gsm8k"]["score"] >= base["gsm8k"]["score"] + 0.15  # measured here (seed 42): 0.06 -> 0.56
+    assert sft["ifeval"]["score"] >= base["ifeval"]["score"] + 0.15  # measured here (seed 42): 0.00 -> 0.39
+    assert dpo["gsm8k"]["score"] >= sft["gsm8k"]["score"] - 0.05  # measured here: 0.56 -> 0.54
     assert all(scores[s][b]["n"] == 100 for s in scores for b in ("gsm8k", "ifeval", "mmlu"))
     report = (demo_run[0] / "report" / "report.html").read_text()
     assert "Each stage on the toy world" in report
