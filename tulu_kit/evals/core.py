@@ -440,12 +440,7 @@ def _check_resume(cfg: EvalConfig, out: Path) -> None:
             before["model_fingerprint"] = "not recorded"
         diff = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v}
         if diff and set(diff) <= _MODEL_KEYS:  # another model (a new stage trained since): a fresh file
-            stale = stale_path(out)
-            preds.rename(stale)
-            log.warning(
-                "%s was made by another model %s (before, now): moved to %s; starting a fresh predictions file",
-                preds, diff, stale.name,
-            )  # fmt: skip
+            set_aside(preds, f"was made by another model {diff} (before, now)")
             diff = {}
         if diff:
             raise ValueError(
@@ -472,13 +467,35 @@ def example_digest(example: dict, prompt: Any = None) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def stale_path(out: Path) -> Path:
-    """A free ``predictions.stale-<time>[-k].jsonl`` beside predictions.jsonl, for a file set aside."""
+def set_aside(preds: Path, why: str) -> None:
+    """Move a predictions.jsonl that must not be resumed to a free ``predictions.stale-<time>[-k].jsonl`` beside
+    it (kept, not lost), saying why; the run then starts a fresh file."""
     stem = f"predictions.stale-{time.strftime('%Y%m%d-%H%M%S')}"
-    path, k = out / f"{stem}.jsonl", 1
-    while path.exists():
-        path, k = out / f"{stem}-{k}.jsonl", k + 1
-    return path
+    stale, k = preds.parent / f"{stem}.jsonl", 1
+    while stale.exists():
+        stale, k = preds.parent / f"{stem}-{k}.jsonl", k + 1
+    preds.rename(stale)
+    log.warning("%s %s: moved to %s; starting a fresh predictions file", preds, why, stale.name)
+
+
+def _other_questions(store: PredictionStore, examples: list[dict], digests: dict[str, str]) -> str:
+    """Why the stored records answer other questions than ``examples`` under the same ids ("" if they do not).
+    A record written before examples were digested counts as the same question where it carries the example's
+    fields unchanged."""
+    changed = [i for i, d in digests.items() if i in store and store[i].get(EXAMPLE_KEY, d) != d]
+    if changed:
+        return f"was made on other questions ({len(changed)} of its ids now ask another question, {changed[0]!r} first)"
+    unknown = [
+        str(e["id"])
+        for e in examples
+        if e["id"] in store
+        and EXAMPLE_KEY not in (rec := store[e["id"]])
+        and any(rec.get(k, object()) != v for k, v in e.items())
+    ]
+    if unknown:
+        return (f"was made on other questions ({len(unknown)} of its records, {unknown[0]!r} first, predate "
+                "question digests and do not carry their question)")  # fmt: skip
+    return ""
 
 
 def predict(
@@ -504,20 +521,9 @@ def predict(
     _check_resume(cfg, out)
     store = PredictionStore(out / "predictions.jsonl")
     digests = {str(e["id"]): example_digest(e, prompt_of(e) if prompt_of else None) for e in examples}
-    changed = [i for i, d in digests.items() if i in store and store[i].get(EXAMPLE_KEY, d) != d]
-    # written before examples were digested: kept where the record carries the example's fields unchanged
-    unknown = [str(e["id"]) for e in examples if str(e["id"]) in store and EXAMPLE_KEY not in store[e["id"]]
-               and any(store[e["id"]].get(k, object()) != v for k, v in e.items())]  # fmt: skip
-    if changed or unknown:  # the benchmark's files changed since (another question under the same id)
-        stale = stale_path(out)
-        store.path.rename(stale)
-        why = (f"{len(changed)} of its ids now ask another question, {changed[0]!r} first" if changed else
-               f"{len(unknown)} of its records, {unknown[0]!r} first, predate question digests and do not "
-               "carry their question")  # fmt: skip
-        log.warning(
-            "%s was made on other questions (%s): moved to %s; starting a fresh predictions file",
-            store.path, why, stale.name,
-        )  # fmt: skip
+    why = _other_questions(store, examples, digests)
+    if why:  # the benchmark's files changed since (another question under the same id)
+        set_aside(store.path, why)
         store = PredictionStore(out / "predictions.jsonl")
     todo = [e for e in examples if e["id"] not in store]
     if len(todo) < len(examples):
